@@ -1,0 +1,23 @@
+"""surgeon: graph-based structural surgery for PyTorch.
+
+>>> import torch, surgeon
+>>> net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+>>> small = surgeon.shrink(net, torch.randn(2, 16), target=0.5)
+>>> small[0].out_features
+31
+"""
+
+from . import criteria, verify
+from .analysis import Analysis, analyze
+from .api import apply, plan, shrink
+from .errors import PlanError, SurgeonError, SurgeryError, TraceError
+from .graph.groups import PruneGroup, UnitKind
+from .graph.trace import trace
+from .plan import Plan
+
+__all__ = [
+    "shrink", "plan", "apply", "trace", "analyze", "verify", "criteria",
+    "Plan", "PruneGroup", "UnitKind", "Analysis",
+    "SurgeonError", "TraceError", "SurgeryError", "PlanError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,86 @@
+"""Trace, couple and group a model once; everything downstream reads this value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+from torch import nn
+
+from .graph.couple import couple
+from .graph.cost import CostModel
+from .graph.groups import PruneGroup, build_groups
+from .graph.ir import Coupling, DimKey
+from .graph.trace import Traced, trace
+
+__all__ = ["Analysis", "analyze"]
+
+
+@dataclass
+class Analysis:
+    """The traced graph, its coupling and its groups for one model and example input."""
+
+    traced: Traced
+    coupling: Coupling
+    groups: list[PruneGroup]
+    _costs: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.traced.model
+
+    def cost(self, metric: str) -> CostModel:
+        if metric not in self._costs:
+            self._costs[metric] = CostModel(self.traced, self.coupling, self.groups, metric)
+        return self._costs[metric]
+
+    def kept_width(self, key: DimKey, keep: list[np.ndarray]) -> int:
+        """How many indices of dimension ``key`` a set of keep-masks leaves."""
+        if "member" not in self._costs:
+            self._costs["member"] = {m.key: (gi, m) for gi, g in enumerate(self.groups) for m in g.members}
+        hit = self._costs["member"].get(key)
+        if hit is None:
+            return self.coupling.sizes[key]
+        gi, m = hit
+        return int(keep[gi][m.unit_of].sum())
+
+    def full_keep(self) -> list[np.ndarray]:
+        return [np.ones(g.n_units, dtype=bool) for g in self.groups]
+
+
+def analyze(model: nn.Module, example_input: Any, ignore: Iterable = ()) -> Analysis:
+    """Trace ``model`` and compute its pruning groups (pure: the model is not modified)."""
+    traced = trace(model, example_input)
+    c = couple(traced)
+    groups = build_groups(c)
+    _mark_ignored(model, groups, ignore)
+    a = Analysis(traced, c, groups)
+    for metric, attr in (("flops", "flops_per_unit"), ("params", "params_per_unit")):
+        marg = a.cost(metric).marginal()
+        for g, m in zip(groups, marg):
+            setattr(g, attr, float(m.mean()) if m.size else 0.0)
+    return a
+
+
+def _mark_ignored(model: nn.Module, groups: list[PruneGroup], ignore: Iterable) -> None:
+    names = []
+    by_id = {id(m): n for n, m in model.named_modules()}
+    for item in ignore:
+        if isinstance(item, str):
+            model.get_submodule(item)  # raises AttributeError with the bad name
+            names.append(item)
+        elif isinstance(item, nn.Module):
+            if id(item) not in by_id:
+                raise ValueError(f"ignore: {type(item).__name__} is not a submodule of the model")
+            names.append(by_id[id(item)])
+        else:
+            raise TypeError(f"ignore takes modules or their names, got {type(item).__name__}")
+    if not names:
+        return
+    for g in groups:
+        for m in g.tensors:
+            owner = m.name.rpartition(".")[0]
+            if any(owner == n or owner.startswith(n + ".") or n == "" for n in names):
+                g.reason = g.reason or f"touches ignored module '{owner}'"
+                break

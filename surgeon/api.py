@@ -1,0 +1,136 @@
+"""The public entry points: plan, apply, shrink."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .analysis import Analysis, analyze
+from .criteria import Criterion, get_criterion
+from .errors import SurgeryError
+from .graph.cost import METRICS
+from .graph.trace import eval_mode, run_model
+from .plan import Plan
+from .planner import build_plan, solve
+from .surgery import apply
+from .verify import count_flops, count_params, output_shapes
+
+__all__ = ["plan", "shrink", "apply"]
+
+
+def _check(model: Any, target: Any, metric: str, round_to: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+        raise TypeError(f"target must be a number in (0, 1], got {target!r}")
+    if not 0 < target <= 1:
+        raise ValueError(f"target must be in (0, 1] (the fraction of the cost to keep), got {target}")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; use one of {list(METRICS)}")
+    if round_to is not None and (not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1):
+        raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}")
+
+
+def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
+         criterion: str | Criterion = "l2", round_to: int | None = None,
+         ignore: Iterable = (), min_keep: int = 1, analysis: Analysis | None = None) -> Plan:
+    """Decide what to remove so that ``target`` of the cost remains; the model is not touched.
+
+    >>> import torch, surgeon
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3))
+    >>> p = surgeon.plan(net, torch.randn(1, 3, 16, 16), target=0.5)
+    >>> round(p.ratio, 2)
+    0.5
+    """
+    _check(model, target, metric, round_to)
+    crit = get_criterion(criterion)
+    a = analysis or analyze(model, example_input, ignore)
+    scores = crit.score(model, a.groups)
+    keep = solve(a, scores, metric, float(target), round_to, min_keep)
+    return build_plan(a, keep, target=float(target), metric=metric,
+                      criterion=getattr(crit, "name", type(crit).__name__), round_to=round_to)
+
+
+def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
+           criterion: str | Criterion = "l2", round_to: int | None = None, ignore: Iterable = (),
+           min_keep: int = 1, inplace: bool = False, verify: bool = True) -> nn.Module:
+    """Return a physically smaller copy of ``model`` that keeps ``target`` of its cost.
+
+    ``metric`` is ``"flops"`` (FLOPs of one forward on ``example_input``, as
+    ``torch.utils.flop_counter`` counts them) or ``"params"``. The result is checked: it runs on
+    ``example_input``, its output shapes are unchanged, and its cost measured by an independent
+    counter is within 0.01 of the target (when the smallest removable unit allows).
+
+    >>> import torch, surgeon
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
+    >>> small = surgeon.shrink(net, torch.randn(1, 3, 32, 32), target=0.5)
+    >>> small[0].out_channels < 32
+    True
+    """
+    _check(model, target, metric, round_to)
+    a = analyze(model, example_input, ignore)
+    measure = count_flops if metric == "flops" else (lambda m, _x: count_params(m))
+    base = measure(model, example_input)
+    want = float(target)
+    goal = want
+    best = None
+    for _ in range(4):  # re-aim if the independent counter disagrees with the cost model
+        p = plan(model, example_input, goal, metric=metric, criterion=criterion, round_to=round_to,
+                 min_keep=min_keep, analysis=a)
+        small = apply(model, p, inplace=False)
+        if not verify:
+            best = (small, p)
+            break
+        _verify_runs(model, small, example_input, p)
+        got = measure(small, example_input) / base
+        if best is None or abs(got - want) < best[2]:
+            best = (small, p, abs(got - want))
+        if abs(got - want) <= 0.004 or want >= 1.0 or got <= 0:
+            break
+        goal = min(1.0, max(1e-6, goal * want / got))
+    small = best[0]
+    if inplace:
+        _copy_into(model, small)
+        return model
+    return small
+
+
+def _copy_into(model: nn.Module, small: nn.Module) -> None:
+    """Make ``model`` become ``small`` (same classes), for ``inplace=True``."""
+    model.__dict__.update(small.__dict__)
+
+
+def _verify_runs(model: nn.Module, small: nn.Module, example_input: Any, p: Plan) -> None:
+    expected = output_shapes(model, example_input)
+    try:
+        got = output_shapes(small, example_input)
+    except Exception as exc:  # noqa: BLE001 - reported with context below
+        raise SurgeryError(_failure(small, example_input, p, exc)) from exc
+    if got != expected:
+        raise SurgeryError(f"the shrunk model's output shapes changed: {expected} -> {got}; "
+                           f"this is a bug in a coupling rule, please report it with the model")
+
+
+def _failure(small: nn.Module, example_input: Any, p: Plan, exc: Exception) -> str:
+    """Find the module that failed and the groups that touched it."""
+    entered: list[str] = []
+    names = {id(m): n for n, m in small.named_modules()}
+    hooks = [m.register_forward_pre_hook(lambda mod, _a: entered.append(names[id(mod)]))
+             for m in small.modules()]
+    try:
+        with eval_mode(small), torch.no_grad():
+            run_model(small, example_input)
+    except Exception:  # noqa: BLE001 - we only want to know where it stopped
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    where = entered[-1] if entered else "<top level>"
+    groups = [d.group for d in p.decisions if d.kept < d.units
+              and any(t.startswith(where + ".") or t.rpartition(".")[0] == where for t in d.tensors)]
+    return (f"the shrunk model fails to run in module '{where}' ({type(exc).__name__}: {exc}); "
+            f"groups touching it: {groups or 'none directly'}. This is a bug in a coupling rule or "
+            f"an attribute fix-up; pass ignore=['{where}'] to keep that module whole meanwhile")

@@ -1,0 +1,108 @@
+"""Cost model: FLOPs (as ``torch.utils.flop_counter`` counts them) or parameters, as a sum of
+monomials in the kept widths of the prunable groups.
+
+Each traced node's FLOPs were measured during capture. A rule states which dimensions a node's
+FLOPs scale with (a conv: its weight's out and in channels), so after pruning the node costs
+``flops * prod(kept(d) / size(d))``. FLOPs of nodes no rule claimed stay constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .groups import PruneGroup
+from .ir import Coupling, CostTerm, DimKey
+
+__all__ = ["CostModel", "METRICS"]
+
+METRICS = ("flops", "params")
+
+
+@dataclass
+class _Slot:
+    group: int  # index into the group list
+    counts: np.ndarray  # elements of this dim per unit
+    size: int
+
+
+class CostModel:
+    """``total(keep)`` for a list of boolean keep-masks, one per group."""
+
+    def __init__(self, traced, coupling: Coupling, groups: list[PruneGroup], metric: str):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+        self.metric = metric
+        self.groups = groups
+        terms = coupling.costs if metric == "flops" else _param_terms(traced, coupling)
+        base = traced.total_flops() if metric == "flops" else _param_total(traced.model)
+        self.base = float(base)
+        self.const = self.base - sum(t.flops for t in terms)
+        # one slot per distinct dim key that lives in a group
+        slot_of: dict[DimKey, int] = {}
+        self.slots: list[_Slot] = []
+        where = {m.key: (gi, m) for gi, g in enumerate(groups) for m in g.members}
+        idx_rows, flops = [], []
+        for t in terms:
+            row = []
+            for key in t.dims:
+                if key not in where:
+                    continue
+                if key not in slot_of:
+                    gi, m = where[key]
+                    slot_of[key] = len(self.slots)
+                    self.slots.append(_Slot(gi, np.bincount(m.unit_of, minlength=groups[gi].n_units),
+                                            len(m.unit_of)))
+                row.append(slot_of[key])
+            idx_rows.append(row)
+            flops.append(t.flops)
+        width = max((len(r) for r in idx_rows), default=0)
+        one = len(self.slots)  # index of a constant 1.0 ratio
+        self.idx = np.full((len(idx_rows), max(width, 1)), one, dtype=np.int64)
+        for i, r in enumerate(idx_rows):
+            self.idx[i, : len(r)] = r
+        self.flops = np.asarray(flops, dtype=np.float64)
+        self._by_group: dict[int, list[int]] = {}
+        for si, s in enumerate(self.slots):
+            self._by_group.setdefault(s.group, []).append(si)
+
+    def ratios(self, keep: list[np.ndarray]) -> np.ndarray:
+        r = np.ones(len(self.slots) + 1)
+        for gi, sis in self._by_group.items():
+            k = keep[gi].astype(np.float64)
+            for si in sis:
+                s = self.slots[si]
+                r[si] = float(s.counts @ k) / s.size
+        return r
+
+    def total(self, keep: list[np.ndarray]) -> float:
+        r = self.ratios(keep)
+        return self.const + float(self.flops @ np.prod(r[self.idx], axis=1))
+
+    def marginal(self) -> list[np.ndarray]:
+        """Cost removed by each single unit, at full width, per group."""
+        out = [np.zeros(g.n_units) for g in self.groups]
+        for row, f in zip(self.idx, self.flops):
+            for si in row:
+                if si < len(self.slots):
+                    s = self.slots[si]
+                    out[s.group] += f * s.counts / s.size
+        return out
+
+
+def _param_total(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _param_terms(traced, c: Coupling) -> list[CostTerm]:
+    seen = set()
+    terms = []
+    for name, p in traced.model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        dims = tuple(("p", name, d) for d in range(p.dim()) if ("p", name, d) in c.sizes)
+        terms.append(CostTerm(float(p.numel()), dims, name))
+    return terms

@@ -1,0 +1,137 @@
+"""Run the coupling rules over a traced graph.
+
+Invariant: a dimension is prunable only if every op that touches it says how. Model inputs and
+outputs are frozen, every dim of an op with no rule is frozen with the reason, and after a rule
+runs, any dim of its inputs or output that it did not tie is frozen too.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .ir import Coupling, DimKey
+from .rules import RuleContext, lookup
+
+__all__ = ["couple", "where"]
+
+
+def where(node: fx.Node) -> str:
+    """A readable location: the module path for module calls, else node name inside a module."""
+    if node.op == "call_module":
+        return f"module '{node.target}'"
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+    inner = paths[-1] if paths else ""
+    return f"node '{node.name}'" + (f" in '{inner}'" if inner else "")
+
+
+def _keys(c: Coupling, traced, node: fx.Node) -> list[DimKey]:
+    s = traced.info[node.name].shape if node.name in traced.info else None
+    if isinstance(s, torch.Size):
+        return [c.add(("v", node.name, d), n) for d, n in enumerate(s)]
+    return []
+
+
+def _tuple_keys(c: Coupling, traced, node: fx.Node) -> list[DimKey]:
+    s = traced.info[node.name].shape
+    keys = []
+    if isinstance(s, list):
+        for i, e in enumerate(s):
+            if isinstance(e, torch.Size):
+                keys += [c.add(("v", f"{node.name}#{i}", d), n) for d, n in enumerate(e)]
+    return keys
+
+
+def _inputs(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+def size_refs(traced) -> dict[str, Any]:
+    """For int-valued nodes: which tensor dim they read ``(node, dim)``, or a set of the dims
+    they were computed from; ``("shape", node, dims)`` for a whole or sliced ``x.shape``."""
+    refs: dict[str, Any] = {}
+    aten_sym_size = getattr(torch.ops.aten.sym_size, "int", None)
+    for n in traced.graph.nodes:
+        if n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] == "shape":
+            shape = traced.shape(n.args[0])
+            if shape is not None:
+                refs[n.name] = ("shape", n.args[0], list(range(len(shape))))
+        elif n.op == "call_method" and n.target == "size" and traced.shape(n.args[0]) is not None:
+            x = n.args[0]
+            dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+            nd = len(traced.shape(x))
+            refs[n.name] = (x, dim % nd) if isinstance(dim, int) else ("shape", x, list(range(nd)))
+        elif n.op == "call_function" and n.target is aten_sym_size and len(n.args) > 1:
+            refs[n.name] = (n.args[0], n.args[1] % len(traced.shape(n.args[0])))
+        elif n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[0], fx.Node) \
+                and isinstance(refs.get(n.args[0].name), tuple) and refs[n.args[0].name][0] == "shape":
+            _, x, dims = refs[n.args[0].name]
+            idx = n.args[1]
+            if isinstance(idx, int):
+                refs[n.name] = (x, dims[idx])
+            elif isinstance(idx, slice):
+                refs[n.name] = ("shape", x, dims[idx])
+        elif traced.info.get(n.name) is not None and traced.info[n.name].shape is None:
+            derived: set = set()
+            for a in _inputs(n):
+                r = refs.get(a.name)
+                if isinstance(r, tuple) and r[0] == "shape":
+                    derived |= {(r[1], d) for d in r[2]}
+                elif isinstance(r, tuple):
+                    derived.add(r)
+                elif isinstance(r, set):
+                    derived |= r
+            if derived:
+                refs[n.name] = derived
+    return refs
+
+
+def couple(traced) -> Coupling:
+    """Apply the registered rules to every node of ``traced`` and return the coupling."""
+    c = Coupling()
+    refs = size_refs(traced)
+    gm = traced.gm
+    for node in traced.graph.nodes:
+        info = traced.info.get(node.name)
+        if info is None:
+            continue
+        if node.op == "placeholder":
+            for key in _keys(c, traced, node) + _tuple_keys(c, traced, node):
+                c.freeze(key, f"model input '{node.target}'")
+        elif node.op == "get_attr":
+            for d, key in enumerate(_keys(c, traced, node)):
+                c.eq(key, c.add(("p", node.target, d), c.sizes[key]))
+        elif node.op == "output":
+            for arg in _inputs(node):
+                for key in _keys(c, traced, arg) + _tuple_keys(c, traced, arg):
+                    c.freeze(key, "model output")
+        elif info.shape is not None:
+            _apply_rule(c, traced, gm, node, refs)
+    return c
+
+
+def _apply_rule(c: Coupling, traced, gm, node: fx.Node, refs) -> None:
+    rule, what = lookup(node, gm)
+    loc = where(node)
+    inputs = [n for n in _inputs(node) if isinstance(traced.info.get(n.name, None) and
+                                                       traced.info[n.name].shape, torch.Size)]
+    in_keys = [k for n in inputs for k in _keys(c, traced, n)]
+    out_keys = _keys(c, traced, node) + _tuple_keys(c, traced, node)
+    if rule is None:
+        for key in in_keys + out_keys:
+            c.freeze(key, f"no coupling rule for {what} at {loc}")
+        return
+    ctx = RuleContext(c, traced, node, loc, refs)
+    rule(ctx)
+    for key in out_keys:
+        if key not in ctx.touched:
+            c.freeze(key, f"dim {key[2]} of the output of {what} at {loc} is tied to no parameter")
+    for key in in_keys:
+        if key not in ctx.touched:
+            c.freeze(key, f"{what} at {loc} does not say how it uses dim {key[2]} of '{key[1]}'")

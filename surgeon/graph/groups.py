@@ -1,0 +1,182 @@
+"""Resolve a coupling into pruning groups.
+
+Dimensions tied by ``eq`` form classes; classes tied by ``rel`` form groups. Inside a group the
+elements (class, index) tied by ``rel`` are merged with a vectorised union-find, and each
+connected set of elements is one *unit*: the thing the planner keeps or removes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .ir import Coupling, DimKey
+
+__all__ = ["UnitKind", "Member", "PruneGroup", "build_groups", "components"]
+
+
+class UnitKind(str, enum.Enum):
+    CHANNEL = "channel"
+    HEAD = "head"
+    LAYER = "layer"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One dimension of a group: ``unit_of[i]`` is the unit that index i belongs to."""
+
+    key: DimKey
+    unit_of: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.key[0] == "p"
+
+    @property
+    def name(self) -> str:
+        return self.key[1]
+
+    @property
+    def dim(self) -> int:
+        return self.key[2]
+
+
+@dataclass
+class PruneGroup:
+    """Coupled dimensions that shrink together, and what is known about them."""
+
+    id: int
+    kind: UnitKind
+    n_units: int
+    members: list[Member]
+    frozen_units: np.ndarray = field(repr=False)  # bool per unit: must be kept
+    reason: str | None = None  # why the group cannot be pruned at all
+    exact: bool = True
+    inexact_reason: str | None = None
+    where: list[str] = field(default_factory=list)  # ops that own the member parameters
+    flops_per_unit: float = 0.0
+    params_per_unit: float = 0.0
+
+    @property
+    def prunable(self) -> bool:
+        return self.reason is None
+
+    @property
+    def tensors(self) -> list[Member]:
+        """Members that are parameters or buffers (what surgery slices)."""
+        return [m for m in self.members if m.is_tensor]
+
+    def unit_indices(self, member: Member, units) -> np.ndarray:
+        """Indices of ``member`` that belong to ``units``."""
+        mask = np.zeros(self.n_units, dtype=bool)
+        mask[np.asarray(units, dtype=np.int64)] = True
+        return np.nonzero(mask[member.unit_of])[0]
+
+    def describe(self) -> str:
+        names = sorted({m.name for m in self.tensors})
+        head = ", ".join(names[:4]) + (f", ... (+{len(names) - 4})" if len(names) > 4 else "")
+        state = "prunable" if self.prunable else f"kept: {self.reason}"
+        return f"group {self.id} [{self.kind.value} x{self.n_units}] {head}: {state}"
+
+
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected-component labels of ``n`` elements joined by edges ``a[k] - b[k]``.
+
+    Min-label hooking with pointer jumping; every round lowers labels, so it terminates, and
+    pointer jumping keeps the number of rounds small on long chains.
+    """
+    parent = np.arange(n, dtype=np.int64)
+    if a.size == 0:
+        return parent
+    while True:
+        ra, rb = parent[a], parent[b]
+        if np.array_equal(ra, rb):
+            return parent
+        lo = np.minimum(ra, rb)
+        np.minimum.at(parent, ra, lo)
+        np.minimum.at(parent, rb, lo)
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+
+
+def build_groups(c: Coupling) -> list[PruneGroup]:
+    """Groups of ``c`` that hold at least one parameter or buffer dimension."""
+    classes: dict = defaultdict(list)
+    for key in c.sizes:
+        classes[c.uf.find(key)].append(key)
+    roots = list(classes)
+    index = {r: i for i, r in enumerate(roots)}
+    # classes joined by rel edges form groups
+    ca = np.array([index[c.uf.find(a)] for a, _, _, _ in c.rels], dtype=np.int64)
+    cb = np.array([index[c.uf.find(b)] for _, b, _, _ in c.rels], dtype=np.int64)
+    glabel = components(len(roots), ca, cb)
+    by_group: dict[int, list[int]] = defaultdict(list)
+    for ci, g in enumerate(glabel):
+        by_group[int(g)].append(ci)
+    rels_of: dict[int, list[int]] = defaultdict(list)
+    for k, ci in enumerate(ca):
+        rels_of[int(glabel[ci])].append(k)
+
+    groups: list[PruneGroup] = []
+    for g, cls in by_group.items():
+        keys = [k for ci in cls for k in classes[roots[ci]]]
+        if not any(k[0] == "p" for k in keys):
+            continue
+        unit_of_class = _units(c, roots, classes, cls, rels_of.get(g, []), index)
+        groups.append(_make_group(c, len(groups), classes, roots, cls, unit_of_class))
+    return groups
+
+
+def _units(c: Coupling, roots, classes, cls: list[int], rel_ids: list[int], index) -> dict[int, np.ndarray]:
+    sizes = {ci: c.sizes[classes[roots[ci]][0]] for ci in cls}
+    if not rel_ids:
+        (ci,) = cls
+        return {ci: np.arange(sizes[ci], dtype=np.int64)}
+    offset, total = {}, 0
+    for ci in cls:
+        offset[ci] = total
+        total += sizes[ci]
+    ea, eb = [], []
+    for k in rel_ids:
+        a, b, ia, ib = c.rels[k]
+        ea.append(offset[index[c.uf.find(a)]] + ia)
+        eb.append(offset[index[c.uf.find(b)]] + ib)
+    labels = components(total, np.concatenate(ea), np.concatenate(eb))
+    _, units = np.unique(labels, return_inverse=True)
+    return {ci: units[offset[ci]: offset[ci] + sizes[ci]] for ci in cls}
+
+
+def _make_group(c: Coupling, gid: int, classes, roots, cls, unit_of_class) -> PruneGroup:
+    n_units = int(max(u.max() for u in unit_of_class.values()) + 1)
+    members, frozen, has_tensor = [], np.zeros(n_units, bool), np.zeros(n_units, bool)
+    reason = inexact = None
+    where = []
+    for ci in cls:
+        unit_of = unit_of_class[ci]
+        for key in classes[roots[ci]]:
+            members.append(Member(key, unit_of))
+            if key in c.frozen:
+                frozen[unit_of] = True
+                reason = reason or c.frozen[key]
+            if key in c.inexact:
+                inexact = inexact or c.inexact[key]
+            if key[0] == "p":
+                has_tensor[unit_of] = True
+                if key in c.owners and c.owners[key] not in where:
+                    where.append(c.owners[key])
+    frozen |= ~has_tensor  # a unit no parameter produces cannot be removed
+    members.sort(key=lambda m: (m.key[0] != "p", m.key[1], m.key[2]))
+    if not frozen.all():
+        reason = None
+    elif reason is None:
+        reason = "no parameter controls these units"
+    if n_units < 2 and reason is None:
+        reason = "a single unit cannot be removed"
+    return PruneGroup(gid, UnitKind.CHANNEL, n_units, members, frozen, reason,
+                      inexact is None, inexact, where)

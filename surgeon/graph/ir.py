@@ -1,0 +1,143 @@
+"""Channel-dimension coupling: the data structure rules write into.
+
+Every tensor dimension that could carry channels is a node, keyed by a ``DimKey``:
+
+* ``("v", node_name, dim)``  an fx value's dimension (``node_name#i`` for element i of a tuple),
+* ``("p", qualname, dim)``   a parameter's or buffer's dimension,
+* ``("x", name, 0)``         a virtual dimension a rule invents (the groups of a grouped conv,
+                              the per-head slots of an attention block).
+
+Rules state two kinds of ties between dimensions:
+
+* ``eq(a, b)``: same size, index i of ``a`` is index i of ``b`` (elementwise ops, a conv's output
+  channels and its weight's rows, ...). These are merged with a union-find over dimensions.
+* ``rel(a, b, ia, ib)``: element ``ia[k]`` of ``a`` is in the same unit as element ``ib[k]`` of
+  ``b``; this says offsets (cat, split), blocks (flatten into a linear layer), strides (channel
+  shuffle) and slots (heads). These are resolved per group with a union-find over elements.
+
+A unit is a connected set of elements; a group is a connected set of dimensions. Removing a unit
+removes every element in it, in every member dimension.
+
+Rules also *freeze* dimensions (model inputs and outputs, dims created by an op no parameter
+controls, dims of ops with no rule) with a reason, mark dimensions *inexact* (normalised over, so
+zeroing a unit is not the same as removing it), declare cost terms, and declare attribute fix-ups
+(``module.attr`` must become the kept width of a dimension).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+__all__ = ["DimKey", "Coupling", "CostTerm", "AttrFix"]
+
+DimKey = tuple  # ("v"|"p"|"x", name, dim)
+
+
+@dataclass(frozen=True)
+class CostTerm:
+    """``flops * prod(kept(d) / size(d) for d in dims)``: one monomial of the cost model."""
+
+    flops: float
+    dims: tuple[DimKey, ...]
+    node: str
+
+
+@dataclass(frozen=True)
+class AttrFix:
+    """After surgery, ``module.attr`` must equal ``kept(dim) * scale`` (``// divisor``)."""
+
+    module: str
+    attr: str
+    dim: DimKey
+    scale: int = 1
+    divisor: int = 1
+
+
+class _UnionFind:
+    """Union-find over hashable items with path halving."""
+
+    def __init__(self):
+        self.parent: dict = {}
+
+    def add(self, x) -> None:
+        self.parent.setdefault(x, x)
+
+    def find(self, x):
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a, b):
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+        return ra
+
+
+@dataclass
+class Coupling:
+    """Everything the rules said about one traced graph."""
+
+    sizes: dict[DimKey, int] = field(default_factory=dict)
+    frozen: dict[DimKey, str] = field(default_factory=dict)
+    inexact: dict[DimKey, str] = field(default_factory=dict)
+    rels: list[tuple[DimKey, DimKey, np.ndarray, np.ndarray]] = field(default_factory=list)
+    costs: list[CostTerm] = field(default_factory=list)
+    attr_fixes: list[AttrFix] = field(default_factory=list)
+    owners: dict[DimKey, str] = field(default_factory=dict)  # param dim -> op that uses it
+    uf: _UnionFind = field(default_factory=_UnionFind)
+    _channel_like: set = field(default_factory=set)  # roots of classes that carry channels
+
+    # -- building -----------------------------------------------------------------------------
+    def add(self, key: DimKey, size: int) -> DimKey:
+        old = self.sizes.get(key)
+        if old is None:
+            self.sizes[key] = int(size)
+            self.uf.add(key)
+            if key[0] == "p":
+                self._channel_like.add(key)
+        elif old != size:
+            raise AssertionError(f"dimension {key} seen with sizes {old} and {size}")
+        return key
+
+    def eq(self, a: DimKey, b: DimKey) -> None:
+        if self.sizes[a] != self.sizes[b]:
+            raise AssertionError(f"eq between {a} ({self.sizes[a]}) and {b} ({self.sizes[b]})")
+        ra, rb = self.uf.find(a), self.uf.find(b)
+        if ra == rb:
+            return
+        like = ra in self._channel_like or rb in self._channel_like
+        root = self.uf.union(ra, rb)
+        self._channel_like.discard(ra)
+        self._channel_like.discard(rb)
+        if like:
+            self._channel_like.add(root)
+
+    def rel(self, a: DimKey, b: DimKey, ia: Iterable[int], ib: Iterable[int]) -> None:
+        ia = np.asarray(ia, dtype=np.int64)
+        ib = np.asarray(ib, dtype=np.int64)
+        if ia.shape != ib.shape:
+            raise AssertionError("rel index arrays differ in length")
+        if ia.size and (ia.max() >= self.sizes[a] or ib.max() >= self.sizes[b]):
+            raise AssertionError(f"rel indices out of range for {a} or {b}")
+        self.rels.append((a, b, ia, ib))
+        if self.is_channel_like(a) or self.is_channel_like(b):
+            self.mark_channel_like(a)
+            self.mark_channel_like(b)
+
+    def freeze(self, key: DimKey, reason: str) -> None:
+        self.frozen.setdefault(key, reason)
+
+    def mark_inexact(self, key: DimKey, reason: str) -> None:
+        self.inexact.setdefault(key, reason)
+
+    def is_channel_like(self, key: DimKey) -> bool:
+        return self.uf.find(key) in self._channel_like
+
+    def mark_channel_like(self, key: DimKey) -> None:
+        self._channel_like.add(self.uf.find(key))

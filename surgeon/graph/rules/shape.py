@@ -1,0 +1,413 @@
+"""Ops that move, slice, join or regroup dimensions: cat, split, getitem, view/reshape/flatten,
+permute/transpose, expand/repeat, pad, roll, pixel shuffle and channel shuffle."""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from . import RuleContext, register
+
+aten = torch.ops.aten
+
+
+# -- joining and slicing ------------------------------------------------------------------------------
+def _tensor_list(ctx: RuleContext, seq) -> list:
+    return [t for t in seq if ctx.shape(t) is not None]
+
+
+@register(torch.cat, torch.concat, torch.concatenate, aten.cat, aten.concat)
+def cat(ctx: RuleContext) -> None:
+    tensors = _tensor_list(ctx, ctx.arg(0, "tensors"))
+    dim = ctx.arg(1, "dim", 0) % len(ctx.out_shape)
+    offset = 0
+    for t in tensors:
+        ts = ctx.shape(t)
+        if len(ts) != len(ctx.out_shape):  # legacy empty tensors in cat
+            continue
+        for d in range(len(ts)):
+            if d != dim:
+                ctx.eq(ctx.v(t, d), ctx.out(d))
+        n = ts[dim]
+        ctx.rel(ctx.v(t, dim), ctx.out(dim), np.arange(n), offset + np.arange(n))
+        offset += n
+
+
+@register(torch.stack, aten.stack)
+def stack(ctx: RuleContext) -> None:
+    tensors = _tensor_list(ctx, ctx.arg(0, "tensors"))
+    dim = ctx.arg(1, "dim", 0) % len(ctx.out_shape)
+    for t in tensors:
+        for d in range(len(ctx.shape(t))):
+            ctx.eq(ctx.v(t, d), ctx.out(d if d < dim else d + 1))
+
+
+@register(torch.split, torch.chunk, torch.tensor_split, torch.unbind, "method:split", "method:chunk",
+          "method:tensor_split", "method:unbind", "method:split_with_sizes", aten.split,
+          aten.split_with_sizes, aten.chunk, aten.unbind, aten.tensor_split)
+def split(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    xs = ctx.shape(x)
+    name = getattr(ctx.node.target, "__name__", str(ctx.node.target))
+    default = 0
+    dim = ctx.node.kwargs.get("dim", ctx.node.args[2] if len(ctx.node.args) > 2 else default)
+    if "unbind" in name:
+        dim = ctx.node.kwargs.get("dim", ctx.node.args[1] if len(ctx.node.args) > 1 else 0)
+    dim %= len(xs)
+    outs = ctx.out_shapes()
+    offset = 0
+    for i, s in enumerate(outs):
+        if s is None:
+            continue
+        squeeze = len(s) == len(xs) - 1
+        for d in range(len(xs)):
+            if d == dim:
+                continue
+            ctx.eq(ctx.v(x, d), ctx.out(d if (not squeeze or d < dim) else d - 1, i))
+        if squeeze:
+            offset += 1
+            continue
+        n = s[dim]
+        ctx.rel(ctx.v(x, dim), ctx.out(dim, i), offset + np.arange(n), np.arange(n))
+        offset += n
+
+
+@register(operator.getitem, aten.slice, aten.select, aten.unsqueeze_copy)
+def getitem(ctx: RuleContext) -> None:
+    src = ctx.arg(0)
+    src_shape = ctx.traced.info[src.name].shape if isinstance(src, fx.Node) else None
+    if ctx.node.target in (aten.slice.Tensor, aten.select.int):
+        return _aten_slice(ctx, src)
+    idx = ctx.arg(1)
+    if isinstance(src_shape, list):  # an element (or slice) of a tuple of tensors
+        if isinstance(idx, int) and ctx.out_shape is not None:
+            for d in range(len(ctx.out_shape)):
+                ctx.eq(ctx.v((src, idx % len(src_shape)), d), ctx.out(d))
+        return
+    if not isinstance(src_shape, torch.Size) or ctx.out_shape is None:
+        return
+    _tensor_index(ctx, src, idx if isinstance(idx, tuple) else (idx,))
+
+
+def _tensor_index(ctx: RuleContext, x, items: tuple) -> None:
+    xs = ctx.shape(x)
+    if any(isinstance(it, (fx.Node, list, torch.Tensor)) and ctx.shape(it) is not None for it in items):
+        return  # advanced indexing: every dim is frozen by default
+    n_real = sum(1 for it in items if it is not None and it is not Ellipsis)
+    expanded = []
+    for it in items:
+        if it is Ellipsis:
+            expanded.extend([slice(None)] * (len(xs) - n_real))
+        else:
+            expanded.append(it)
+    expanded.extend([slice(None)] * (len(xs) - sum(1 for it in expanded if it is not None)))
+    i = o = 0
+    for it in expanded:
+        if it is None:
+            o += 1
+        elif isinstance(it, slice):
+            start, stop, step = (ctx.value(v) for v in (it.start, it.stop, it.step))
+            rng = range(xs[i])[slice(start, stop, step)]
+            src_idx = np.arange(rng.start, rng.stop, rng.step)
+            a, b = ctx.v(x, i), ctx.out(o)
+            if len(src_idx) == xs[i] and (len(src_idx) < 2 or rng.step == 1):
+                ctx.eq(a, b)
+            else:
+                ctx.rel(a, b, src_idx, np.arange(len(src_idx)))
+            i += 1
+            o += 1
+        else:  # an integer drops the dim
+            i += 1
+
+
+def _aten_slice(ctx: RuleContext, x) -> None:
+    xs = ctx.shape(x)
+    dim = ctx.arg(1, "dim", 0) % len(xs)
+    if ctx.node.target == aten.select.int:
+        for d in range(len(xs)):
+            if d != dim:
+                ctx.eq(ctx.v(x, d), ctx.out(d if d < dim else d - 1))
+        return
+    start, end, step = ctx.arg(2, "start", None), ctx.arg(3, "end", None), ctx.arg(4, "step", 1)
+    items = [slice(None)] * len(xs)
+    items[dim] = slice(start, end, step)
+    _tensor_index(ctx, x, tuple(items))
+
+
+# -- regrouping ------------------------------------------------------------------------------------------
+def factor_groups(a: tuple, b: tuple) -> list[tuple[list[int], list[int]]] | None:
+    """Pair up runs of dims of ``a`` and ``b`` with equal products, ignoring size-1 dims."""
+    ia = [k for k, s in enumerate(a) if s != 1]
+    ib = [k for k, s in enumerate(b) if s != 1]
+    groups, i, j = [], 0, 0
+    while i < len(ia) and j < len(ib):
+        ga, gb, pa, pb = [ia[i]], [ib[j]], a[ia[i]], b[ib[j]]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < len(ia):
+                ga.append(ia[i]); pa *= a[ia[i]]; i += 1  # noqa: E702
+            elif pb < pa and j < len(ib):
+                gb.append(ib[j]); pb *= b[ib[j]]; j += 1  # noqa: E702
+            else:
+                return None
+        groups.append((ga, gb))
+    return groups if i == len(ia) and j == len(ib) else None
+
+
+def _strides(shape: list[int]) -> list[int]:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= s
+    return list(reversed(out))
+
+
+def regroup(ctx: RuleContext, x, literal_spec: list | None = None) -> None:
+    """Tie the dims of ``x`` to the output's after a view/reshape/flatten/unflatten/squeeze.
+
+    When a channel dim is split into factors (heads x head_dim, groups x channels) one factor
+    carries the units (the largest; on a tie the innermost) and the others are frozen. When
+    factors are merged (C x H x W into a linear layer) the channel-like factor carries them.
+    """
+    xs, os_ = ctx.shape(x), ctx.out_shape
+    groups = factor_groups(xs, os_)
+    if groups is None:
+        return
+    for gi, go in groups:
+        if len(gi) == 1 and len(go) == 1:
+            ctx.eq(ctx.v(x, gi[0]), ctx.out(go[0]))
+            continue
+        if len(gi) > 1 and len(go) > 1:
+            continue  # regrouping of several dims: frozen by default
+        if len(gi) == 1:  # split
+            whole, parts = ctx.v(x, gi[0]), [ctx.out(d) for d in go]
+            if not ctx.c.is_channel_like(whole):
+                continue
+            sizes = [ctx.c.sizes[p] for p in parts]
+            k = max(range(len(parts)), key=lambda t: (sizes[t], t))
+        else:  # merge
+            whole, parts = ctx.out(go[0]), [ctx.v(x, d) for d in gi]
+            like = [t for t, p in enumerate(parts) if ctx.c.is_channel_like(p)]
+            if not like:
+                continue
+            sizes = [ctx.c.sizes[p] for p in parts]
+            k = max(like, key=lambda t: (sizes[t], t))
+        stride = _strides(sizes)[k]
+        n = ctx.c.sizes[whole]
+        ctx.rel(whole, parts[k], np.arange(n), (np.arange(n) // stride) % sizes[k])
+        for t, p in enumerate(parts):
+            if t != k:
+                ctx.freeze(p, "factor of a reshape that keeps its size")
+    if literal_spec is not None and len(literal_spec) == len(os_):
+        _check_sizes(ctx, literal_spec)
+
+
+def _check_sizes(ctx: RuleContext, spec: list) -> None:
+    """Sizes written into a reshape must follow pruning: fix the attribute they come from,
+    tie them to the tensor they were read from, or freeze the dim."""
+    for d, item in enumerate(spec):
+        key = ctx.out(d)
+        if not ctx.c.is_channel_like(key) or key not in ctx.touched:
+            continue
+        if isinstance(item, int):
+            if item == -1:
+                continue
+            found = _find_attr(ctx, item)
+            if found:
+                for module, attr in found:
+                    ctx.attr_fix(module, attr, key)
+            else:
+                ctx.freeze(key, f"reshape hard-codes width {item}")
+        elif isinstance(item, fx.Node):
+            ref = ctx.size_refs.get(item.name)
+            if isinstance(ref, tuple) and ctx.shape(ref[0]) is not None:
+                src = ctx.v(ref[0], ref[1])
+                if ctx.c.sizes[src] == ctx.c.sizes[key]:
+                    n = ctx.c.sizes[key]
+                    ctx.rel(key, src, np.arange(n), np.arange(n))
+                    continue
+            ctx.freeze(key, "reshape size computed from other widths")
+            for t, dim in (ref if isinstance(ref, set) else ()):
+                if ctx.shape(t) is not None:
+                    ctx.freeze(ctx.v(t, dim), "its width is used in arithmetic for a reshape")
+
+
+def _find_attr(ctx: RuleContext, value: int) -> list[tuple[str, str]]:
+    """Integer attributes equal to ``value`` on the innermost module that has any."""
+    stack = ctx.node.meta.get("nn_module_stack") or {}
+    paths = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+    model = ctx.traced.model
+    for path in list(reversed(paths)) + [""]:
+        try:
+            mod = model.get_submodule(path)
+        except AttributeError:
+            continue
+        hits = [(path, a) for a, v in vars(mod).items()
+                if type(v) is int and v == value and not a.startswith("_") and a != "training"]
+        if hits:
+            return hits
+    return []
+
+
+def _spec(ctx: RuleContext) -> list:
+    rest = list(ctx.node.args[1:])
+    if "shape" in ctx.node.kwargs:
+        rest = [ctx.node.kwargs["shape"]]
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+        rest = list(rest[0])
+    return rest
+
+
+@register("method:view", "method:reshape", torch.reshape, aten.view, aten.reshape, aten._unsafe_view)
+def view(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    rest = _spec(ctx)
+    if len(rest) == 1 and isinstance(rest[0], torch.dtype):
+        return  # x.view(dtype)
+    regroup(ctx, x, rest)
+
+
+@register(torch.flatten, "method:flatten", nn.Flatten, nn.Unflatten, "method:unflatten",
+          torch.unflatten, torch.squeeze, torch.unsqueeze, "method:squeeze", "method:unsqueeze",
+          "method:view_as", "method:reshape_as", aten.flatten, aten.squeeze, aten.unsqueeze,
+          aten.unflatten, torch.ravel, "method:ravel", aten.squeeze_copy, aten.view_copy)
+def regroup_only(ctx: RuleContext) -> None:
+    regroup(ctx, ctx.arg(0))
+
+
+def _permutation(ctx: RuleContext, n: int) -> list[int] | None:
+    target = ctx.node.target
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    if isinstance(ctx.module, nn.Module) and hasattr(ctx.module, "dims"):
+        return [d % n for d in ctx.module.dims]
+    args = list(ctx.node.args[1:])
+    if "permute" in name:
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        dims = ctx.node.kwargs.get("dims", dims)
+        return [d % n for d in dims]
+    if name in ("t", "method:t") or name == "t":
+        return [1, 0] if n == 2 else list(range(n))
+    if "movedim" in name or "moveaxis" in name:
+        src, dst = args[0], args[1]
+        src, dst = ([src], [dst]) if isinstance(src, int) else (list(src), list(dst))
+        src, dst = [s % n for s in src], [d % n for d in dst]
+        order = [d for d in range(n) if d not in src]
+        perm = [None] * n
+        for s, d in zip(src, dst):
+            perm[d] = s
+        it = iter(order)
+        return [p if p is not None else next(it) for p in perm]
+    d0 = ctx.arg(1, "dim0")
+    d1 = ctx.arg(2, "dim1")
+    perm = list(range(n))
+    perm[d0 % n], perm[d1 % n] = perm[d1 % n], perm[d0 % n]
+    return perm
+
+
+@register(torch.permute, "method:permute", torch.transpose, "method:transpose", torch.swapaxes,
+          "method:swapaxes", torch.swapdims, "method:swapdims", "method:t", torch.t, torch.movedim,
+          "method:movedim", torch.moveaxis, aten.permute, aten.transpose, aten.t)
+def permute(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    n = len(ctx.shape(x))
+    perm = _permutation(ctx, n)
+    for o, i in enumerate(perm):
+        ctx.eq(ctx.v(x, i), ctx.out(o))
+
+
+@register("method:expand", "method:expand_as", torch.broadcast_to, "method:broadcast_to", aten.expand)
+def expand(ctx: RuleContext) -> None:
+    ctx.broadcast([ctx.arg(0)], ctx.node)
+
+
+@register("method:repeat", torch.tile, "method:tile", aten.repeat)
+def repeat(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    xs, os_ = ctx.shape(x), ctx.out_shape
+    off = len(os_) - len(xs)
+    for d, n in enumerate(xs):
+        m = os_[d + off]
+        if m == n:
+            ctx.eq(ctx.v(x, d), ctx.out(d + off))
+        else:
+            ctx.rel(ctx.v(x, d), ctx.out(d + off), np.arange(m) % n, np.arange(m))
+
+
+@register(F.pad, aten.pad, aten.constant_pad_nd)
+def pad(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    for d, (a, b) in enumerate(zip(ctx.shape(x), ctx.out_shape)):
+        if a == b:
+            ctx.eq(ctx.v(x, d), ctx.out(d))
+
+
+@register(torch.roll, "method:roll", aten.roll)
+def roll(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    xs = ctx.shape(x)
+    shifts, dims = ctx.arg(1, "shifts"), ctx.arg(2, "dims", None)
+    if dims is None:
+        return  # roll of the flattened tensor: frozen by default
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [d % len(xs) for d in ([dims] if isinstance(dims, int) else list(dims))]
+    for d, n in enumerate(xs):
+        if d in dims:
+            s = shifts[dims.index(d)]
+            ctx.rel(ctx.v(x, d), ctx.out(d), np.arange(n), (np.arange(n) + s) % n)
+        else:
+            ctx.eq(ctx.v(x, d), ctx.out(d))
+
+
+@register(torch.flip, "method:flip", aten.flip)
+def flip(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    dims = [d % len(ctx.shape(x)) for d in ctx.arg(1, "dims")]
+    for d, n in enumerate(ctx.shape(x)):
+        if d in dims:
+            ctx.rel(ctx.v(x, d), ctx.out(d), np.arange(n), n - 1 - np.arange(n))
+        else:
+            ctx.eq(ctx.v(x, d), ctx.out(d))
+
+
+# -- shuffles ------------------------------------------------------------------------------------------
+def _batch_dims(ctx: RuleContext, x, upto: int) -> None:
+    for d in range(upto):
+        ctx.eq(ctx.v(x, d), ctx.out(d))
+
+
+@register(nn.PixelShuffle, F.pixel_shuffle, aten.pixel_shuffle)
+def pixel_shuffle(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    cd = len(ctx.shape(x)) - 3
+    r = ctx.module.upscale_factor if ctx.module is not None else ctx.arg(1)
+    _batch_dims(ctx, x, cd)
+    ctx.blocks(ctx.v(x, cd), ctx.out(cd), r * r)
+
+
+@register(nn.PixelUnshuffle, F.pixel_unshuffle, aten.pixel_unshuffle)
+def pixel_unshuffle(ctx: RuleContext) -> None:
+    x = ctx.arg(0)
+    cd = len(ctx.shape(x)) - 3
+    r = ctx.module.downscale_factor if ctx.module is not None else ctx.arg(1)
+    _batch_dims(ctx, x, cd)
+    ctx.blocks(ctx.out(cd), ctx.v(x, cd), r * r)
+
+
+@register(nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle, torch.native_channel_shuffle,
+          aten.channel_shuffle, aten.native_channel_shuffle)
+def channel_shuffle(ctx: RuleContext) -> None:
+    """Input channel k*(C/g)+j lands at output j*g+k; unit j takes position j of every group."""
+    x = ctx.arg(0)
+    g = ctx.module.groups if ctx.module is not None else ctx.arg(1, "groups")
+    _batch_dims(ctx, x, 1)
+    for d in range(2, len(ctx.shape(x))):
+        ctx.eq(ctx.v(x, d), ctx.out(d))
+    c = ctx.shape(x)[1]
+    slot = ctx.virtual("shuffle", c // g)
+    ctx.slots(ctx.v(x, 1), slot, c // g)
+    ctx.blocks(ctx.out(1), slot, g)

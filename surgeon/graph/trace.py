@@ -1,0 +1,222 @@
+"""Capture a model as an fx graph with shapes and per-node FLOPs.
+
+``torch.fx.symbolic_trace`` is tried first: it keeps ``nn`` modules as leaves, so rules can be
+keyed by module type. When it fails (data-dependent control flow, unsupported Python), the model
+is captured with ``torch.export`` (non-strict) and unlifted, which gives an fx graph of ATen ops
+whose parameters are ``get_attr`` nodes with the same qualified names as in the user's model.
+
+Capture never mutates the model: training flags are restored and the forward used to propagate
+shapes runs in eval mode, so BatchNorm statistics are not touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from ..errors import TraceError
+
+__all__ = ["Traced", "trace", "normalize_inputs", "run_model"]
+
+
+def normalize_inputs(example_input: Any) -> tuple[tuple, dict]:
+    """Turn a tensor, a tuple/list of tensors, or a dict of keyword arguments into (args, kwargs)."""
+    if isinstance(example_input, torch.Tensor):
+        return (example_input,), {}
+    if isinstance(example_input, (tuple, list)):
+        return tuple(example_input), {}
+    if isinstance(example_input, dict):
+        return (), dict(example_input)
+    raise TypeError(
+        f"example_input must be a tensor, a tuple of tensors or a dict of keyword arguments, "
+        f"got {type(example_input).__name__}"
+    )
+
+
+def run_model(model: nn.Module, example_input: Any) -> Any:
+    """Call ``model`` on ``example_input`` as surgeon does everywhere (args or kwargs)."""
+    args, kwargs = normalize_inputs(example_input)
+    return model(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put every submodule in eval mode and restore each one's own flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@dataclass
+class NodeInfo:
+    """What shape propagation learned about one fx node."""
+
+    shape: Any  # torch.Size for a tensor, a list of NodeInfo-shapes for tuples, None otherwise
+    flops: int = 0
+    value: Any = None  # the Python value for non-tensor nodes (ints, sizes), else None
+
+
+@dataclass
+class Traced:
+    """An fx capture of a model: the graph, shapes, FLOPs per node and how it was captured."""
+
+    model: nn.Module
+    gm: fx.GraphModule
+    mode: str  # "fx" or "export"
+    info: dict[str, NodeInfo] = field(default_factory=dict)
+    output_shape: Any = None
+
+    @property
+    def graph(self) -> fx.Graph:
+        return self.gm.graph
+
+    def shape(self, node: Any) -> tuple[int, ...] | None:
+        if not isinstance(node, fx.Node):
+            return None
+        s = self.info[node.name].shape
+        return tuple(s) if isinstance(s, torch.Size) else None
+
+    def total_flops(self) -> int:
+        return sum(i.flops for i in self.info.values())
+
+
+class _NodeFlops(TorchDispatchMode):
+    """Counts matmul-like FLOPs with the same formulas as ``torch.utils.flop_counter``."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        fn = flop_registry.get(func._overloadpacket)
+        if fn is not None:
+            self.count += fn(*args, **kwargs, out_val=out)
+        return out
+
+
+def _describe(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.shape
+    if isinstance(v, (tuple, list)) and any(isinstance(x, torch.Tensor) for x in v):
+        return [_describe(x) for x in v]
+    return None
+
+
+class _ShapeFlops(fx.Interpreter):
+    """Runs the graph once, recording each node's output shape and FLOPs."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.info: dict[str, NodeInfo] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op in ("call_module", "call_function", "call_method"):
+            with _NodeFlops() as counter:
+                out = super().run_node(n)
+            flops = counter.count
+        else:
+            out = super().run_node(n)
+            flops = 0
+        shape = _describe(out)
+        value = out if shape is None and isinstance(out, (int, float, bool, torch.Size, tuple)) else None
+        self.info[n.name] = NodeInfo(shape=shape, flops=int(flops), value=value)
+        return out
+
+
+class _Tracer(fx.Tracer):
+    """The default fx tracer, keeping torch.nn modules (but not containers) as leaves."""
+
+
+def _fx_capture(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
+    sig = inspect.signature(model.forward)
+    params = list(sig.parameters.values())
+    given = {p.name for p in params[: len(args)]} | set(kwargs)
+    concrete = {
+        p.name: p.default
+        for p in params
+        if p.name not in given
+        and p.default is not inspect.Parameter.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    tracer = _Tracer()
+    graph = tracer.trace(model, concrete_args=concrete or None)
+    name = model.__class__.__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def _export_capture(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
+    ep = torch.export.export(model, args, kwargs=kwargs, strict=False)
+    return ep.module()
+
+
+def _failure_site(exc: BaseException) -> str:
+    """Best effort: the innermost frame of user code where tracing failed."""
+    tb = exc.__traceback__
+    site = ""
+    while tb is not None:
+        fname = tb.tb_frame.f_code.co_filename
+        if "/torch/" not in fname and "/surgeon/" not in fname:
+            site = f"{fname}:{tb.tb_lineno} in {tb.tb_frame.f_code.co_name}"
+        tb = tb.tb_next
+    return site
+
+
+def trace(model: nn.Module, example_input: Any) -> Traced:
+    """Capture ``model`` called on ``example_input`` as an fx graph with shapes and FLOPs.
+
+    >>> import torch
+    >>> t = trace(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()), torch.randn(2, 4))
+    >>> t.mode, t.output_shape
+    ('fx', torch.Size([2, 8]))
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    args, kwargs = normalize_inputs(example_input)
+    with eval_mode(model), torch.enable_grad():
+        try:
+            reference = model(*args, **kwargs)
+        except Exception as exc:  # the model rejects its own input: say so before tracing
+            raise ValueError(
+                f"{type(model).__name__} fails on the example input ({type(exc).__name__}: {exc}); "
+                "pass an input the model accepts (a tensor, a tuple of tensors, or a dict of kwargs)"
+            ) from exc
+        errors = []
+        for mode, capture in (("fx", _fx_capture), ("export", _export_capture)):
+            try:
+                gm = capture(model, args, kwargs)
+                interp = _ShapeFlops(gm)
+                flat = list(args) + [kwargs[k] for k in _placeholder_kwargs(gm, args, kwargs)]
+                out = interp.run(*flat)
+            except Exception as exc:  # noqa: BLE001 - any failure means "try the next capture"
+                site = _failure_site(exc)
+                errors.append(f"{mode}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                              + (f" (at {site})" if site else ""))
+                continue
+            return Traced(model=model, gm=gm, mode=mode, info=interp.info, output_shape=_describe(out))
+    raise TraceError(
+        f"could not capture {type(model).__name__} as a graph.\n  " + "\n  ".join(errors) +
+        "\nWhat to do: make the failing code traceable (torch.fx.wrap a helper with data-dependent "
+        "control flow, or keep it in a leaf module), or pass an example input that avoids the branch."
+    ) from None
+
+
+def _placeholder_kwargs(gm: fx.GraphModule, args: tuple, kwargs: dict) -> list[str]:
+    """Names of keyword inputs, in placeholder order, after the positional ones."""
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    names = [str(n).lstrip("*") for n in names][len(args):]
+    return [n for n in names if n in kwargs]
