@@ -31,6 +31,27 @@ def _step(group, round_to: int | None) -> int:
     return round_to // math.gcd(round_to, per_unit)
 
 
+class _Leftover:
+    """Tracks how many indices each distinct member dim of a group still has, so that no
+    dimension is ever emptied (with cat/split, a unit may own all of one member's indices)."""
+
+    def __init__(self, group):
+        seen, rows = set(), []
+        for m in group.members:
+            if id(m.unit_of) not in seen:
+                seen.add(id(m.unit_of))
+                rows.append(np.bincount(m.unit_of, minlength=group.n_units))
+        self.counts = np.stack(rows)
+        self.left = self.counts.sum(axis=1)
+
+    def take(self, u: int) -> bool:
+        after = self.left - self.counts[:, u]
+        if (after[self.counts[:, u] > 0] < 1).any():
+            return False
+        self.left = after
+        return True
+
+
 class _Order:
     """Removal order over every removable unit, with per-group caps and rounding."""
 
@@ -57,9 +78,10 @@ class _Order:
         removed = {gi: 0 for gi in live}
         cap = {gi: groups[gi].n_units - max(self.min_keep[gi], int(groups[gi].frozen_units.sum()))
                for gi in live}
+        left = {gi: _Leftover(groups[gi]) for gi in live}
         self.order: list[tuple[int, int]] = []
         for _, gi, u in entries:
-            if removed[gi] < cap[gi]:
+            if removed[gi] < cap[gi] and left[gi].take(u):
                 removed[gi] += 1
                 self.order.append((gi, u))
         # within-group removal order, for rounding
@@ -67,11 +89,16 @@ class _Order:
         for gi, u in self.order:
             self.per_group[gi].append(u)
 
-    def keep(self, k: int) -> list[np.ndarray]:
-        keep = self.a.full_keep()
+    def counts(self, k: int) -> dict[int, int]:
+        """Units removed per group by the first ``k`` entries of the order."""
         counts: dict[int, int] = {}
         for gi, _ in self.order[:k]:
             counts[gi] = counts.get(gi, 0) + 1
+        return counts
+
+    def keep(self, k: int | dict[int, int]) -> list[np.ndarray]:
+        counts = self.counts(k) if isinstance(k, int) else k
+        keep = self.a.full_keep()
         for gi, n_removed in counts.items():
             g = self.a.groups[gi]
             step = self.steps[gi]
@@ -107,12 +134,31 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
             hi = mid
         else:
             lo = mid + 1
-    best, best_err = lo, abs(cost.total(order.keep(lo)) - goal)
-    for k in range(max(0, lo - 8), min(n, lo + 8) + 1):
-        err = abs(cost.total(order.keep(k)) - goal)
-        if err < best_err:
-            best, best_err = k, err
-    return order.keep(best)
+    return order.keep(_refine(order, cost, goal, lo))
+
+
+def _refine(order: _Order, cost: CostModel, goal: float, k: int, window: int = 400) -> dict[int, int]:
+    """Land closer than one coarse unit: from the last prefix above the goal, keep taking the
+    next units in priority order that do not cross it, skipping (for good) any group whose next
+    unit would, then pick whichever side of the goal is nearer."""
+    above = order.counts(max(k - 1, 0))
+    best_below = order.counts(k)
+    below_err = abs(cost.total(order.keep(best_below)) - goal)
+    blocked: set[int] = set()
+    for gi, _ in order.order[max(k - 1, 0): max(k - 1, 0) + window]:
+        if gi in blocked:
+            continue
+        trial = dict(above)
+        trial[gi] = trial.get(gi, 0) + 1
+        c = cost.total(order.keep(trial))
+        if c >= goal:
+            above = trial
+        else:
+            blocked.add(gi)
+            if goal - c < below_err:
+                best_below, below_err = trial, goal - c
+    above_err = cost.total(order.keep(above)) - goal
+    return above if above_err < below_err else best_below
 
 
 def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: str, criterion: str,

@@ -135,7 +135,14 @@ class RuleContext:
 
     def param(self, name: str) -> str | None:
         """Qualified name of this module's parameter or buffer ``name``, if it exists."""
-        if self.module is None or getattr(self.module, name, None) is None:
+        if self.module is None:
+            return None
+        owner, _, leaf = name.rpartition(".")
+        try:
+            mod = self.module.get_submodule(owner) if owner else self.module
+        except AttributeError:
+            return None
+        if not isinstance(getattr(mod, leaf, None), torch.Tensor):
             return None
         return f"{self.node.target}.{name}" if self.node.target else name
 
@@ -194,7 +201,39 @@ class RuleContext:
         if flops:
             self.c.costs.append(CostTerm(flops, tuple(dims), self.node.name))
 
+    def cost_parts(self, parts: list[tuple[float, list[DimKey]]]) -> None:
+        """Split this node's measured FLOPs over formula parts ``(flops, dims)``.
+
+        The counter may not see every part (fused CPU attention kernels are not counted), so
+        the subset of parts whose formula sum matches the measurement is used; failing that the
+        measurement is shared in proportion to the formulas."""
+        measured = self.traced.info[self.node.name].flops
+        if not measured:
+            return
+        n = len(parts)
+        for mask in sorted(range(1, 2 ** n), key=lambda m: -bin(m).count("1")):
+            chosen = [parts[i] for i in range(n) if mask >> i & 1]
+            if abs(sum(f for f, _ in chosen) - measured) <= 0.01 * measured:
+                for f, dims in chosen:
+                    self.c.costs.append(CostTerm(f * measured / sum(f for f, _ in chosen),
+                                                 tuple(dims), self.node.name))
+                return
+        total = sum(f for f, _ in parts)
+        for f, dims in parts:
+            self.cost(dims, f / total)
+
     def attr_fix(self, module: str, attr: str, dim: DimKey, scale: int = 1, divisor: int = 1) -> None:
+        """``module.attr`` must become ``kept(dim) * scale // divisor``. Every dim fixed through
+        the same attribute must keep the same width, so later ones are tied to the first."""
+        for old in self.c.attr_fixes:
+            if (old.module, old.attr) == (module, attr) and old.dim != dim:
+                if (old.scale, old.divisor) == (scale, divisor) and self.c.sizes[old.dim] == self.c.sizes[dim]:
+                    n = self.c.sizes[dim]
+                    self.rel(dim, old.dim, np.arange(n), np.arange(n))
+                else:
+                    self.freeze(dim, f"'{module}.{attr}' sizes dims of different widths")
+                    self.freeze(old.dim, f"'{module}.{attr}' sizes dims of different widths")
+                return
         self.c.attr_fixes.append(AttrFix(module, attr, dim, scale, divisor))
 
     # -- common shapes of rules ----------------------------------------------------------------------

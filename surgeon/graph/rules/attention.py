@@ -46,19 +46,20 @@ def multihead_attention(ctx: RuleContext) -> None:
     # cost: in_proj and out_proj scale with both widths, the attention products with one
     tokens = qs[0] * qs[1]
     seq = qs[1] if batch_first else qs[0]
-    parts = np.array([2.0 * tokens * e * 3 * e, 2.0 * tokens * e * e, 4.0 * tokens * seq * e])
-    parts /= parts.sum()
-    ctx.cost([ctx.p(w_in, 0), ctx.p(w_in, 1)], parts[0])
-    ctx.cost([ctx.p(w_out, 0), ctx.p(w_out, 1)], parts[1])
-    ctx.cost([inner], parts[2])
+    ctx.cost_parts([(2.0 * tokens * e * 3 * e, [ctx.p(w_in, 0), ctx.p(w_in, 1)]),
+                    (2.0 * tokens * e * e, [ctx.p(w_out, 0), ctx.p(w_out, 1)]),
+                    (4.0 * tokens * seq * e, [inner])])
 
 
 @register(F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention)
 def sdpa(ctx: RuleContext) -> None:
+    """q (..., L, E) · k (..., S, E) -> softmax -> · v (..., S, Ev): E is contracted, S is
+    softmaxed over, L and Ev pass through; leading dims broadcast."""
     q, k, v = ctx.arg(0, "query"), ctx.arg(1, "key"), ctx.arg(2, "value")
-    qs, ks, vs, os_ = ctx.shape(q), ctx.shape(k), ctx.shape(v), ctx.out_shape
+    qs, os_ = ctx.shape(q), ctx.out_shape
     nb = len(os_) - 2
-    for x, xs in ((q, qs), (k, ks), (v, vs)):
+    for x in (q, k, v):
+        xs = ctx.shape(x)
         off = nb - (len(xs) - 2)
         for d in range(len(xs) - 2):
             if xs[d] == os_[d + off]:
@@ -70,6 +71,8 @@ def sdpa(ctx: RuleContext) -> None:
     if ctx.arg(6, "scale") is None:
         ctx.inexact(ctx.v(q, -1), "the default attention scale depends on head_dim")
     ctx.inexact(ctx.v(k, -2), "softmax over keys")
-    half = 0.5
-    ctx.cost([ctx.out(d) for d in range(len(os_) - 1)] + [ctx.v(k, -2), ctx.v(q, -1)], half)
-    ctx.cost([ctx.out(d) for d in range(len(os_))] + [ctx.v(k, -2)], half)
+    batch = float(np.prod(os_[:-2]))
+    s = ctx.shape(k)[-2]
+    lead = [ctx.out(d) for d in range(nb)]
+    ctx.cost_parts([(2.0 * batch * qs[-2] * s * qs[-1], lead + [ctx.out(-2), ctx.v(k, -2), ctx.v(q, -1)]),
+                    (2.0 * batch * qs[-2] * s * os_[-1], lead + [ctx.out(-2), ctx.v(k, -2), ctx.out(-1)])])

@@ -34,14 +34,14 @@ def shifted_window_attention(ctx: RuleContext) -> None:
     ctx.rel(ctx.v(w_proj, 1), ctx.v(x, -1), idx, idx)
     ctx.slots(ctx.v(x, -1), ctx.virtual("head_slots", c // heads), c // heads)
     ctx.inexact(ctx.v(x, -1), "the attention scale depends on head_dim")
-    tokens = int(np.prod(xs[:-1]))
     ws = ctx.arg(4, "window_size")
     win = int(np.prod(ws))
-    parts = np.array([2.0 * tokens * c * 3 * c, 2.0 * tokens * c * c, 4.0 * tokens * win * c])
-    parts /= parts.sum()
-    ctx.cost([ctx.v(w_qkv, 0), ctx.v(w_qkv, 1)], parts[0])
-    ctx.cost([ctx.v(w_proj, 0), ctx.v(w_proj, 1)], parts[1])
-    ctx.cost([ctx.v(x, -1)], parts[2])
+    # the function pads H and W up to multiples of the window before attending
+    padded = [-(-n // w) * w for n, w in zip(xs[-3:-1], ws)]
+    tokens = int(np.prod(xs[:-3])) * int(np.prod(padded))
+    ctx.cost_parts([(2.0 * tokens * c * 3 * c, [ctx.v(w_qkv, 0), ctx.v(w_qkv, 1)]),
+                    (2.0 * tokens * c * c, [ctx.v(w_proj, 0), ctx.v(w_proj, 1)]),
+                    (4.0 * tokens * win * c, [ctx.v(x, -1)])])
 
 
 @register(SWIN + "_patch_merging_pad")
