@@ -137,28 +137,41 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
     return order.keep(_refine(order, cost, goal, lo))
 
 
-def _refine(order: _Order, cost: CostModel, goal: float, k: int, window: int = 400) -> dict[int, int]:
-    """Land closer than one coarse unit: from the last prefix above the goal, keep taking the
-    next units in priority order that do not cross it, skipping (for good) any group whose next
-    unit would, then pick whichever side of the goal is nearer."""
-    above = order.counts(max(k - 1, 0))
-    best_below = order.counts(k)
-    below_err = abs(cost.total(order.keep(best_below)) - goal)
-    blocked: set[int] = set()
-    for gi, _ in order.order[max(k - 1, 0): max(k - 1, 0) + window]:
-        if gi in blocked:
-            continue
-        trial = dict(above)
-        trial[gi] = trial.get(gi, 0) + 1
-        c = cost.total(order.keep(trial))
-        if c >= goal:
-            above = trial
-        else:
-            blocked.add(gi)
-            if goal - c < below_err:
-                best_below, below_err = trial, goal - c
-    above_err = cost.total(order.keep(above)) - goal
-    return above if above_err < below_err else best_below
+def _refine(order: _Order, cost: CostModel, goal: float, k: int, rounds: int = 8) -> dict[int, int]:
+    """Land closer than one coarse unit. The unit that crossed the goal is skipped, its group
+    blocked, and the rest of the order is bisected again from the last prefix above the goal;
+    a few rounds, then whichever candidate is nearest the goal wins."""
+
+    def total(counts):
+        return cost.total(order.keep(counts))
+
+    def plus(counts, seq):
+        out = dict(counts)
+        for gi, _ in seq:
+            out[gi] = out.get(gi, 0) + 1
+        return out
+
+    base: dict[int, int] = {}
+    seq = order.order
+    best, best_err = order.counts(k), abs(total(order.counts(k)) - goal)
+    for _ in range(rounds):
+        lo, hi = 0, len(seq)
+        while lo < hi:  # smallest j with cost(base + seq[:j]) <= goal
+            mid = (lo + hi) // 2
+            if total(plus(base, seq[:mid])) <= goal:
+                hi = mid
+            else:
+                lo = mid + 1
+        for cand in (plus(base, seq[:lo]), plus(base, seq[: max(lo - 1, 0)])):
+            err = abs(total(cand) - goal)
+            if err < best_err:
+                best, best_err = cand, err
+        if lo == 0 or lo > len(seq):
+            break
+        base = plus(base, seq[: lo - 1])
+        blocked = seq[lo - 1][0]
+        seq = [e for e in seq[lo - 1:] if e[0] != blocked]
+    return best
 
 
 def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: str, criterion: str,
