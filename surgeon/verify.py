@@ -3,7 +3,7 @@
 >>> import torch, surgeon
 >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
 >>> count_flops(net, torch.randn(1, 8))
-512
+768
 """
 
 from __future__ import annotations
