@@ -48,9 +48,12 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
     _check(model, target, metric, round_to)
     crit = get_criterion(criterion)
     a = analysis or analyze(model, example_input, ignore)
-    scores = crit.score(model, a.groups)
-    keep = solve(a, scores, metric, float(target), round_to, min_keep)
-    return build_plan(a, keep, target=float(target), metric=metric,
+    return _plan(a, crit, crit.score(model, a.groups), float(target), metric, round_to, min_keep)
+
+
+def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, round_to, min_keep) -> Plan:
+    keep = solve(a, scores, metric, target, round_to, min_keep)
+    return build_plan(a, keep, target=target, metric=metric,
                       criterion=getattr(crit, "name", type(crit).__name__), round_to=round_to)
 
 
@@ -71,15 +74,16 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     True
     """
     _check(model, target, metric, round_to)
+    crit = get_criterion(criterion)
     a = analyze(model, example_input, ignore)
+    scores = crit.score(model, a.groups)
     measure = count_flops if metric == "flops" else (lambda m, _x: count_params(m))
     base = measure(model, example_input)
     want = float(target)
     goal = want
     best = None
     for _ in range(4):  # re-aim if the independent counter disagrees with the cost model
-        p = plan(model, example_input, goal, metric=metric, criterion=criterion, round_to=round_to,
-                 min_keep=min_keep, analysis=a)
+        p = _plan(a, crit, scores, goal, metric, round_to, min_keep)
         small = apply(model, p, inplace=False)
         if not verify:
             best = (small, p)

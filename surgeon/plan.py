@@ -44,10 +44,12 @@ class Slice:
 
 @dataclass(frozen=True)
 class AttrUpdate:
+    """Set ``module.attr`` from ``old`` to ``new`` (an int, or a list for tuple attributes)."""
+
     module: str
     attr: str
-    old: int
-    new: int
+    old: int | list[int]
+    new: int | list[int]
 
 
 @dataclass(frozen=True)

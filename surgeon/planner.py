@@ -195,13 +195,24 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
             shapes[m.name] = tuple(_tensor_shape(model, m.name))
     attrs = []
     seen = set()
+    pending: dict[tuple[str, str], tuple] = {}
     for fix in a.coupling.attr_fixes:
-        new = a.kept_width(fix.dim, keep) * fix.scale // fix.divisor
+        width = a.kept_width(fix.dim, keep) * fix.scale // fix.divisor
         mod = model.get_submodule(fix.module) if fix.module else model
         old = getattr(mod, fix.attr)
+        if fix.index is None:
+            new = width
+        else:  # one element of a tuple attribute; several fixes may touch one tuple
+            base = pending.get((fix.module, fix.attr), (old, tuple(old)))[1]
+            new = tuple(width if i == fix.index else v for i, v in enumerate(base))
+            pending[(fix.module, fix.attr)] = (old, new)
+            continue
         if new != old and (fix.module, fix.attr) not in seen:
             seen.add((fix.module, fix.attr))
             attrs.append(AttrUpdate(fix.module, fix.attr, int(old), int(new)))
+    for (module, attr), (old, new) in pending.items():
+        if tuple(new) != tuple(old):
+            attrs.append(AttrUpdate(module, attr, list(old), list(new)))
     flops, params = a.cost("flops"), a.cost("params")
     extra = (("flops_before", flops.base), ("flops_after", flops.total(keep)),
              ("params_before", params.base), ("params_after", params.total(keep)))

@@ -91,7 +91,7 @@ def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
         done.add(id(old))
     for a in plan.attrs:
         mod = target.get_submodule(a.module) if a.module else target
-        setattr(mod, a.attr, a.new)
+        setattr(mod, a.attr, tuple(a.new) if isinstance(a.new, list) else a.new)
     for mod in target.modules():
         if id(mod) in touched:
             fix = _fixer(type(mod))

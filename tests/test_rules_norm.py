@@ -63,10 +63,7 @@ def test_channel_norm_structure(norm):
 @pytest.mark.parametrize("norm", [
     "bn", "bn_plain", "in", "in_stats", "prelu",
     pytest.param("in_plain", marks=[
-        pytest.mark.filterwarnings("ignore:input's size at dim=1 does not match num_features"),
-        pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "InstanceNorm2d(affine=False, track_running_stats=False) has no tensor to slice, so "
-            "surgery never runs its fixer and num_features keeps the old width"))]),
+        pytest.mark.filterwarnings("error:input's size at dim=1 does not match num_features")]),
 ])
 def test_channel_norm_behaviour(norm):
     check_zero_invariance(ConvBN(norm), X, expect=["conv.weight", "mid.weight"])

@@ -2,15 +2,18 @@
 unbind. Each piece's channels sit at an offset of the source's, so pieces that meet again
 elementwise pair up source channels into one unit.
 
-Sizes written in ``forward`` (``torch.split(y, [4, 8, 12])``, ``y[:, :6]``) and sizes
-recomputed at run time (``chunk(2)`` of pieces read by different layers) do not follow an
-uneven pruning of the pieces; those behaviour tests are expected failures of the engine.
+Sizes written in ``forward`` (``torch.split(y, [4, 8, 12])``, ``y[:, :6]``) cannot follow
+pruning, so the sliced dim is frozen with the reason and the rest of the model still shrinks.
+``chunk(2)`` re-splits at the middle at run time, so its pieces are tied index by index and
+shrink evenly.
 """
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+import surgeon
 
 from helpers import (analyze, assert_frozen, assert_tied, check_shrink, check_zero_invariance,
                      group_of, units_of)
@@ -147,60 +150,45 @@ def test_chunk_behaviour():
 
 def test_unequal_split_structure():
     a = analyze(UnequalSplit(), X)
-    g = assert_tied(a, ("conv.weight", 0), ("conv.bias", 0), ("ha.weight", 1), ("hb.weight", 1),
-                    ("hc.weight", 1), exactly=True)
-    assert g.n_units == 24 and g.prunable and g.exact
-    np.testing.assert_array_equal(
-        units_of(a, "conv.weight", 0),
-        np.concatenate([units_of(a, n, 1) for n in ("ha.weight", "hb.weight", "hc.weight")]))
+    g = group_of(a, "conv.weight", 0)
+    assert_frozen(g, "split sizes are written in the code")
+    for name in ("ha.weight", "hb.weight", "hc.weight"):
+        assert group_of(a, name, 1) is g
     summed = assert_tied(a, ("ha.weight", 0), ("hb.weight", 0), ("hc.weight", 0), ("head.weight", 1))
-    assert summed.n_units == 6
+    assert summed.n_units == 6 and summed.prunable
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=True, reason=(
-    "split rule ties the pieces to offsets of a prunable dim, but the split sizes are literals "
-    "in forward; the dim is neither frozen nor resized, so after surgery torch.split fails"))
 def test_unequal_split_behaviour():
-    check_zero_invariance(UnequalSplit(), X, expect=["conv.weight", "ha.weight"])
-    small = check_shrink(UnequalSplit(), X)
-    assert small.conv.out_channels == small.ha.in_channels + small.hb.in_channels + small.hc.in_channels
-    assert min(small.ha.in_channels, small.hb.in_channels, small.hc.in_channels) >= 1
+    check_zero_invariance(UnequalSplit(), X, expect=["ha.weight"])
+    small = surgeon.shrink(UnequalSplit(), X, target=0.8)
+    assert small.conv.out_channels == 24 and small.ha.out_channels < 6
 
 
 def test_slicing_structure():
     a = analyze(Slicing(), X)
-    g = assert_tied(a, ("conv.weight", 0), ("conv.bias", 0), ("ha.weight", 1), ("hb.weight", 1),
-                    ("hc.weight", 1), exactly=True)
-    assert g.n_units == 16 and g.prunable and g.exact
-    conv = units_of(a, "conv.weight", 0)
-    np.testing.assert_array_equal(units_of(a, "ha.weight", 1), conv[:6])
-    np.testing.assert_array_equal(units_of(a, "hb.weight", 1), conv[6:])
-    np.testing.assert_array_equal(units_of(a, "hc.weight", 1), conv[1::2])
+    assert_frozen(group_of(a, "conv.weight", 0), "sliced with fixed bounds")
+    assert group_of(a, "ha.weight", 0).prunable
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=True, reason=(
-    "getitem rule ties y[:, :6], y[:, 6:], y[:, 1::2] to a prunable channel dim, but the slice "
-    "bounds are literals in forward; after surgery the slices take the wrong channels"))
 def test_slicing_behaviour():
-    check_zero_invariance(Slicing(), X, expect=["conv.weight", "ha.weight"])
-    check_shrink(Slicing(), X)
+    small = surgeon.shrink(Slicing(), X, target=0.8)
+    assert small.conv.out_channels == 16 and small.ha.in_channels == 6
 
 
 def test_chunk_separate_structure():
     a = analyze(ChunkSeparate(), X)
     conv = units_of(a, "conv.weight", 0)
+    np.testing.assert_array_equal(conv[:16], conv[16:])  # the halves shrink evenly
     np.testing.assert_array_equal(units_of(a, "ha.weight", 1), conv[:16])
     np.testing.assert_array_equal(units_of(a, "hb.weight", 1), conv[16:])
     assert_tied(a, ("conv.weight", 0), ("conv.bias", 0), ("ha.weight", 1), ("hb.weight", 1),
                 exactly=True)
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=True, reason=(
-    "chunk(2) re-splits at the middle at run time, but the split rule lets the planner remove "
-    "different channels from the two halves (nothing ties a[i] to b[i], nor freezes the dim)"))
 def test_chunk_separate_behaviour():
     check_zero_invariance(ChunkSeparate(), X, expect=["ha.weight"])
-    check_shrink(ChunkSeparate(), X)
+    small = check_shrink(ChunkSeparate(), X)
+    assert small.conv.out_channels == 2 * small.ha.in_channels == 2 * small.hb.in_channels
 
 
 def test_spatial_slice_structure():

@@ -77,12 +77,17 @@ def size_refs(traced) -> dict[str, Any]:
                 refs[n.name] = (x, dims[idx])
             elif isinstance(idx, slice):
                 refs[n.name] = ("shape", x, dims[idx])
+        elif n.op == "call_function" and n.target is operator.floordiv and isinstance(n.args[1], int) \
+                and isinstance(n.args[0], fx.Node) and _direct(refs.get(n.args[0].name)):
+            refs[n.name] = ("div", refs[n.args[0].name], n.args[1])
         elif traced.info.get(n.name) is not None and traced.info[n.name].shape is None:
             derived: set = set()
             for a in _inputs(n):
                 r = refs.get(a.name)
                 if isinstance(r, tuple) and r[0] == "shape":
                     derived |= {(r[1], d) for d in r[2]}
+                elif isinstance(r, tuple) and r[0] == "div":
+                    derived.add(r[1])
                 elif isinstance(r, tuple):
                     derived.add(r)
                 elif isinstance(r, set):
@@ -90,6 +95,10 @@ def size_refs(traced) -> dict[str, Any]:
             if derived:
                 refs[n.name] = derived
     return refs
+
+
+def _direct(ref) -> bool:
+    return isinstance(ref, tuple) and len(ref) == 2 and isinstance(ref[0], fx.Node)
 
 
 def couple(traced) -> Coupling:

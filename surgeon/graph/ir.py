@@ -54,6 +54,7 @@ class AttrFix:
     dim: DimKey
     scale: int = 1
     divisor: int = 1
+    index: int | None = None  # for tuple attributes (LayerNorm.normalized_shape): which element
 
 
 class _UnionFind:
@@ -90,6 +91,7 @@ class Coupling:
     costs: list[CostTerm] = field(default_factory=list)
     attr_fixes: list[AttrFix] = field(default_factory=list)
     owners: dict[DimKey, str] = field(default_factory=dict)  # param dim -> op that uses it
+    splits: list[tuple[DimKey, DimKey, int]] = field(default_factory=list)  # (whole, carrier, others)
     uf: _UnionFind = field(default_factory=_UnionFind)
     _channel_like: set = field(default_factory=set)  # roots of classes that carry channels
 

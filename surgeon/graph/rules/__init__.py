@@ -99,6 +99,8 @@ class RuleContext:
         self.where = where
         self.size_refs = size_refs
         self.touched: set[DimKey] = set()
+        self.splits: dict[DimKey, tuple[DimKey, int]] = {}  # carrier -> (split dim, other factors)
+        self.merges: dict[DimKey, tuple[DimKey, int]] = {}  # merged dim -> (carrier, other factors)
         self.module: nn.Module | None = (
             traced.gm.get_submodule(node.target) if node.op == "call_module" else None
         )
@@ -222,11 +224,12 @@ class RuleContext:
         for f, dims in parts:
             self.cost(dims, f / total)
 
-    def attr_fix(self, module: str, attr: str, dim: DimKey, scale: int = 1, divisor: int = 1) -> None:
+    def attr_fix(self, module: str, attr: str, dim: DimKey, scale: int = 1, divisor: int = 1,
+                 index: int | None = None) -> None:
         """``module.attr`` must become ``kept(dim) * scale // divisor``. Every dim fixed through
         the same attribute must keep the same width, so later ones are tied to the first."""
         for old in self.c.attr_fixes:
-            if (old.module, old.attr) == (module, attr) and old.dim != dim:
+            if (old.module, old.attr, old.index) == (module, attr, index) and old.dim != dim:
                 if (old.scale, old.divisor) == (scale, divisor) and self.c.sizes[old.dim] == self.c.sizes[dim]:
                     n = self.c.sizes[dim]
                     self.rel(dim, old.dim, np.arange(n), np.arange(n))
@@ -234,7 +237,7 @@ class RuleContext:
                     self.freeze(dim, f"'{module}.{attr}' sizes dims of different widths")
                     self.freeze(old.dim, f"'{module}.{attr}' sizes dims of different widths")
                 return
-        self.c.attr_fixes.append(AttrFix(module, attr, dim, scale, divisor))
+        self.c.attr_fixes.append(AttrFix(module, attr, dim, scale, divisor, index))
 
     # -- common shapes of rules ----------------------------------------------------------------------
     def same_dims(self, a: Any, b: Any) -> None:

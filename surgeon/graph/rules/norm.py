@@ -29,6 +29,8 @@ def batch_norm_module(ctx: RuleContext) -> None:
     names = ("weight", "bias", "running_mean", "running_var")
     keys = [ctx.p(q, 0) for q in (ctx.param(n) for n in names) if q]
     couple_channel_norm(ctx, ctx.arg(0), keys)
+    if not keys:  # nothing to slice: the width lives only in the attribute
+        ctx.attr_fix(ctx.node.target, "num_features", ctx.out(_channel_dim(ctx, ctx.arg(0))))
 
 
 @register(F.batch_norm, F.instance_norm)
@@ -71,8 +73,13 @@ def couple_trailing_norm(ctx: RuleContext, x, n_norm: int, weight, bias) -> None
 @register(nn.LayerNorm, nn.RMSNorm)
 def layer_norm_module(ctx: RuleContext) -> None:
     w, b = ctx.param("weight"), ctx.param("bias")
-    couple_trailing_norm(ctx, ctx.arg(0), len(ctx.module.normalized_shape),
-                         (lambda k: ctx.p(w, k)) if w else None, (lambda k: ctx.p(b, k)) if b else None)
+    n = len(ctx.module.normalized_shape)
+    couple_trailing_norm(ctx, ctx.arg(0), n, (lambda k: ctx.p(w, k)) if w else None,
+                         (lambda k: ctx.p(b, k)) if b else None)
+    if not w:  # forward passes normalized_shape itself: it must follow pruning
+        nd = len(ctx.out_shape)
+        for k in range(n):
+            ctx.attr_fix(ctx.node.target, "normalized_shape", ctx.out(nd - n + k), index=k)
 
 
 @register(F.layer_norm, F.rms_norm, torch.ops.aten.layer_norm, torch.ops.aten.rms_norm)
@@ -100,6 +107,8 @@ def couple_group_norm(ctx: RuleContext, x, groups: int, members) -> None:
 def group_norm_module(ctx: RuleContext) -> None:
     keys = [ctx.p(q, 0) for q in (ctx.param("weight"), ctx.param("bias")) if q]
     couple_group_norm(ctx, ctx.arg(0), ctx.module.num_groups, keys)
+    if not keys:
+        ctx.attr_fix(ctx.node.target, "num_channels", ctx.out(1))
 
 
 @register(F.group_norm, torch.ops.aten.group_norm)

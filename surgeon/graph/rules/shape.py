@@ -51,30 +51,54 @@ def stack(ctx: RuleContext) -> None:
           "method:tensor_split", "method:unbind", "method:split_with_sizes", aten.split,
           aten.split_with_sizes, aten.chunk, aten.unbind, aten.tensor_split)
 def split(ctx: RuleContext) -> None:
+    """Pieces along ``dim`` are slices of the input. Where the op decides the piece sizes from
+    the width itself (``chunk``), the pieces are tied index by index so they stay equal; where
+    the code writes the sizes (``split(8)``, ``split([8, 16])``) they are fixed through the
+    attribute they come from, or the dim is frozen."""
     x = ctx.arg(0)
     xs = ctx.shape(x)
-    name = getattr(ctx.node.target, "__name__", str(ctx.node.target))
-    default = 0
-    dim = ctx.node.kwargs.get("dim", ctx.node.args[2] if len(ctx.node.args) > 2 else default)
-    if "unbind" in name:
-        dim = ctx.node.kwargs.get("dim", ctx.node.args[1] if len(ctx.node.args) > 1 else 0)
+    name = ctx.node.target if isinstance(ctx.node.target, str) else getattr(ctx.node.target, "__name__", "")
+    name = name.split(":")[-1]
+    unbind = "unbind" in name
+    dim = ctx.node.kwargs.get("dim", ctx.node.args[1 if unbind else 2] if len(ctx.node.args) > (1 if unbind else 2)
+                              else 0)
     dim %= len(xs)
-    outs = ctx.out_shapes()
+    outs = [o for o in ctx.out_shapes()]
     offset = 0
+    pieces = []
     for i, s in enumerate(outs):
         if s is None:
             continue
-        squeeze = len(s) == len(xs) - 1
         for d in range(len(xs)):
-            if d == dim:
-                continue
-            ctx.eq(ctx.v(x, d), ctx.out(d if (not squeeze or d < dim) else d - 1, i))
-        if squeeze:
-            offset += 1
+            if d != dim:
+                ctx.eq(ctx.v(x, d), ctx.out(d if (not unbind or d < dim) else d - 1, i))
+        if unbind:
             continue
         n = s[dim]
         ctx.rel(ctx.v(x, dim), ctx.out(dim, i), offset + np.arange(n), np.arange(n))
+        pieces.append(ctx.out(dim, i))
         offset += n
+    if unbind or not pieces:
+        return
+    sizes = {ctx.c.sizes[p] for p in pieces}
+    if "chunk" in name and len(sizes) == 1:
+        _tie_equal(ctx, pieces)
+        return
+    size_arg = ctx.arg(1, "split_size_or_sections", ctx.node.kwargs.get("split_size"))
+    if isinstance(size_arg, int) and len(sizes) == 1 and ctx.c.is_channel_like(ctx.v(x, dim)):
+        found = _find_attr(ctx, size_arg)
+        if found:
+            _tie_equal(ctx, pieces)
+            for module, attr in found:
+                ctx.attr_fix(module, attr, pieces[0])
+            return
+    ctx.freeze(ctx.v(x, dim), "split sizes are written in the code")
+
+
+def _tie_equal(ctx: RuleContext, pieces: list) -> None:
+    n = ctx.c.sizes[pieces[0]]
+    for p in pieces[1:]:
+        ctx.rel(pieces[0], p, np.arange(n), np.arange(n))
 
 
 @register(operator.getitem, aten.slice, aten.select, aten.unsqueeze_copy)
@@ -113,12 +137,11 @@ def _tensor_index(ctx: RuleContext, x, items: tuple) -> None:
         elif isinstance(it, slice):
             start, stop, step = (ctx.value(v) for v in (it.start, it.stop, it.step))
             rng = range(xs[i])[slice(start, stop, step)]
-            src_idx = np.arange(rng.start, rng.stop, rng.step)
             a, b = ctx.v(x, i), ctx.out(o)
-            if len(src_idx) == xs[i] and (len(src_idx) < 2 or rng.step == 1):
+            if len(rng) == xs[i] and (len(rng) < 2 or rng.step == 1):
                 ctx.eq(a, b)
-            else:
-                ctx.rel(a, b, src_idx, np.arange(len(src_idx)))
+            else:  # the bounds are written in the code: they cannot follow pruning
+                ctx.freeze(a, "sliced with fixed bounds")
             i += 1
             o += 1
         else:  # an integer drops the dim
@@ -200,6 +223,12 @@ def regroup(ctx: RuleContext, x, literal_spec: list | None = None) -> None:
         stride = _strides(sizes)[k]
         n = ctx.c.sizes[whole]
         ctx.rel(whole, parts[k], np.arange(n), (np.arange(n) // stride) % sizes[k])
+        others = int(np.prod(sizes)) // sizes[k]
+        if len(gi) == 1:
+            ctx.splits[parts[k]] = (whole, others)
+            ctx.c.splits.append((whole, parts[k], others))
+        else:
+            ctx.merges[whole] = (parts[k], others)
         for t, p in enumerate(parts):
             if t != k:
                 ctx.freeze(p, "factor of a reshape that keeps its size")
@@ -225,16 +254,35 @@ def _check_sizes(ctx: RuleContext, spec: list) -> None:
                 ctx.freeze(key, f"reshape hard-codes width {item}")
         elif isinstance(item, fx.Node):
             ref = ctx.size_refs.get(item.name)
-            if isinstance(ref, tuple) and ctx.shape(ref[0]) is not None:
+            if isinstance(ref, tuple) and ref[0] == "div" and key in ctx.splits:
+                (t, dim), k = ref[1], ref[2]
+                whole, others = ctx.splits[key]
+                if k == others and ctx.c.uf.find(ctx.v(t, dim)) == ctx.c.uf.find(whole):
+                    continue  # width // groups of the very dim being split: follows pruning
+            if isinstance(ref, tuple) and isinstance(ref[0], fx.Node) and key in ctx.merges \
+                    and _undoes_split(ctx, key, ctx.v(ref[0], ref[1])):
+                continue  # merging back to the width of the dim that was split: follows pruning
+            if isinstance(ref, tuple) and isinstance(ref[0], fx.Node) and ctx.shape(ref[0]) is not None:
                 src = ctx.v(ref[0], ref[1])
                 if ctx.c.sizes[src] == ctx.c.sizes[key]:
                     n = ctx.c.sizes[key]
                     ctx.rel(key, src, np.arange(n), np.arange(n))
                     continue
             ctx.freeze(key, "reshape size computed from other widths")
+            if isinstance(ref, tuple) and ref[0] == "div":
+                ref = {ref[1]}
             for t, dim in (ref if isinstance(ref, set) else ()):
                 if ctx.shape(t) is not None:
                     ctx.freeze(ctx.v(t, dim), "its width is used in arithmetic for a reshape")
+
+
+def _undoes_split(ctx: RuleContext, merged, source) -> bool:
+    """Is ``merged`` a merge whose carrier and other factors are those of an earlier split of a
+    dim in ``source``'s class? Then both widths are ``others x kept(carrier)``."""
+    carrier, others = ctx.merges[merged]
+    find = ctx.c.uf.find
+    return any(find(c) == find(carrier) and find(w) == find(source) and o == others
+               for w, c, o in ctx.c.splits)
 
 
 def _find_attr(ctx: RuleContext, value: int) -> list[tuple[str, str]]:
