@@ -16,7 +16,7 @@ from .graph.trace import eval_mode, run_model
 from .plan import Plan
 from .planner import build_plan, solve
 from .surgery import apply
-from .verify import count_flops, count_params, output_shapes
+from .verify import count_params, measure
 
 __all__ = ["plan", "shrink", "apply"]
 
@@ -77,8 +77,7 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     crit = get_criterion(criterion)
     a = analyze(model, example_input, ignore)
     scores = crit.score(model, a.groups)
-    measure = count_flops if metric == "flops" else (lambda m, _x: count_params(m))
-    base = measure(model, example_input)
+    base = a.cost(metric).base  # the per-node counter uses flop_counter's own formulas
     want = float(target)
     goal = want
     best = None
@@ -88,8 +87,8 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
         if not verify:
             best = (small, p)
             break
-        _verify_runs(model, small, example_input, p)
-        got = measure(small, example_input) / base
+        flops = _verify_runs(a, small, example_input, p)
+        got = (flops if metric == "flops" else count_params(small)) / base
         if best is None or abs(got - want) < best[2]:
             best = (small, p, abs(got - want))
         if abs(got - want) <= 0.004 or want >= 1.0 or got <= 0:
@@ -107,15 +106,17 @@ def _copy_into(model: nn.Module, small: nn.Module) -> None:
     model.__dict__.update(small.__dict__)
 
 
-def _verify_runs(model: nn.Module, small: nn.Module, example_input: Any, p: Plan) -> None:
-    expected = output_shapes(model, example_input)
+def _verify_runs(a: Analysis, small: nn.Module, example_input: Any, p: Plan) -> int:
+    """Run the shrunk model once: it must work and keep the output shapes. Returns its FLOPs."""
+    expected = a.traced.reference_shapes
     try:
-        got = output_shapes(small, example_input)
+        flops, got = measure(small, example_input)
     except Exception as exc:  # noqa: BLE001 - reported with context below
         raise SurgeryError(_failure(small, example_input, p, exc)) from exc
     if got != expected:
         raise SurgeryError(f"the shrunk model's output shapes changed: {expected} -> {got}; "
                            f"this is a bug in a coupling rule, please report it with the model")
+    return flops
 
 
 def _failure(small: nn.Module, example_input: Any, p: Plan, exc: Exception) -> str:

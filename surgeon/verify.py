@@ -15,40 +15,33 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .graph.trace import eval_mode, run_model
+from .graph.trace import eval_mode, run_model, shapes_of
 
-__all__ = ["count_flops", "count_params", "output_shapes", "max_rel_error", "zero_invariance",
+__all__ = ["count_flops", "measure", "count_params", "output_shapes", "max_rel_error", "zero_invariance",
            "first_tensor"]
 
 
 def count_flops(model: nn.Module, example_input: Any) -> int:
     """FLOPs of one forward by ``torch.utils.flop_counter.FlopCounterMode`` (eval mode, autograd
     on so that fused inference fast paths, which the counter cannot see into, are not taken)."""
+    return measure(model, example_input)[0]
+
+
+def measure(model: nn.Module, example_input: Any) -> tuple[int, Any]:
+    """FLOPs (as :func:`count_flops`) and output shapes (as :func:`output_shapes`) in one run."""
     with eval_mode(model), torch.enable_grad(), FlopCounterMode(display=False) as counter:
-        run_model(model, example_input)
-    return int(counter.get_total_flops())
+        out = run_model(model, example_input)
+    return int(counter.get_total_flops()), shapes_of(out)
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _shapes(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return tuple(out.shape)
-    if isinstance(out, (tuple, list)):
-        return type(out)(_shapes(o) for o in out)
-    if isinstance(out, dict):
-        return {k: _shapes(v) for k, v in out.items()}
-    if hasattr(out, "to_tuple"):
-        return _shapes(out.to_tuple())
-    return None
-
-
 def output_shapes(model: nn.Module, example_input: Any) -> Any:
     """The nested structure of output shapes of ``model`` on ``example_input`` (eval mode)."""
     with eval_mode(model), torch.no_grad():
-        return _shapes(run_model(model, example_input))
+        return shapes_of(run_model(model, example_input))
 
 
 def first_tensor(out: Any) -> torch.Tensor:

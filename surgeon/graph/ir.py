@@ -95,6 +95,8 @@ class Coupling:
     uf: _UnionFind = field(default_factory=_UnionFind)
     _channel_like: set = field(default_factory=set)  # roots of classes that carry channels
 
+    eqs: list[tuple[DimKey, DimKey]] = field(default_factory=list)
+
     # -- building -----------------------------------------------------------------------------
     def add(self, key: DimKey, size: int) -> DimKey:
         old = self.sizes.get(key)
@@ -110,6 +112,7 @@ class Coupling:
     def eq(self, a: DimKey, b: DimKey) -> None:
         if self.sizes[a] != self.sizes[b]:
             raise AssertionError(f"eq between {a} ({self.sizes[a]}) and {b} ({self.sizes[b]})")
+        self.eqs.append((a, b))
         ra, rb = self.uf.find(a), self.uf.find(b)
         if ra == rb:
             return
@@ -143,3 +146,18 @@ class Coupling:
 
     def mark_channel_like(self, key: DimKey) -> None:
         self._channel_like.add(self.uf.find(key))
+
+    # -- reading ----------------------------------------------------------------------------------
+    def to_networkx(self):
+        """The coupling as a ``networkx.Graph``: one node per dimension (attributes ``size``,
+        ``frozen`` and ``inexact`` reasons), one edge per tie (``kind`` "eq" or "rel").
+        Its connected components are exactly the groups; surgeon itself resolves them with a
+        union-find, which is much faster on large models."""
+        import networkx as nx
+
+        g = nx.Graph()
+        for key, size in self.sizes.items():
+            g.add_node(key, size=size, frozen=self.frozen.get(key), inexact=self.inexact.get(key))
+        g.add_edges_from(self.eqs, kind="eq")
+        g.add_edges_from(((a, b) for a, b, _, _ in self.rels), kind="rel")
+        return g

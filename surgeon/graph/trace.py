@@ -25,7 +25,7 @@ from torch.utils.flop_counter import flop_registry
 
 from ..errors import TraceError
 
-__all__ = ["Traced", "trace", "normalize_inputs", "run_model"]
+__all__ = ["Traced", "trace", "normalize_inputs", "run_model", "shapes_of"]
 
 
 def normalize_inputs(example_input: Any) -> tuple[tuple, dict]:
@@ -46,6 +46,20 @@ def run_model(model: nn.Module, example_input: Any) -> Any:
     """Call ``model`` on ``example_input`` as surgeon does everywhere (args or kwargs)."""
     args, kwargs = normalize_inputs(example_input)
     return model(*args, **kwargs)
+
+
+def shapes_of(out: Any) -> Any:
+    """The nested structure of a model output with every tensor replaced by its shape."""
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape)
+    if isinstance(out, (tuple, list)):
+        return type(out)(shapes_of(o) for o in out) if type(out) in (tuple, list) else \
+            tuple(shapes_of(o) for o in out)
+    if isinstance(out, dict):
+        return {k: shapes_of(v) for k, v in out.items()}
+    if hasattr(out, "to_tuple"):
+        return shapes_of(out.to_tuple())
+    return None
 
 
 @contextlib.contextmanager
@@ -78,6 +92,7 @@ class Traced:
     mode: str  # "fx" or "export"
     info: dict[str, NodeInfo] = field(default_factory=dict)
     output_shape: Any = None
+    reference_shapes: Any = None  # shapes_of(model(example_input)), as the user's model returns it
 
     @property
     def graph(self) -> fx.Graph:
@@ -189,7 +204,8 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
     args, kwargs = normalize_inputs(example_input)
     with eval_mode(model), torch.enable_grad():
         try:
-            reference = model(*args, **kwargs)
+            with torch.no_grad():
+                reference = shapes_of(model(*args, **kwargs))
         except Exception as exc:  # the model rejects its own input: say so before tracing
             raise ValueError(
                 f"{type(model).__name__} fails on the example input ({type(exc).__name__}: {exc}); "
@@ -207,7 +223,8 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
                 errors.append(f"{mode}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                               + (f" (at {site})" if site else ""))
                 continue
-            return Traced(model=model, gm=gm, mode=mode, info=interp.info, output_shape=_describe(out))
+            return Traced(model=model, gm=gm, mode=mode, info=interp.info, output_shape=_describe(out),
+                          reference_shapes=reference)
     raise TraceError(
         f"could not capture {type(model).__name__} as a graph.\n  " + "\n  ".join(errors) +
         "\nWhat to do: make the failing code traceable (torch.fx.wrap a helper with data-dependent "
