@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,21 +175,43 @@ def _fx_capture(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, name)
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.export logs whole graphs at WARNING when it fails; the TraceError says enough."""
+    loggers = [logging.getLogger(n) for n in ("torch", "torch.fx.experimental.symbolic_shapes",
+                                              "torch._export", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _export_capture(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
-    ep = torch.export.export(model, args, kwargs=kwargs, strict=False)
+    with _quiet_torch_logs():
+        ep = torch.export.export(model, args, kwargs=kwargs, strict=False)
     return ep.module()
 
 
-def _failure_site(exc: BaseException) -> str:
-    """Best effort: the innermost frame of user code where tracing failed."""
+def _failure_site(exc: BaseException, model: nn.Module) -> str:
+    """Where tracing failed: the innermost submodule of ``model`` on the stack, and the line."""
+    names = {id(m): n for n, m in model.named_modules()}
     tb = exc.__traceback__
-    site = ""
+    site, module = "", None
     while tb is not None:
-        fname = tb.tb_frame.f_code.co_filename
+        frame = tb.tb_frame
+        fname = frame.f_code.co_filename
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            module = names[id(owner)] or "<root>"
         if "/torch/" not in fname and "/surgeon/" not in fname:
-            site = f"{fname}:{tb.tb_lineno} in {tb.tb_frame.f_code.co_name}"
+            site = f"{fname}:{tb.tb_lineno} in {frame.f_code.co_name}"
         tb = tb.tb_next
-    return site
+    where = f"module '{module}'" if module else ""
+    return ", ".join(p for p in (where, site) if p)
 
 
 def trace(model: nn.Module, example_input: Any) -> Traced:
@@ -219,7 +242,7 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
                 flat = list(args) + [kwargs[k] for k in _placeholder_kwargs(gm, args, kwargs)]
                 out = interp.run(*flat)
             except Exception as exc:  # noqa: BLE001 - any failure means "try the next capture"
-                site = _failure_site(exc)
+                site = _failure_site(exc, model)
                 errors.append(f"{mode}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                               + (f" (at {site})" if site else ""))
                 continue
