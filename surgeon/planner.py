@@ -44,6 +44,12 @@ class _Leftover:
         self.counts = np.stack(rows)
         self.left = self.counts.sum(axis=1)
 
+    @staticmethod
+    def needed(group) -> bool:
+        """Only groups where some member does not hold every unit can lose a member early."""
+        return any(m.unit_of.size != group.n_units or
+                   np.bincount(m.unit_of, minlength=group.n_units).min() == 0 for m in group.members)
+
     def take(self, u: int) -> bool:
         after = self.left - self.counts[:, u]
         if (after[self.counts[:, u] > 0] < 1).any():
@@ -53,61 +59,91 @@ class _Leftover:
 
 
 class _Order:
-    """Removal order over every removable unit, with per-group caps and rounding."""
+    """Removal order over every removable unit, with per-group caps and rounding.
+
+    Removal is described by ``n``: units removed per group. Within a group units go in
+    priority order, so a group's kept set is determined by its count alone."""
 
     def __init__(self, a: Analysis, scores: Sequence[np.ndarray], cost: CostModel,
                  round_to: int | None, min_keep: int):
-        self.a, self.round_to = a, round_to
+        self.a = a
         groups = a.groups
+        self.n_groups = len(groups)
         marg = cost.marginal()
         live = [gi for gi, g in enumerate(groups) if g.prunable]
         mean_cost = np.mean(np.concatenate([marg[gi] for gi in live])) if live else 1.0
-        self.steps = {gi: _step(groups[gi], round_to) for gi in live}
-        self.min_keep = {gi: max(min_keep, self.steps[gi]) for gi in live}
-        entries = []
+        self.steps = np.ones(len(groups), dtype=np.int64)
+        self.floor = np.zeros(len(groups), dtype=np.int64)
+        prio_l, g_l, u_l = [], [], []
         for gi in live:
             g = groups[gi]
+            self.steps[gi] = _step(g, round_to)
+            self.floor[gi] = max(min_keep, self.steps[gi])
             s = np.asarray(scores[gi], dtype=np.float64)
             s = s / s.mean() if s.mean() > 0 else np.ones_like(s)
             c = marg[gi] / mean_cost if mean_cost > 0 else np.ones(g.n_units)
-            with np.errstate(divide="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore"):
                 prio = np.where(c > 0, s / np.maximum(c, 1e-300), np.inf)
-            for u in np.nonzero(~g.frozen_units & np.isfinite(prio))[0]:
-                entries.append((prio[u], gi, int(u)))
-        entries.sort(key=lambda e: (e[0], e[1], e[2]))
-        removed = {gi: 0 for gi in live}
-        cap = {gi: groups[gi].n_units - max(self.min_keep[gi], int(groups[gi].frozen_units.sum()))
-               for gi in live}
-        left = {gi: _Leftover(groups[gi]) for gi in live}
-        self.order: list[tuple[int, int]] = []
-        for _, gi, u in entries:
-            if removed[gi] < cap[gi] and left[gi].take(u):
-                removed[gi] += 1
-                self.order.append((gi, u))
-        # within-group removal order, for rounding
-        self.per_group: dict[int, list[int]] = {gi: [] for gi in live}
-        for gi, u in self.order:
-            self.per_group[gi].append(u)
+            units = np.nonzero(~g.frozen_units & np.isfinite(prio))[0]
+            prio_l.append(prio[units])
+            g_l.append(np.full(len(units), gi))
+            u_l.append(units)
+        cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))
+        prio, gs, us = cat(prio_l), cat(g_l).astype(np.int64), cat(u_l).astype(np.int64)
+        idx = np.lexsort((us, gs, prio))
+        gs, us = gs[idx], us[idx]
+        cap = np.zeros(len(groups), dtype=np.int64)
+        for gi in live:
+            cap[gi] = groups[gi].n_units - max(self.floor[gi], int(groups[gi].frozen_units.sum()))
+        # rank of each entry within its group; drop entries beyond the cap
+        rank = _rank_in_group(gs)
+        ok = rank < cap[gs]
+        gs, us = gs[ok], us[ok]
+        guarded = [gi for gi in live if _Leftover.needed(groups[gi])]
+        if guarded:  # drop units whose removal would empty a member, in order
+            left = {gi: _Leftover(groups[gi]) for gi in guarded}
+            keep_entry = np.array([gi not in left or left[gi].take(u) for gi, u in zip(gs, us)], dtype=bool)
+            gs, us = gs[keep_entry], us[keep_entry]
+            rank = _rank_in_group(gs)
+            ok = rank < cap[gs]
+            gs, us = gs[ok], us[ok]
+        self.gs = gs  # group of each entry, in removal order
+        self.offsets = np.cumsum([0] + [g.n_units for g in groups])
+        # position of each unit in its group's removal order (inf: never removed)
+        self.flat_rank = np.full(self.offsets[-1], np.iinfo(np.int64).max, dtype=np.int64)
+        self.flat_rank[self.offsets[gs] + us] = _rank_in_group(gs)
+        self.flat_group = np.repeat(np.arange(len(groups)), [g.n_units for g in groups])
+        self.n_units = np.array([g.n_units for g in groups], dtype=np.int64)
+        self.removable = np.bincount(gs, minlength=len(groups))
 
-    def counts(self, k: int) -> dict[int, int]:
-        """Units removed per group by the first ``k`` entries of the order."""
-        counts: dict[int, int] = {}
-        for gi, _ in self.order[:k]:
-            counts[gi] = counts.get(gi, 0) + 1
-        return counts
+    def __len__(self) -> int:
+        return len(self.gs)
 
-    def keep(self, k: int | dict[int, int]) -> list[np.ndarray]:
-        counts = self.counts(k) if isinstance(k, int) else k
-        keep = self.a.full_keep()
-        for gi, n_removed in counts.items():
-            g = self.a.groups[gi]
-            step = self.steps[gi]
-            if step > 1:
-                kept = g.n_units - n_removed
-                kept = max(self.min_keep[gi], int(round(kept / step)) * step)
-                n_removed = min(len(self.per_group[gi]), max(0, g.n_units - kept))
-            keep[gi][self.per_group[gi][:n_removed]] = False
-        return keep
+    def counts(self, k: int) -> np.ndarray:
+        return np.bincount(self.gs[:k], minlength=self.n_groups)
+
+    def flat_keep(self, n: np.ndarray) -> np.ndarray:
+        """Keep-mask over all units (concatenated by group) when ``n[g]`` units go from group g."""
+        kept = self.n_units - n
+        step = self.steps
+        rounded = np.maximum(self.floor, np.round(kept / step).astype(np.int64) * step)
+        kept = np.where((step > 1) & (n > 0), rounded, kept)
+        n = np.clip(self.n_units - kept, 0, self.removable)
+        return self.flat_rank >= n[self.flat_group]
+
+    def keep(self, n: np.ndarray) -> list[np.ndarray]:
+        return np.split(self.flat_keep(n), self.offsets[1:-1])
+
+
+def _rank_in_group(gs: np.ndarray) -> np.ndarray:
+    """For a sequence of group ids, how many earlier entries share each entry's group."""
+    order = np.argsort(gs, kind="stable")
+    sorted_g = gs[order]
+    starts = np.r_[0, np.nonzero(np.diff(sorted_g))[0] + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, len(gs)]))
+    rank = np.empty(len(gs), dtype=np.int64)
+    rank[order] = np.arange(len(gs)) - first
+    return rank
 
 
 def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
@@ -116,10 +152,14 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
     cost = a.cost(metric)
     goal = target * cost.base
     order = _Order(a, scores, cost, round_to, min_keep)
-    n = len(order.order)
+    n = len(order)
     if target >= 1.0 or n == 0:
         return a.full_keep()
-    floor = cost.total(order.keep(n))
+
+    def total(counts: np.ndarray) -> float:
+        return cost.total_flat(order.flat_keep(counts))
+
+    floor = total(order.counts(n))
     if goal < floor * (1 - 1e-9) - 0.5:
         raise PlanError(
             f"target {target} is below what the prunable part of {type(a.model).__name__} can reach: "
@@ -127,50 +167,37 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
             f"({len([g for g in a.groups if g.prunable])} prunable groups, each keeping at least "
             f"{max(min_keep, 1)} unit(s)). Ask for target >= {math.ceil(floor / cost.base * 1000) / 1000}."
         )
-    lo, hi = 0, n  # smallest k with cost(k) <= goal
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if cost.total(order.keep(mid)) <= goal:
-            hi = mid
-        else:
-            lo = mid + 1
-    return order.keep(_refine(order, cost, goal, lo))
+    return order.keep(_refine(order.gs, order.n_groups, total, goal))
 
 
-def _refine(order: _Order, cost: CostModel, goal: float, k: int, rounds: int = 8) -> dict[int, int]:
-    """Land closer than one coarse unit. The unit that crossed the goal is skipped, its group
-    blocked, and the rest of the order is bisected again from the last prefix above the goal;
-    a few rounds, then whichever candidate is nearest the goal wins."""
+def _refine(seq: np.ndarray, n_groups: int, total, goal: float, rounds: int = 24) -> np.ndarray:
+    """Removal counts per group landing nearest the goal.
 
-    def total(counts):
-        return cost.total(order.keep(counts))
-
-    def plus(counts, seq):
-        out = dict(counts)
-        for gi, _ in seq:
-            out[gi] = out.get(gi, 0) + 1
-        return out
-
-    base: dict[int, int] = {}
-    seq = order.order
-    best, best_err = order.counts(k), abs(total(order.counts(k)) - goal)
+    Bisect the removal order for the shortest prefix at or below the goal. To land closer than
+    one coarse unit, skip the unit that crossed, block its group, and bisect the rest of the
+    order again from the last prefix above the goal; after a few rounds the candidate nearest
+    the goal wins."""
+    base = np.zeros(n_groups, dtype=np.int64)
+    best, best_err = None, np.inf
     for _ in range(rounds):
+        prefix = lambda j: base + np.bincount(seq[:j], minlength=n_groups)  # noqa: E731
         lo, hi = 0, len(seq)
-        while lo < hi:  # smallest j with cost(base + seq[:j]) <= goal
+        while lo < hi:
             mid = (lo + hi) // 2
-            if total(plus(base, seq[:mid])) <= goal:
+            if total(prefix(mid)) <= goal:
                 hi = mid
             else:
                 lo = mid + 1
-        for cand in (plus(base, seq[:lo]), plus(base, seq[: max(lo - 1, 0)])):
+        for cand in (prefix(lo), prefix(max(lo - 1, 0))):
             err = abs(total(cand) - goal)
             if err < best_err:
                 best, best_err = cand, err
         if lo == 0 or lo > len(seq):
             break
-        base = plus(base, seq[: lo - 1])
-        blocked = seq[lo - 1][0]
-        seq = [e for e in seq[lo - 1:] if e[0] != blocked]
+        base = prefix(lo - 1)
+        blocked = seq[lo - 1]
+        rest = seq[lo - 1:]
+        seq = rest[rest != blocked]
     return best
 
 

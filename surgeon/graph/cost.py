@@ -64,21 +64,27 @@ class CostModel:
         for i, r in enumerate(idx_rows):
             self.idx[i, : len(r)] = r
         self.flops = np.asarray(flops, dtype=np.float64)
-        self._by_group: dict[int, list[int]] = {}
+        # kept(slot) = sum over units u of counts[slot, u] * keep[u], as one sparse product over
+        # the concatenated keep-masks of all groups
+        offsets = np.cumsum([0] + [g.n_units for g in groups])
+        rows, cols, vals = [], [], []
         for si, s in enumerate(self.slots):
-            self._by_group.setdefault(s.group, []).append(si)
-
-    def ratios(self, keep: list[np.ndarray]) -> np.ndarray:
-        r = np.ones(len(self.slots) + 1)
-        for gi, sis in self._by_group.items():
-            k = keep[gi].astype(np.float64)
-            for si in sis:
-                s = self.slots[si]
-                r[si] = float(s.counts @ k) / s.size
-        return r
+            nz = np.nonzero(s.counts)[0]
+            rows.append(np.full(len(nz), si))
+            cols.append(offsets[s.group] + nz)
+            vals.append(s.counts[nz] / s.size)
+        cat = (lambda xs, t: np.concatenate(xs).astype(t) if xs else np.zeros(0, t))
+        self._rows, self._cols = cat(rows, np.int64), cat(cols, np.int64)
+        self._vals = cat(vals, np.float64)
 
     def total(self, keep: list[np.ndarray]) -> float:
-        r = self.ratios(keep)
+        """Cost with one boolean keep-mask per group."""
+        return self.total_flat(np.concatenate(keep) if keep else np.zeros(0, dtype=bool))
+
+    def total_flat(self, flat: np.ndarray) -> float:
+        """Cost with the keep-masks of all groups concatenated."""
+        r = np.ones(len(self.slots) + 1)
+        r[:-1] = np.bincount(self._rows, weights=self._vals * flat[self._cols], minlength=len(self.slots))
         return self.const + float(self.flops @ np.prod(r[self.idx], axis=1))
 
     def marginal(self) -> list[np.ndarray]:
