@@ -192,7 +192,7 @@ def _refine(seq: np.ndarray, n_groups: int, total, goal: float, rounds: int = 24
             err = abs(total(cand) - goal)
             if err < best_err:
                 best, best_err = cand, err
-        if lo == 0 or lo > len(seq):
+        if lo == 0 or lo > len(seq) or best_err <= 1e-5 * goal:
             break
         base = prefix(lo - 1)
         blocked = seq[lo - 1]

@@ -40,8 +40,8 @@ class CostModel:
         base = traced.total_flops() if metric == "flops" else _param_total(traced.model)
         self.base = float(base)
         self.const = self.base - sum(t.flops for t in terms)
-        # one slot per distinct dim key that lives in a group
-        slot_of: dict[DimKey, int] = {}
+        # one slot per distinct unit structure: dims of one eq-class share their unit_of array
+        slot_of: dict[int, int] = {}
         self.slots: list[_Slot] = []
         where = {m.key: (gi, m) for gi, g in enumerate(groups) for m in g.members}
         idx_rows, flops = [], []
@@ -50,12 +50,13 @@ class CostModel:
             for key in t.dims:
                 if key not in where:
                     continue
-                if key not in slot_of:
-                    gi, m = where[key]
-                    slot_of[key] = len(self.slots)
+                gi, m = where[key]
+                sid = id(m.unit_of)
+                if sid not in slot_of:
+                    slot_of[sid] = len(self.slots)
                     self.slots.append(_Slot(gi, np.bincount(m.unit_of, minlength=groups[gi].n_units),
                                             len(m.unit_of)))
-                row.append(slot_of[key])
+                row.append(slot_of[sid])
             idx_rows.append(row)
             flops.append(t.flops)
         width = max((len(r) for r in idx_rows), default=0)

@@ -26,7 +26,7 @@ from torch.utils.flop_counter import flop_registry
 
 from ..errors import TraceError
 
-__all__ = ["Traced", "trace", "normalize_inputs", "run_model", "shapes_of"]
+__all__ = ["Traced", "trace", "normalize_inputs", "run_model", "shapes_of", "FlopTally"]
 
 
 def normalize_inputs(example_input: Any) -> tuple[tuple, dict]:
@@ -109,7 +109,7 @@ class Traced:
         return sum(i.flops for i in self.info.values())
 
 
-class _NodeFlops(TorchDispatchMode):
+class FlopTally(TorchDispatchMode):
     """Counts matmul-like FLOPs with the same formulas as ``torch.utils.flop_counter``."""
 
     def __init__(self):
@@ -142,7 +142,7 @@ class _ShapeFlops(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op in ("call_module", "call_function", "call_method"):
-            with _NodeFlops() as counter:
+            with FlopTally() as counter:
                 out = super().run_node(n)
             flops = counter.count
         else:
