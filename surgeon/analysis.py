@@ -55,6 +55,10 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = ()) -> Anal
     c = couple(traced)
     groups = build_groups(c)
     _mark_ignored(model, groups, ignore)
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    for g in groups:
+        if g.reason is None and not any(m.name in params for m in g.tensors):
+            g.reason = "only buffers, no parameters, in this group"
     a = Analysis(traced, c, groups)
     for metric, attr in (("flops", "flops_per_unit"), ("params", "params_per_unit")):
         marg = a.cost(metric).marginal()
