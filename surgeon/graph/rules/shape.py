@@ -194,8 +194,10 @@ def regroup(ctx: RuleContext, x, literal_spec: list | None = None) -> None:
     """Tie the dims of ``x`` to the output's after a view/reshape/flatten/unflatten/squeeze.
 
     When a channel dim is split into factors (heads x head_dim, groups x channels) one factor
-    carries the units (the largest; on a tie the innermost) and the others are frozen. When
-    factors are merged (C x H x W into a linear layer) the channel-like factor carries them.
+    carries the units and the others are frozen: the factor the code leaves to ``-1`` (it is
+    written to vary, as heads in ``view(b, t, -1, head_dim)``), else the largest (on a tie the
+    innermost). When factors are merged (C x H x W into a linear layer) the channel-like factor
+    carries them.
     """
     xs, os_ = ctx.shape(x), ctx.out_shape
     groups = factor_groups(xs, os_)
@@ -212,7 +214,9 @@ def regroup(ctx: RuleContext, x, literal_spec: list | None = None) -> None:
             if not ctx.c.is_channel_like(whole):
                 continue
             sizes = [ctx.c.sizes[p] for p in parts]
-            k = max(range(len(parts)), key=lambda t: (sizes[t], t))
+            inferred = [t for t, d in enumerate(go) if literal_spec is not None
+                        and len(literal_spec) == len(os_) and literal_spec[d] == -1]
+            k = inferred[0] if inferred else max(range(len(parts)), key=lambda t: (sizes[t], t))
         else:  # merge
             whole, parts = ctx.out(go[0]), [ctx.v(x, d) for d in gi]
             like = [t for t, p in enumerate(parts) if ctx.c.is_channel_like(p)]
