@@ -14,9 +14,10 @@ from .errors import PlanError, SurgeonError, SurgeryError, TraceError
 from .graph.groups import PruneGroup, UnitKind
 from .graph.trace import trace
 from .plan import Plan
+from .viz import visualize
 
 __all__ = [
-    "shrink", "plan", "apply", "trace", "analyze", "verify", "criteria",
+    "shrink", "plan", "apply", "trace", "analyze", "verify", "criteria", "visualize",
     "Plan", "PruneGroup", "UnitKind", "Analysis",
     "SurgeonError", "TraceError", "SurgeryError", "PlanError",
 ]
