@@ -10,7 +10,7 @@ from torch import nn
 
 from .analysis import Analysis, analyze
 from .criteria import Criterion, get_criterion
-from .errors import SurgeryError
+from .errors import PlanError, SurgeryError
 from .graph.cost import METRICS
 from .graph.trace import eval_mode, run_model
 from .plan import Plan
@@ -81,14 +81,19 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     want = float(target)
     goal = want
     best = None
-    for _ in range(4):  # re-aim if the independent counter disagrees with the cost model
-        p = _plan(a, crit, scores, goal, metric, round_to, min_keep)
+    for attempt in range(4):  # re-aim if the independent counter disagrees with the cost model
+        try:
+            p = _plan(a, crit, scores, goal, metric, round_to, min_keep)
+        except PlanError:
+            if attempt == 0:
+                raise  # the user's own target is out of reach
+            break  # a re-aimed goal fell past the floor: keep the best landing so far
         small = apply(model, p, inplace=False)
         if not verify:
             best = (small, p)
             break
         flops = _verify_runs(a, small, example_input, p)
-        got = (flops if metric == "flops" else count_params(small)) / base
+        got = (flops if metric == "flops" else count_params(small)) / base if base else 1.0
         if best is None or abs(got - want) < best[2]:
             best = (small, p, abs(got - want))
         if abs(got - want) <= 0.004 or want >= 1.0 or got <= 0:

@@ -153,20 +153,26 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
     goal = target * cost.base
     order = _Order(a, scores, cost, round_to, min_keep)
     n = len(order)
-    if target >= 1.0 or n == 0:
+    if target >= 1.0:
         return a.full_keep()
+    if cost.base <= 0:
+        raise PlanError(f"{type(a.model).__name__} has no {metric} to remove on this input (the traced "
+                        f"graph counts 0): the lowest reachable {metric} ratio is 1.0000. "
+                        f"Ask for target >= 1.0, or pass an input that exercises the model.")
 
     def total(counts: np.ndarray) -> float:
         return cost.total_flat(order.flat_keep(counts))
 
-    floor = total(order.counts(n))
+    floor = total(order.counts(n))  # everything removable removed (nothing, if n == 0)
     if goal < floor * (1 - 1e-9) - 0.5:
         raise PlanError(
             f"target {target} is below what the prunable part of {type(a.model).__name__} can reach: "
             f"the lowest reachable {metric} ratio is {floor / cost.base:.4f} "
             f"({len([g for g in a.groups if g.prunable])} prunable groups, each keeping at least "
-            f"{max(min_keep, 1)} unit(s)). Ask for target >= {math.ceil(floor / cost.base * 1000) / 1000}."
+            f"{max(min_keep, 1)} unit(s)). Ask for target >= {min(1.0, math.ceil(floor / cost.base * 1000 - 1e-6) / 1000)}."
         )
+    if n == 0:
+        return a.full_keep()
     return order.keep(_refine(order.gs, order.n_groups, total, goal))
 
 
