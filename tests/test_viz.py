@@ -293,3 +293,34 @@ def test_layer_widths_follow_the_plan():
     assert rows[0][2] == 16 and rows[0][3] == small[0].out_channels < 16
     assert rows[-1][2:] == (10, 10)
     assert np.all([r[3] <= r[2] for r in rows])
+
+
+def test_browser_pan_zoom_and_open_a_fold_by_clicking(browser, tmp_path):
+    model, x = _deep_mlp(12), torch.randn(2, 16)
+    path = surgeon.visualize(model, x, tmp_path / "mlp.html", max_nodes=20)
+    st = _open(browser, path)
+    assert st["foldDepth"] == 1
+    transform = "document.getElementById('viewport').getAttribute('transform')"
+    before = browser.eval(transform)
+    browser.call("Input.dispatchMouseEvent", type="mousePressed", x=300, y=300, button="left", clickCount=1)
+    browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=380, y=340, button="left")
+    browser.call("Input.dispatchMouseEvent", type="mouseReleased", x=380, y=340, button="left", clickCount=1)
+    panned = browser.eval(transform)
+    assert panned != before and _status(browser)["selected"] is None  # a drag is not a click
+    browser.call("Input.dispatchMouseEvent", type="mouseWheel", x=300, y=300, deltaX=0, deltaY=-300)
+    zoomed = browser.eval(transform)
+    scale = lambda t: float(re.search(r"scale\(([-\d.e]+)\)", t).group(1))  # noqa: E731
+    assert scale(zoomed) > scale(panned)
+    fold = "document.querySelector('.node.fold')"
+    browser.eval("window.__surgeon.fit()")
+    browser.click(*_center(browser, fold))  # first click selects the fold ...
+    assert _status(browser)["selected"]["type"] == "fold"
+    assert "ops folded into one box" in browser.eval("document.getElementById('panel').innerText")
+    browser.click(*_center(browser, fold))  # ... the second opens it
+    assert _status(browser)["visibleNodes"] > st["visibleNodes"]
+    grey = browser.eval("window.__surgeon.focusNode('output') && 1")
+    assert grey == 1
+    browser.click(*_center(browser, "window.__surgeon.focusNode('output')"))
+    panel = browser.eval("document.getElementById('panel').innerText")
+    assert panel.startswith("output") and "not prunable: " in panel
+    assert browser.problems() == [] and _status(browser)["errors"] == []

@@ -212,7 +212,8 @@ function drawMini() {
   ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, mini.width, mini.height);
   S.V.forEach(v => {
     ctx.fillStyle = v.fold ? '#bbb' : (v.primary >= 0 ? colorOf(v.primary) : GREY);
-    ctx.fillRect((v.x - v.w / 2 - b.x0) * s, (v.y - v.h / 2 - b.y0) * s, Math.max(1.5, v.w * s), Math.max(1.5, v.h * s));
+    ctx.fillRect((v.x - v.w / 2 - b.x0) * s, (v.y - v.h / 2 - b.y0) * s,
+                 Math.max(1.5, v.w * s), Math.max(1.5, v.h * s));
   });
   ctx.strokeStyle = '#d00'; ctx.lineWidth = 1.5;
   ctx.strokeRect((-S.tx / S.k - b.x0) * s, (-S.ty / S.k - b.y0) * s, r.width / S.k * s, r.height / S.k * s);
@@ -284,7 +285,9 @@ function groupLine(gid) {
   return `group ${gid} · ${g.kind} ×${g.units} · ${pct(g.flops_share)} of FLOPs`;
 }
 function tipText(v) {
-  if (v.fold) return `${v.fold}: ${v.members.length} ops folded, ${v.groups.size} prunable groups (click twice to expand)`;
+  if (v.fold) {
+    return `${v.fold}: ${v.members.length} ops folded, ${v.groups.size} prunable groups (click twice to expand)`;
+  }
   const n = v.node, lines = [`${n.name}: ${n.type}${n.path ? ' in ' + n.path : ''}`];
   if (n.shape) lines.push('shape [' + n.shape.join(', ') + ']' + (n.flops ? ` · ${num(n.flops)} FLOPs` : ''));
   lines.push(n.group >= 0 ? groupLine(n.group) : 'not prunable: ' + n.reason);
@@ -311,8 +314,8 @@ function highlight() {
   const s = S.selected, gid = s && s.type === 'group' ? s.id : null;
   S.V.forEach(v => {
     v.el.classList.toggle('dim', gid != null && !v.groups.has(gid));
-    const on = s && ((s.type === 'fold' && v.fold === s.key) ||
-                     (s.type !== 'fold' && v.node && (s.node === v.node.id || (s.type === 'node' && s.id === v.node.id))));
+    const mine = s && v.node && (s.node === v.node.id || (s.type === 'node' && s.id === v.node.id));
+    const on = s && ((s.type === 'fold' && v.fold === s.key) || (s.type !== 'fold' && mine));
     v.el.classList.toggle('sel', !!on);
   });
   S.E.forEach(e => e.el.classList.toggle('dim', gid != null && !(e[0].groups.has(gid) && e[1].groups.has(gid))));
@@ -328,7 +331,9 @@ function scoreChart(g) {
   let bars = '';
   sc.sorted.forEach((s, i) => {
     const h = Math.max(1, (s - lo) / (hi - lo) * (H - 2)), kept = sc.kept[i] >= 0.5;
-    bars += `<rect x="${(i * W / n).toFixed(2)}" y="${(H - h).toFixed(2)}" width="${Math.max(W / n - 0.3, 0.4).toFixed(2)}" height="${h.toFixed(2)}" fill="${kept ? g.color : '#9a9a9a'}"/>`;
+    const x = (i * W / n).toFixed(2), w = Math.max(W / n - 0.3, 0.4).toFixed(2);
+    bars += `<rect x="${x}" y="${(H - h).toFixed(2)}" width="${w}" height="${h.toFixed(2)}" ` +
+      `fill="${kept ? g.color : '#9a9a9a'}"/>`;
   });
   return `<svg class="scores" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">${bars}</svg>` +
     `<p class="muted">${sc.n} units sorted by score · min ${sc.min} · median ${sc.median} · max ${sc.max}` +
@@ -336,7 +341,8 @@ function scoreChart(g) {
 }
 function list(items, more, fmt) {
   const li = items.map(x => `<li>${fmt(x)}</li>`).join('');
-  return `<ul class="members">${li}${more > items.length ? `<li class="muted">… ${more - items.length} more</li>` : ''}</ul>`;
+  const rest = more > items.length ? `<li class="muted">… ${more - items.length} more</li>` : '';
+  return `<ul class="members">${li}${rest}</ul>`;
 }
 function groupPanel(g) {
   const rows = [['units', `${g.units} ${g.kind}s` + (g.frozen ? ` (${g.frozen} must stay)` : '')],
@@ -347,17 +353,20 @@ function groupPanel(g) {
   h += g.prunable ? '<p class="ok">prunable</p>' : `<p class="bad">kept whole: ${esc(g.reason)}</p>`;
   if (g.decision) {
     const d = g.decision, rm = d.units - d.kept;
-    h += `<p class="plan">plan keeps <b>${d.kept}</b> of ${d.units} units (${pct(d.kept / d.units)}), removes <b>${rm}</b></p>`;
+    h += `<p class="plan">plan keeps <b>${d.kept}</b> of ${d.units} units (${pct(d.kept / d.units)}), ` +
+      `removes <b>${rm}</b></p>`;
     if (d.removed && d.removed.length) {
-      h += '<p class="muted">removed units: ' + d.removed.slice(0, 40).map(([a, b]) => b - a > 1 ? `${a}–${b - 1}` : a).join(', ') +
-        (d.removed.length > 40 ? ', …' : '') + '</p>';
+      const runs = d.removed.slice(0, 40).map(([a, b]) => b - a > 1 ? `${a}–${b - 1}` : a);
+      h += '<p class="muted">removed units: ' + runs.join(', ') + (d.removed.length > 40 ? ', …' : '') + '</p>';
     }
   }
   h += '<table>' + rows.map(([a, b]) => `<tr><th>${a}</th><td>${b}</td></tr>`).join('') + '</table>';
   h += '<h3>Scores</h3>' + scoreChart(g);
-  h += `<h3>Tensors (${g.n_tensors})</h3>` + list(g.tensors, g.n_tensors, ([n, d, s]) => `${esc(n)} <span class="muted">dim ${d} · ${s}</span>`);
+  h += `<h3>Tensors (${g.n_tensors})</h3>` +
+    list(g.tensors, g.n_tensors, ([n, d, s]) => `${esc(n)} <span class="muted">dim ${d} · ${s}</span>`);
   h += `<details><summary>Values (${g.n_values}) and ops</summary>` +
-    list(g.values, g.n_values, ([n, d]) => `<a href="#" class="nl" data-node="${esc(n.split('#')[0])}">${esc(n)}</a> <span class="muted">dim ${d}</span>`) +
+    list(g.values, g.n_values, ([n, d]) =>
+      `<a href="#" class="nl" data-node="${esc(n.split('#')[0])}">${esc(n)}</a> <span class="muted">dim ${d}</span>`) +
     (g.virtual.length ? '<p>virtual: ' + g.virtual.map(esc).join(', ') + '</p>' : '') +
     list(g.where, g.where.length, esc) + '</details>';
   return h;
@@ -365,9 +374,11 @@ function groupPanel(g) {
 function nodePanel(n) {
   const v = S.vOf[n.id];
   let h = `<h2><i class="sw" style="background:${n.group >= 0 ? colorOf(n.group) : GREY}"></i>${esc(n.name)}</h2>`;
-  h += `<table><tr><th>op</th><td>${esc(n.op)} ${esc(n.type)}</td></tr><tr><th>module</th><td>${esc(n.path || '(top level)')}</td></tr>`;
-  h += `<tr><th>shape</th><td>${n.shape ? '[' + n.shape.join(', ') + ']' : '—'}</td></tr><tr><th>FLOPs</th><td>${num(n.flops)}</td></tr></table>`;
-  h += n.group >= 0 ? `<p>output channels: group ${swatch(n.group)}</p>` : `<p class="bad">not prunable: ${esc(n.reason)}</p>`;
+  const rows = [['op', esc(n.op) + ' ' + esc(n.type)], ['module', esc(n.path || '(top level)')],
+                ['shape', n.shape ? '[' + n.shape.join(', ') + ']' : '—'], ['FLOPs', num(n.flops)]];
+  h += '<table>' + rows.map(([a, b]) => `<tr><th>${a}</th><td>${b}</td></tr>`).join('') + '</table>';
+  h += n.group >= 0 ? `<p>output channels: group ${swatch(n.group)}</p>`
+                    : `<p class="bad">not prunable: ${esc(n.reason)}</p>`;
   if (v.chips.length) h += '<p>also touches: ' + v.chips.map(swatch).join(' ') + '</p>';
   return h;
 }
@@ -380,12 +391,14 @@ function foldPanel(pre) {
 }
 function overview() {
   const t = D.totals;
-  let h = `<h2>${esc(D.title)}</h2><p>${t.nodes} ops (${D.mode} capture) · ${num(t.flops)} FLOPs · ${num(t.params)} params</p>`;
+  let h = `<h2>${esc(D.title)}</h2>` +
+    `<p>${t.nodes} ops (${D.mode} capture) · ${num(t.flops)} FLOPs · ${num(t.params)} params</p>`;
   h += `<p><b>${t.prunable}</b> prunable groups of ${t.groups}. Click a box or a chip to see its group.</p>`;
   if (D.plan) h += `<h3>Plan</h3><pre>${esc(D.plan.summary.split('\n').slice(0, 3).join('\n'))}</pre>`;
   const gs = D.groups.filter(g => g.prunable).sort((a, b) => b.flops_share - a.flops_share);
-  h += '<h3>Groups by FLOPs share</h3><table class="legend">' + gs.map(g =>
-    `<tr><td>${swatch(g.id)}</td><td>${g.kind} ×${g.units}${g.decision ? ' → ' + g.decision.kept : ''}</td><td>${pct(g.flops_share)}</td></tr>`).join('') + '</table>';
+  const row = g => `<tr><td>${swatch(g.id)}</td><td>${g.kind} ×${g.units}` +
+    `${g.decision ? ' → ' + g.decision.kept : ''}</td><td>${pct(g.flops_share)}</td></tr>`;
+  h += '<h3>Groups by FLOPs share</h3><table class="legend">' + gs.map(row).join('') + '</table>';
   const kept = D.groups.filter(g => !g.prunable);
   if (kept.length) h += '<h3>Kept whole</h3>' + list(kept, kept.length, g => `group ${g.id}: ${esc(g.reason)}`);
   return h;
@@ -427,7 +440,8 @@ function markHits() {
 }
 box.addEventListener('input', () => {
   const q = box.value.trim().toLowerCase();
-  S.hits = q ? D.nodes.filter(n => (n.path + ' ' + n.name + ' ' + n.target).toLowerCase().includes(q)).map(n => n.id) : [];
+  const text = n => (n.path + ' ' + n.name + ' ' + n.target).toLowerCase();
+  S.hits = q ? D.nodes.filter(n => text(n).includes(q)).map(n => n.id) : [];
   S.hitAt = -1;
   count.textContent = q ? `${S.hits.length} match${S.hits.length === 1 ? '' : 'es'}` : '';
   markHits();
@@ -451,7 +465,9 @@ for (let d = 0; d <= depthMax; d++) {
   foldSel.appendChild(o);
 }
 foldSel.value = S.depth;
-foldSel.addEventListener('change', () => { S.depth = +foldSel.value; S.expanded.clear(); render(); home(); showPanel(); });
+foldSel.addEventListener('change', () => {
+  S.depth = +foldSel.value; S.expanded.clear(); render(); home(); showPanel();
+});
 document.getElementById('fit').addEventListener('click', fit);
 document.getElementById('zin').addEventListener('click', () => zoom(1.3));
 document.getElementById('zout').addEventListener('click', () => zoom(1 / 1.3));
@@ -483,7 +499,8 @@ function fromHash() {
   if (q.get('fold') != null) { S.depth = +q.get('fold'); foldSel.value = S.depth; render(); fit(); }
   if (q.get('search')) { box.value = q.get('search'); box.dispatchEvent(new Event('input')); }
   if (q.get('node')) selectNodeByName(q.get('node'));
-  if (q.get('select') != null) { const id = +q.get('select'); if (G.has(id)) { select({type: 'group', id}); focusGroup(id); } }
+  const id = q.get('select') != null ? +q.get('select') : null;
+  if (id != null && G.has(id)) { select({type: 'group', id}); focusGroup(id); }
 }
 window.__surgeon = {status: writeStatus, select: id => { select({type: 'group', id}); return focusGroup(id); },
                     selectNode: selectNodeByName, focusGroup, fit, render, data: D,

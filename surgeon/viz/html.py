@@ -62,9 +62,15 @@ svg.far text { display: none; }
 
 _COLLECTOR = """window.__errors = [];
 window.addEventListener('error', function (e) { window.__errors.push(String(e.message || e)); });
-window.addEventListener('unhandledrejection', function (e) { window.__errors.push('unhandled rejection: ' + e.reason); });
-(function () { var ce = console.error.bind(console);
-  console.error = function () { window.__errors.push(Array.prototype.join.call(arguments, ' ')); ce.apply(null, arguments); };
+window.addEventListener('unhandledrejection', function (e) {
+  window.__errors.push('unhandled rejection: ' + e.reason);
+});
+(function () {
+  var ce = console.error.bind(console);
+  console.error = function () {
+    window.__errors.push(Array.prototype.join.call(arguments, ' '));
+    ce.apply(null, arguments);
+  };
 })();"""
 
 _BODY = """<div id="app">
