@@ -55,7 +55,11 @@ class Loaded:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1,3,224,224"`` (or ``"1x3x224x224"``) -> ``(1, 3, 224, 224)``."""
+    """``"1,3,224,224"`` (or ``"1x3x224x224"``) -> ``(1, 3, 224, 224)``.
+
+    >>> parse_shape("1,3,224,224"), parse_shape("1x128")
+    ((1, 3, 224, 224), (1, 128))
+    """
     if not re.fullmatch(r"\s*\d+(\s*[,x]\s*\d+)*\s*", text) or any(int(d) < 1 for d in re.findall(r"\d+", text)):
         raise UsageError(f"--input {text!r} is not a shape; write positive sizes like 1,3,224,224")
     return tuple(int(d) for d in re.findall(r"\d+", text))
@@ -547,7 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line and return its exit code (0 done, 1 failed, 2 bad usage)."""
+    """Run the command line and return its exit code (0 done, 1 failed, 2 bad usage).
+
+    >>> main(["inspect", "nope:resnet50"])  # the message goes to stderr
+    2
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

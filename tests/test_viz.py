@@ -98,6 +98,15 @@ def test_large_graphs_start_folded_by_module_path():
     assert graph_data(a)["foldDepth"] == 0
 
 
+@pytest.mark.parametrize("module", ["surgeon.viz", "surgeon.cli"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
+
+
 # ---- files -------------------------------------------------------------------------------------------
 def test_html_is_self_contained(tmp_path):
     model, x = _small_cnn(), torch.randn(1, 3, 16, 16)

@@ -37,23 +37,24 @@ const colorOf = gid => (G.get(gid) || {}).color || GREY;
 const parts = p => (p ? p.split('.') : []);
 
 // ---- the visible graph: nodes, or folds of nodes sharing a module-path prefix ------------------
-function foldCounts(depth) {
+function foldKey(n) {  // the module-path prefix at the fold depth; shallower unprunable ops fold per module
+  const p = parts(n.path);
+  if (p.length >= S.depth) return p.slice(0, S.depth).join('.');
+  const grey = n.group < 0 && !n.chips.length && n.op !== 'placeholder' && n.op !== 'output';
+  return grey ? (n.path || '(top level)') + ' · unprunable ops' : null;
+}
+function foldCounts() {
   const c = new Map();
-  for (const n of D.nodes) {
-    const p = parts(n.path);
-    if (p.length >= depth) { const k = p.slice(0, depth).join('.'); c.set(k, (c.get(k) || 0) + 1); }
-  }
+  for (const n of D.nodes) { const k = foldKey(n); if (k) c.set(k, (c.get(k) || 0) + 1); }
   return c;
 }
 function foldOf(n, counts) {
   if (!S.depth) return null;
-  const p = parts(n.path);
-  if (p.length < S.depth) return null;
-  const pre = p.slice(0, S.depth).join('.');
-  return (!S.expanded.has(pre) && counts.get(pre) > 1) ? pre : null;
+  const pre = foldKey(n);
+  return (pre && !S.expanded.has(pre) && counts.get(pre) > 1) ? pre : null;
 }
 function buildVisible() {
-  const counts = S.depth ? foldCounts(S.depth) : new Map();
+  const counts = S.depth ? foldCounts() : new Map();
   const map = new Map(), V = [], vOf = [];
   for (const n of D.nodes) {
     const fold = foldOf(n, counts), key = fold ? 'f:' + fold : 'n:' + n.id;
