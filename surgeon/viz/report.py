@@ -50,12 +50,13 @@ class ShrinkReport:
 
 # ---- measuring ----------------------------------------------------------------------------------
 def torch_latency_ms(model: nn.Module, example_input: Any, runs: int = 10) -> float:
-    """Median wall time of one forward on this machine's CPU, after one warm-up run."""
+    """Median wall time of one forward on this machine's CPU, after three warm-up runs."""
     from ..graph.trace import eval_mode, run_model
 
     times = []
     with eval_mode(model), torch.inference_mode():
-        run_model(model, example_input)
+        for _ in range(3):
+            run_model(model, example_input)
         for _ in range(runs):
             t0 = time.perf_counter()
             run_model(model, example_input)
@@ -64,7 +65,7 @@ def torch_latency_ms(model: nn.Module, example_input: Any, runs: int = 10) -> fl
 
 
 def ort_latency_ms(path: str | Path, example_input: Any, runs: int = 10) -> float:
-    """Median onnxruntime CPU time of one run of the file at ``path``, after one warm-up run."""
+    """Median onnxruntime CPU time of one run of the file at ``path``, after two warm-up runs."""
     import onnxruntime as ort
 
     from ..graph.trace import normalize_inputs
@@ -73,7 +74,8 @@ def ort_latency_ms(path: str | Path, example_input: Any, runs: int = 10) -> floa
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     values = [v.numpy() for v in list(args) + list(kwargs.values())]
     feeds = {i.name: v for i, v in zip(sess.get_inputs(), values)}
-    sess.run(None, feeds)
+    for _ in range(2):
+        sess.run(None, feeds)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
