@@ -34,9 +34,16 @@ def _check(model: Any, target: Any, metric: str, round_to: Any) -> None:
         raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}")
 
 
+def _check_min_keep(min_keep: Any) -> None:
+    ok = (isinstance(min_keep, float) and 0 <= min_keep < 1) or \
+        (isinstance(min_keep, int) and not isinstance(min_keep, bool) and min_keep >= 1)
+    if not ok:
+        raise ValueError(f"min_keep must be a fraction in [0, 1) or a unit count >= 1, got {min_keep!r}")
+
+
 def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
          criterion: str | Criterion = "l2", round_to: int | None = None,
-         ignore: Iterable = (), min_keep: int = 1, analysis: Analysis | None = None) -> Plan:
+         ignore: Iterable = (), min_keep: int | float = 0.1, analysis: Analysis | None = None) -> Plan:
     """Decide what to remove so that ``target`` of the cost remains; the model is not touched.
 
     >>> import torch, surgeon
@@ -46,6 +53,7 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
     0.5
     """
     _check(model, target, metric, round_to)
+    _check_min_keep(min_keep)
     crit = get_criterion(criterion)
     a = analysis or analyze(model, example_input, ignore)
     return _plan(a, crit, crit.score(model, a.groups), float(target), metric, round_to, min_keep)
@@ -59,13 +67,17 @@ def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, roun
 
 def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
            criterion: str | Criterion = "l2", round_to: int | None = None, ignore: Iterable = (),
-           min_keep: int = 1, inplace: bool = False, verify: bool = True) -> nn.Module:
+           min_keep: int | float = 0.1, inplace: bool = False, verify: bool = True) -> nn.Module:
     """Return a physically smaller copy of ``model`` that keeps ``target`` of its cost.
 
     ``metric`` is ``"flops"`` (FLOPs of one forward on ``example_input``, as
     ``torch.utils.flop_counter`` counts them) or ``"params"``. The result is checked: it runs on
     ``example_input``, its output shapes are unchanged, and its cost measured by an independent
     counter is within 0.01 of the target (when the smallest removable unit allows).
+
+    Every group keeps at least ``min_keep`` of its units: a fraction (10% by default) or, as
+    an int, a count; ``round_to`` makes surviving widths multiples of it; ``ignore`` keeps the
+    given modules (or module names) whole.
 
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
@@ -74,6 +86,7 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     True
     """
     _check(model, target, metric, round_to)
+    _check_min_keep(min_keep)
     crit = get_criterion(criterion)
     a = analyze(model, example_input, ignore)
     scores = crit.score(model, a.groups)

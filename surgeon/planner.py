@@ -2,7 +2,8 @@
 
 Every removable unit gets a priority: its score divided by the cost it saves (both normalised),
 so cheap-but-important units stay and expensive-but-unimportant ones go. Units are removed in
-priority order, each group keeping at least ``min_keep`` units (or ``round_to`` widths), and the
+priority order, each group keeping at least ``min_keep`` of its units (a fraction, 10% by
+default, or a count; never fewer than one unit or one ``round_to`` step), and the
 number removed is found by bisection on the exact cost model, so the planned cost lands on the
 target to within one unit.
 """
@@ -65,7 +66,7 @@ class _Order:
     priority order, so a group's kept set is determined by its count alone."""
 
     def __init__(self, a: Analysis, scores: Sequence[np.ndarray], cost: CostModel,
-                 round_to: int | None, min_keep: int):
+                 round_to: int | None, min_keep: int | float):
         self.a = a
         groups = a.groups
         self.n_groups = len(groups)
@@ -78,7 +79,7 @@ class _Order:
         for gi in live:
             g = groups[gi]
             self.steps[gi] = _step(g, round_to)
-            self.floor[gi] = max(min_keep, self.steps[gi])
+            self.floor[gi] = max(_min_units(g.n_units, min_keep), self.steps[gi])
             s = np.asarray(scores[gi], dtype=np.float64)
             s = s / s.mean() if s.mean() > 0 else np.ones_like(s)
             c = marg[gi] / mean_cost if mean_cost > 0 else np.ones(g.n_units)
@@ -135,6 +136,19 @@ class _Order:
         return np.split(self.flat_keep(n), self.offsets[1:-1])
 
 
+def _min_units(n_units: int, min_keep: int | float) -> int:
+    """Units a group keeps at least: a fraction of its units (float) or a count (int), >= 1."""
+    if isinstance(min_keep, float):
+        return max(1, math.ceil(min_keep * n_units - 1e-9))
+    return max(1, min(int(min_keep), n_units))
+
+
+def _describe_min(min_keep: int | float) -> str:
+    if isinstance(min_keep, float):
+        return f"{min_keep:.0%} of its units, at least one"
+    return f"{max(min_keep, 1)} unit(s)"
+
+
 def _rank_in_group(gs: np.ndarray) -> np.ndarray:
     """For a sequence of group ids, how many earlier entries share each entry's group."""
     order = np.argsort(gs, kind="stable")
@@ -147,7 +161,7 @@ def _rank_in_group(gs: np.ndarray) -> np.ndarray:
 
 
 def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
-          round_to: int | None = None, min_keep: int = 1) -> list[np.ndarray]:
+          round_to: int | None = None, min_keep: int | float = 0.1) -> list[np.ndarray]:
     """Keep-masks, one per group, whose cost is as close as possible to ``target`` x base."""
     cost = a.cost(metric)
     goal = target * cost.base
@@ -169,7 +183,7 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
             f"target {target} is below what the prunable part of {type(a.model).__name__} can reach: "
             f"the lowest reachable {metric} ratio is {floor / cost.base:.4f} "
             f"({len([g for g in a.groups if g.prunable])} prunable groups, each keeping at least "
-            f"{max(min_keep, 1)} unit(s)). Ask for target >= {min(1.0, math.ceil(floor / cost.base * 1000 - 1e-6) / 1000)}."
+            f"{_describe_min(min_keep)}). Ask for target >= {min(1.0, math.ceil(floor / cost.base * 1000 - 1e-6) / 1000)}."
         )
     if n == 0:
         return a.full_keep()

@@ -236,5 +236,5 @@ def test_unbind_channels_structure():
 
 def test_unbind_channels_behaviour():
     check_zero_invariance(UnbindChannels(), X, expect=["post.weight"])
-    small = check_shrink(UnbindChannels(), X)
+    small = check_shrink(UnbindChannels(), X, min_keep=1)  # one small group carries all the cut
     assert small.conv.out_channels == 4
