@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 import surgeon
+import surgeon.exporters.onnx  # `import surgeon` alone does not load the exporters
 from surgeon.verify import count_flops, count_params
 
 

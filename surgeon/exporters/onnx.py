@@ -1,55 +1,107 @@
-"""Export a model to a dense ONNX file and check it in onnxruntime.
+"""Export a model to a dense ONNX file, check it in onnxruntime, and make it ready for the edge.
 
 >>> import torch, tempfile, os
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
 >>> path = os.path.join(tempfile.mkdtemp(), "net.onnx")
 >>> report = export(net, torch.randn(1, 4), path)
->>> report.weights == sum(p.numel() for p in net.parameters()), report.max_rel_error < 1e-4
+>>> report.weights == report.params - report.folded, report.max_rel_error < 1e-4
 (True, True)
+
+The steps, each on a file in a scratch folder beside ``path`` (moved into place only once
+everything passed, so a failure leaves nothing behind):
+
+1. capture: the dynamo exporter (``torch.export`` + onnxscript's optimizer, which folds
+   BatchNorm), or the TorchScript exporter when dynamo fails (the reason is logged and noted);
+2. ``simplify``: onnxslim (constant folding, fusions, dead code);
+3. parity of the fp32 file against PyTorch on the example input and, with ``dynamic_batch``, on
+   a second batch size; the accounting of its weights (see :class:`ExportReport`);
+4. ``dtype="fp16"`` or ``quantize="dynamic" | "static"``: the edge file, checked again (fp16
+   against PyTorch, int8 by top-1 agreement on random inputs);
+5. ``ort_format``: the ``.ort`` file beside ``path``, loaded and checked like the ONNX file.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import statistics
+import shutil
 import tempfile
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..errors import SurgeonError
 from ..graph.trace import eval_mode, normalize_inputs
-from ..verify import first_tensor, max_rel_error
+from ..verify import first_tensor
+from . import _edge, _runtime
+from ._account import account, count_weights, watch
+from ._base import ExportError, at_batch, batch_of, flat_inputs
+from ._capture import capture, first_line, input_names
 
 __all__ = ["export", "ExportReport", "ExportError"]
 
 log = logging.getLogger(__name__)
 
-
-class ExportError(SurgeonError):
-    """The ONNX file could not be written, or onnxruntime disagrees with PyTorch."""
+RTOL = {"fp32": 1e-4, "fp16": 1e-2}
+AGREEMENT_SAMPLES = 32  # random inputs for the top-1 agreement of fp16, int8 and .ort files
 
 
 @dataclass(frozen=True)
 class ExportReport:
+    """What :func:`export` wrote and how well it matches PyTorch.
+
+    For fp32 and fp16 files ``weights == params - folded - unused - eliminated``, and
+    ``eliminated`` is 0 unless the model holds degenerate values (all-zero biases, which the
+    optimizers drop): the file holds exactly the model's parameters up to BatchNorm folding, so
+    it is dense, not masked. For int8 files ``weights`` counts the int8 weights and their float
+    scales, and the errors are those of the int8 file (judge it by ``agreement``).
+    """
+
     path: str
     exporter: str  # "dynamo" or "torchscript"
     file_bytes: int
-    weights: int  # elements in the file's initializers
-    max_abs_error: float
+    weights: int  # elements of the file's weight tensors (float, and int8 for quantized files)
+    params: int  # parameters of the model
+    bn_folded: int  # BatchNorm layers folded into the conv/linear that feeds them
+    folded: int  # parameters that BatchNorm folding removed, net (see surgeon.exporters._account)
+    unused: int  # parameters of modules the forward never runs (auxiliary heads in eval mode)
+    eliminated: int  # what else the fp32 file lacks (all-zero biases an optimizer dropped)
+    max_abs_error: float  # worst over the example input and the second batch size
     max_rel_error: float
-    latency_ms: float  # onnxruntime CPU, median of a few runs on the example input
+    batch_sizes: tuple[int, ...]  # batch sizes the parity was checked on
+    latency_ms: float  # onnxruntime CPU, median of 10 runs on the example input
+    dtype: str = "fp32"
+    quantize: str | None = None
+    agreement: float | None = None  # top-1 agreement with PyTorch on random inputs (fp16 and int8 files)
+    ort_path: str | None = None
+    ort_max_rel_error: float | None = None  # the .ort file against PyTorch
+    ort_agreement: float | None = None  # the .ort file's top-1 agreement with PyTorch
+    simplified: bool = False
     notes: tuple[str, ...] = field(default=())
 
+    @property
+    def bn_was_folded(self) -> bool:
+        return self.bn_folded > 0
 
-def _require():
+
+@dataclass(frozen=True)
+class _Request:
+    """The arguments of one export, checked."""
+
+    path: Path
+    ort_path: Path | None
+    opset: int | None
+    dynamic_batch: bool
+    simplify: bool
+    dtype: str
+    quantize: str | None
+    calibration: list[tuple[tuple, dict]]
+    rtol: float
+
+
+def _require() -> None:
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -57,86 +109,206 @@ def _require():
         raise ImportError("ONNX export needs the onnx extra: pip install 'surgeon[onnx]'") from exc
 
 
-def _torch_export(model, args, kwargs, path, opset, dynamic_batch, notes) -> str:
-    names = [f"input_{i}" for i in range(len(args))] + list(kwargs)
-    try:
-        shapes = None
-        if dynamic_batch:
-            dim = torch.export.Dim.AUTO
-            shapes = tuple({0: dim} for _ in args) if args else {k: {0: dim} for k in kwargs}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, path, kwargs=kwargs or None, opset_version=opset, dynamo=True, verbose=False,
-                              dynamic_shapes=shapes, external_data=False, input_names=names)
-        return "dynamo"
-    except Exception as exc:  # noqa: BLE001 - fall back to the TorchScript exporter, logged
-        reason = f"dynamo exporter failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        log.info("%s; falling back to the TorchScript exporter", reason)
-        notes.append(reason)
-    axes = {n: {0: "batch"} for n in names} if dynamic_batch else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, args + tuple(kwargs.values()), path, opset_version=opset or 17,
-                          dynamo=False, input_names=names, dynamic_axes=axes)
-    return "torchscript"
+def _check_path(path: Any, ort_format: bool) -> tuple[Path, Path | None]:
+    path = Path(os.fspath(path))
+    if path.is_dir():
+        raise ExportError(f"cannot write {path}: it is a folder; pass a file path such as {path / 'model.onnx'}")
+    folder = path.parent
+    if not folder.exists():
+        raise ExportError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise ExportError(f"cannot write {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write {path}: folder {folder} is not writable; pass a path in a writable folder")
+    ort_path = path.with_suffix(".ort") if ort_format else None
+    if ort_path is not None and ort_path == path:
+        raise ValueError(f"with ort_format=True the ONNX file needs another suffix than .ort, got {path}")
+    return path, ort_path
 
 
-def _initializer_count(path: str) -> int:
-    import onnx
+def _check_options(dtype: Any, quantize: Any, calibration: Any, dynamic_batch: bool,
+                   args: tuple, kwargs: dict) -> list[tuple[tuple, dict]]:
+    if dtype not in _edge.DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; pass dtype='fp32' (default) or dtype='fp16' "
+                         f"(for int8 use quantize='dynamic' or quantize='static')")
+    if quantize not in _edge.QUANTIZE:
+        raise ValueError(f"unknown quantize mode {quantize!r}; pass quantize=None, 'dynamic' or 'static'")
+    if quantize is not None and dtype != "fp32":
+        raise ValueError(f"int8 quantization starts from the fp32 file; pass dtype='fp32' with quantize={quantize!r}")
+    if quantize == "static" and calibration is None:
+        raise ValueError("quantize='static' needs calibration=: an iterable of example inputs, each given like "
+                         "example_input (for instance [torch.randn(1, 3, 224, 224) for _ in range(32)], "
+                         "better a few hundred real samples)")
+    if quantize != "static" and calibration is not None:
+        raise ValueError(f"calibration is only used by quantize='static' (got quantize={quantize!r}); drop it "
+                         f"or pass quantize='static'")
+    samples = _edge.calibration_samples(calibration, normalize_inputs)
+    if quantize == "static" and not samples:
+        raise ValueError("calibration is empty; pass at least one example input for quantize='static'")
+    want = [t.shape for t in flat_inputs(args, kwargs)]
+    for i, (a, k) in enumerate(samples):
+        got = [t.shape for t in flat_inputs(a, k)]
+        fits = len(got) == len(want) and all(
+            g[1:] == w[1:] and len(g) == len(w) and (dynamic_batch or g[:1] == w[:1]) for g, w in zip(got, want))
+        if not fits:
+            raise ValueError(f"calibration sample {i} has input shapes {[tuple(s) for s in got]}, the example "
+                             f"{[tuple(s) for s in want]}; each sample must be given like example_input")
+    return samples
 
-    m = onnx.load(path)
-    total = 0
-    graphs = [m.graph]
-    while graphs:
-        g = graphs.pop()
-        total += sum(int(np.prod(t.dims)) for t in g.initializer)
-        for node in g.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR and node.op_type == "Constant":
-                    total += int(np.prod(attr.t.dims)) if attr.t.dims else 0
-                graphs.extend(attr.graphs)
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    graphs.append(attr.g)
-    return total
+
+def _request(model: Any, example_input: Any, path: Any, opset: Any, dynamic_batch: bool, simplify: bool,
+             dtype: Any, quantize: Any, calibration: Any, ort_format: bool, rtol: float | None):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    args, kwargs = normalize_inputs(example_input)
+    samples = _check_options(dtype, quantize, calibration, dynamic_batch, args, kwargs)
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 7):
+        raise ValueError(f"opset must be an ONNX opset number (for instance 18) or None, got {opset!r}")
+    if dynamic_batch and batch_of(args, kwargs) is None:
+        raise ValueError("dynamic_batch=True needs an example input with a batch dimension; "
+                         "pass dynamic_batch=False")
+    file, ort_path = _check_path(path, ort_format)
+    return (args, kwargs), _Request(file, ort_path, opset, bool(dynamic_batch), bool(simplify), dtype, quantize,
+                                    samples, RTOL[dtype] if rtol is None else float(rtol))
 
 
 def export(model: nn.Module, example_input: Any, path: str | os.PathLike, *, opset: int | None = None,
-           dynamic_batch: bool = True, rtol: float = 1e-4) -> ExportReport:
-    """Write ``model`` to ``path`` as ONNX, run it in onnxruntime and compare with PyTorch.
+           dynamic_batch: bool = True, simplify: bool = True, dtype: str = "fp32", quantize: str | None = None,
+           calibration: Iterable[Any] | None = None, ort_format: bool = False,
+           rtol: float | None = None) -> ExportReport:
+    """Write ``model`` to ``path`` as ONNX, check it in onnxruntime and return an :class:`ExportReport`.
 
-    Raises :class:`ExportError` if the relative error exceeds ``rtol`` (nothing is left at
-    ``path`` then).
+    ``dtype``: ``"fp32"`` or ``"fp16"`` (float16 weights and compute, float32 inputs and outputs).
+    ``quantize``: ``None``, ``"dynamic"`` (int8 weights) or ``"static"`` (int8 weights and
+    activations, calibrated on ``calibration``: an iterable of inputs given like ``example_input``).
+    ``ort_format``: also write ``path`` with the suffix ``.ort`` for ONNX Runtime Mobile.
+    ``rtol``: the relative error that fails the export (default 1e-4 for fp32, 1e-2 for fp16);
+    int8 files are judged by their top-1 agreement, which the report gives.
+
+    Raises :class:`ExportError` when the file cannot be written or disagrees with PyTorch, and
+    ``ValueError`` for an unknown option; nothing is left at ``path`` then.
     """
     _require()
-    import onnxruntime as ort
-
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise ExportError(f"cannot write {path}: folder {path.parent} does not exist")
-    args, kwargs = normalize_inputs(example_input)
-    notes: list[str] = []
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
+    (args, kwargs), req = _request(model, example_input, path, opset, dynamic_batch, simplify, dtype, quantize,
+                                   calibration, ort_format, rtol)
     try:
-        with eval_mode(model), torch.no_grad():
-            exporter = _torch_export(model, args, kwargs, tmp, opset, dynamic_batch, notes)
+        scratch = tempfile.mkdtemp(prefix=f".{req.path.name}.", dir=req.path.parent)
+    except OSError as exc:
+        raise ExportError(f"cannot write in folder {req.path.parent}: {exc}; pass a path in a writable folder") from exc
+    try:
+        report = _export(model, args, kwargs, req, scratch)
+        _publish(scratch, req)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return report
+
+
+def _publish(scratch: str, req: _Request) -> None:
+    """Move the checked files into place (the ``.ort`` first, removed again if the ONNX move fails)."""
+    if req.ort_path is not None:
+        os.replace(os.path.join(scratch, "final.ort"), req.ort_path)
+    try:
+        os.replace(os.path.join(scratch, "final.onnx"), req.path)
+    except OSError as exc:
+        if req.ort_path is not None:
+            req.ort_path.unlink(missing_ok=True)
+        raise ExportError(f"cannot write {req.path}: {exc}") from exc
+
+
+def _export(model: nn.Module, args: tuple, kwargs: dict, req: _Request, scratch: str) -> ExportReport:
+    import onnx
+
+    notes: list[str] = []
+    raw = os.path.join(scratch, "raw.onnx")
+    with eval_mode(model), torch.no_grad():
+        with watch(model) as seen:
             ref = first_tensor(model(*args, **kwargs))
-        sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        feeds = {i.name: v.numpy() for i, v in zip(sess.get_inputs(), list(args) + list(kwargs.values()))}
-        out = torch.from_numpy(sess.run(None, feeds)[0])
-        rel = max_rel_error(ref, out)
-        abs_err = float((ref.double() - out.double()).abs().max())
-        if not rel <= rtol:
-            raise ExportError(f"onnxruntime output differs from PyTorch: relative error {rel:.2e} > {rtol:.0e}")
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            sess.run(None, feeds)
-            times.append((time.perf_counter() - t0) * 1e3)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return ExportReport(str(path), exporter, path.stat().st_size, _initializer_count(str(path)), abs_err, rel,
-                        statistics.median(times), tuple(notes))
+        try:
+            exporter = capture(model, args, kwargs, raw, req.opset, req.dynamic_batch, notes)
+        except Exception as exc:  # noqa: BLE001 - both exporters failed: say so with the reason
+            raise ExportError(f"neither the dynamo nor the TorchScript exporter could export "
+                              f"{type(model).__name__}: {first_line(exc)}; the dynamo exporter's reason is "
+                              f"in the log") from exc
+    fp32 = os.path.join(scratch, "fp32.onnx")
+    simplified = req.simplify and _edge.simplify(raw, fp32, notes)
+    if not simplified:
+        os.replace(raw, fp32)
+    cases = _cases(args, kwargs, ref, req.dynamic_batch)
+    checked = _runtime.parity(_runtime.session(fp32), model, cases)
+    _fail_if(checked, req.rtol if req.dtype == "fp32" and req.quantize is None else RTOL["fp32"], "fp32")
+    fp32_file = onnx.load(fp32)
+    acc = account(model, seen, fp32_file)
+    if acc.eliminated:
+        notes.append(f"{acc.eliminated} parameters are missing from the file beyond BatchNorm folding "
+                     f"(all-zero biases or constants the optimizers removed)")
+    final = os.path.join(scratch, "final.onnx")
+    edge = _edge_file(fp32, final, req, scratch, input_names(args, kwargs))
+    sess = _runtime.session(final)
+    agreement = None
+    if edge:
+        checked = _runtime.parity(sess, model, cases)
+        if req.quantize is None:
+            _fail_if(checked, req.rtol, req.dtype)
+        agreement = _agreement(sess, model, args, kwargs, req)
+    ort = _check_ort(final, req, model, args, kwargs, cases, scratch) if req.ort_path else (None, None)
+    names = {n for n, _ in model.named_parameters()}
+    return ExportReport(
+        str(req.path), exporter, os.path.getsize(final), count_weights(onnx.load(final), names), acc.params,
+        acc.bn_folded, acc.folded, acc.unused, acc.eliminated, checked.max_abs_error, checked.max_rel_error,
+        checked.batch_sizes, _runtime.latency_ms(sess, args, kwargs), req.dtype, req.quantize, agreement,
+        str(req.ort_path) if req.ort_path else None, ort[0], ort[1], simplified, tuple(notes))
+
+
+def _cases(args: tuple, kwargs: dict, ref: torch.Tensor, dynamic_batch: bool) -> list:
+    """The example input, and with a dynamic batch a second batch size (random inputs)."""
+    cases = [(args, kwargs, ref)]
+    if dynamic_batch:
+        b = batch_of(args, kwargs)
+        a2, k2 = at_batch(args, kwargs, 3 if b == 2 else 2, seed=1)
+        cases.append((a2, k2, None))
+    return cases
+
+
+def _fail_if(p: _runtime.Parity, rtol: float, what: str) -> None:
+    if not p.max_rel_error <= rtol:
+        raise ExportError(f"the {what} file differs from PyTorch: relative error {p.max_rel_error:.2e} > {rtol:.0e} "
+                          f"(batch sizes {list(p.batch_sizes)}, max absolute error {p.max_abs_error:.2e}); "
+                          f"please report the model, and try simplify=False or opset= meanwhile")
+
+
+def _edge_file(fp32: str, final: str, req: _Request, scratch: str, names: list[str]) -> bool:
+    """Write the file the user asked for at ``final``; True if it is not the fp32 file itself."""
+    if req.quantize is not None:
+        try:
+            _edge.quantize(fp32, final, req.quantize, names, req.calibration, scratch)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many kinds of errors
+            raise ExportError(f"onnxruntime.quantization could not quantize the file ({req.quantize}): "
+                              f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        return True
+    if req.dtype == "fp16":
+        try:
+            _edge.to_fp16(fp32, final)
+        except Exception as exc:  # noqa: BLE001 - the float16 converter raises many kinds of errors
+            raise ExportError(f"the float16 conversion failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        return True
+    os.replace(fp32, final)
+    return False
+
+
+def _agreement(sess, model: nn.Module, args: tuple, kwargs: dict, req: _Request) -> float:
+    batch = 8 if req.dynamic_batch else (batch_of(args, kwargs) or 1)
+    samples = AGREEMENT_SAMPLES if req.dynamic_batch else batch * max(1, AGREEMENT_SAMPLES // batch)
+    return _runtime.agreement(sess, model, args, kwargs, samples, batch)
+
+
+def _check_ort(final: str, req: _Request, model: nn.Module, args: tuple, kwargs: dict, cases: list,
+               scratch: str) -> tuple[float, float]:
+    """Write the ``.ort`` file, load it back and check it like the ONNX file: its relative error
+    against PyTorch, and its top-1 agreement on random inputs."""
+    ort_file = os.path.join(scratch, "final.ort")
+    _edge.to_ort(final, ort_file)
+    sess = _runtime.session(ort_file)
+    checked = _runtime.parity(sess, model, cases)
+    if req.quantize is None:
+        _fail_if(checked, req.rtol, f"{req.dtype} .ort")
+    return checked.max_rel_error, _agreement(sess, model, args, kwargs, req)

@@ -1,0 +1,140 @@
+"""File-to-file steps for edge runtimes: simplify (onnxslim), fp16, int8, ORT format.
+
+Each step reads one file and writes another in the caller's scratch folder, so a failure
+never leaves a half-written result where the user asked for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import Any, Iterable
+
+import numpy as np
+
+from ._base import ExportError, flat_inputs
+
+__all__ = ["simplify", "to_fp16", "quantize", "to_ort", "DTYPES", "QUANTIZE"]
+
+log = logging.getLogger("surgeon.exporters.onnx")
+
+DTYPES = ("fp32", "fp16")
+QUANTIZE = (None, "dynamic", "static")
+
+
+def simplify(src: str, dst: str, notes: list[str]) -> bool:
+    """onnxslim (constant folding, fusions, dead code) from ``src`` to ``dst``; False if it failed.
+
+    Weight tying is skipped: it merges tensors only because their values happen to be equal (the
+    zero biases of a freshly initialised model), which says nothing about the architecture.
+    """
+    import onnx
+
+    try:
+        import onnxslim
+    except ImportError:
+        reason = "onnxslim is not installed (pip install 'surgeon[onnx]'); the file is not simplified"
+        log.warning(reason)
+        notes.append(reason)
+        return False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            slim = onnxslim.slim(src, skip_optimizations=["weight_tying"])
+        onnx.save(slim, dst)
+        return True
+    except Exception as exc:  # noqa: BLE001 - a failed simplification only costs size, not correctness
+        reason = f"onnxslim failed ({type(exc).__name__}: {str(exc)[:200]}); the file is not simplified"
+        log.warning(reason)
+        notes.append(reason)
+        return False
+
+
+def to_fp16(src: str, dst: str) -> None:
+    """Weights and compute in float16, inputs and outputs kept float32 (onnxruntime's converter).
+
+    onnxruntime's CPU provider wraps float16 nodes it has no kernel for in casts to float32, so
+    the file runs everywhere; GPU and NPU runtimes run it in half precision.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(src), keep_io_types=True)
+    onnx.save(model, dst)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over surgeon-style example inputs."""
+
+    def __init__(self, names: list[str], samples: list[tuple[tuple, dict]]):
+        self._feeds = iter([{n: v.detach().cpu().numpy().astype(np.float32) if v.is_floating_point()
+                             else v.detach().cpu().numpy() for n, v in zip(names, flat_inputs(a, k))}
+                            for a, k in samples])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+    def rewind(self) -> None:  # newer onnxruntime versions may call it
+        pass
+
+
+def quantize(src: str, dst: str, mode: str, names: list[str], calibration: list[tuple[tuple, dict]],
+             scratch: str) -> None:
+    """int8 weights through ``onnxruntime.quantization``, after its pre-processing (shape
+    inference and optimisation, which it asks for before quantizing).
+
+    ``dynamic``: weights int8 ahead of time, activations quantised on the fly (uint8 weights for
+    convolutions: the only ConvInteger onnxruntime's CPU provider implements, and slower than
+    float there, so prefer ``static`` for convolutional networks). ``static``: QDQ format,
+    per-channel int8 weights and uint8 activations with ranges calibrated on ``calibration``.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, \
+        quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = f"{scratch}/preprocessed.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+        except Exception as exc:  # noqa: BLE001 - pre-processing only helps; quantize the plain file
+            log.info("onnxruntime's quantization pre-processing failed (%s); quantizing without it", exc)
+            pre = src
+        if mode == "dynamic":
+            quantize_dynamic(pre, dst, weight_type=QuantType.QUInt8 if _has_conv(pre) else QuantType.QInt8)
+            return
+        quantize_static(pre, dst, _Reader(names, calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+
+
+def _has_conv(path: str) -> bool:
+    import onnx
+
+    return any(n.op_type == "Conv" for n in onnx.load(path, load_external_data=False).graph.node)
+
+
+def to_ort(src: str, dst: str) -> None:
+    """The ORT-format file ONNX Runtime Mobile loads, as ``onnxruntime.tools.convert_onnx_models_to_ort``
+    writes it (its "fixed" style: all optimisations baked in, minus the x86-only NCHWc layout)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = dst
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    try:
+        ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=["NchwcTransformer"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ExportError(f"onnxruntime could not convert the file to ORT format: {exc}") from exc
+
+
+def calibration_samples(calibration: Iterable[Any] | None, normalize) -> list[tuple[tuple, dict]]:
+    """The calibration iterable as a list of (args, kwargs); each item is given like ``example_input``."""
+    if calibration is None:
+        return []
+    if isinstance(calibration, (str, bytes)) or not hasattr(calibration, "__iter__"):
+        raise ValueError(f"calibration must be an iterable of example inputs (each like example_input), "
+                         f"got {type(calibration).__name__}")
+    return [normalize(item) for item in calibration]
