@@ -226,14 +226,6 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = normalize_inputs(example_input)
     with eval_mode(model), torch.enable_grad():
-        try:
-            with torch.no_grad():
-                reference = shapes_of(model(*args, **kwargs))
-        except Exception as exc:  # the model rejects its own input: say so before tracing
-            raise ValueError(
-                f"{type(model).__name__} fails on the example input ({type(exc).__name__}: {exc}); "
-                "pass an input the model accepts (a tensor, a tuple of tensors, or a dict of kwargs)"
-            ) from exc
         errors = []
         for mode, capture in (("fx", _fx_capture), ("export", _export_capture)):
             try:
@@ -247,12 +239,24 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
                               + (f" (at {site})" if site else ""))
                 continue
             return Traced(model=model, gm=gm, mode=mode, info=interp.info, output_shape=_describe(out),
-                          reference_shapes=reference)
+                          reference_shapes=shapes_of(out))
+        _check_runs(model, args, kwargs)  # is it the input, rather than the capture, that fails?
     raise TraceError(
         f"could not capture {type(model).__name__} as a graph.\n  " + "\n  ".join(errors) +
         "\nWhat to do: make the failing code traceable (torch.fx.wrap a helper with data-dependent "
         "control flow, or keep it in a leaf module), or pass an example input that avoids the branch."
     ) from None
+
+
+def _check_runs(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the model rejects its own input: say so
+        raise ValueError(
+            f"{type(model).__name__} fails on the example input ({type(exc).__name__}: {exc}); "
+            "pass an input the model accepts (a tensor, a tuple of tensors, or a dict of kwargs)"
+        ) from exc
 
 
 def _placeholder_kwargs(gm: fx.GraphModule, args: tuple, kwargs: dict) -> list[str]:
