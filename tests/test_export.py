@@ -60,7 +60,7 @@ def test_zoo_export(name, tmp_path):
     assert rep.max_rel_error <= 1e-4 and rep.batch_sizes == (1, 2)
     assert rep.params == count_params(small) < count_params(model)
     assert rep.eliminated == 0, rep.notes
-    assert rep.weights == rep.params - rep.folded - rep.unused
+    assert rep.weights == rep.params - rep.folded - rep.unused + rep.derived
     assert rep.bn_folded <= _bn_count(small)
     assert rep.bn_was_folded == (rep.bn_folded > 0)
     assert os.listdir(tmp_path) == [path.name], "scratch files left behind"
@@ -92,8 +92,39 @@ def test_bn_accounting_known_answer(tmp_path):
     reference_output(model, torch.randn(2, 3, 12, 12))
     rep = export(model, torch.randn(2, 3, 12, 12), tmp_path / "net.onnx")
     assert (rep.bn_folded, rep.unused, rep.eliminated) == (1, 16 * 5 + 5, 0)
-    assert rep.folded == 2 * 16 - 16 - 2 * 8
-    assert rep.weights == rep.params - rep.folded - rep.unused
+    assert (rep.folded, rep.derived) == (2 * 16 - 16, 2 * 8)
+    assert rep.weights == rep.params - rep.folded - rep.unused + rep.derived
+
+
+class PositionBias(nn.Module):
+    """Swin-like constants: a bias gathered from a table by an index buffer, a mask built from
+    shapes, a class token expanded per batch. The exporters precompute the first two."""
+
+    def __init__(self, n: int = 6, heads: int = 2):
+        super().__init__()
+        self.n, self.heads = n, heads
+        self.table = nn.Parameter(torch.randn(2 * n - 1, heads))
+        idx = torch.arange(n)
+        self.register_buffer("index", (idx[:, None] - idx[None, :] + n - 1).reshape(-1))
+        self.token = nn.Parameter(torch.randn(1, 1, 8))
+        self.qk = nn.Linear(8, 2 * heads * 4)
+
+    def forward(self, x):  # x: (batch, n - 1, 8)
+        x = torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
+        q, k = self.qk(x).view(x.shape[0], self.n, 2, self.heads, 4).permute(2, 0, 3, 1, 4)
+        bias = self.table[self.index].view(self.n, self.n, self.heads).permute(2, 0, 1)
+        mask = x.new_zeros(self.n, self.n)
+        mask[: self.n // 2, self.n // 2:] = -1.0
+        return (q @ k.transpose(-1, -2) + bias + mask).flatten(1)
+
+
+def test_precomputed_constants_are_predicted(tmp_path):
+    model = PositionBias().eval()
+    rep = export(model, torch.randn(2, 5, 8), tmp_path / "p.onnx")
+    n, heads = model.n, model.heads
+    assert rep.unused == 0 and rep.eliminated == 0, rep
+    assert rep.derived == heads * n * n + n * n - model.table.numel()  # bias and mask in, table out
+    assert rep.weights == rep.params - rep.folded - rep.unused + rep.derived
 
 
 def test_all_zero_bias_is_reported_as_eliminated(tmp_path):
@@ -125,7 +156,7 @@ def test_fp16_and_its_ort_file(edge_model, fp32_size, tmp_path):
     small, x = edge_model
     rep = export(small, x, tmp_path / "m.onnx", dtype="fp16", ort_format=True)
     assert rep.dtype == "fp16" and rep.max_rel_error <= 1e-2
-    assert rep.weights == rep.params - rep.folded - rep.unused  # a cast, not a different model
+    assert rep.weights == rep.params - rep.folded - rep.unused + rep.derived  # a cast, not another model
     assert rep.file_bytes < 0.6 * fp32_size
     assert onnx.TensorProto.FLOAT16 in _initializer_dtypes(tmp_path / "m.onnx")
     assert rep.agreement >= 0.9 and rep.ort_agreement >= 0.9 and rep.ort_max_rel_error <= 1e-2
@@ -184,7 +215,7 @@ def test_falls_back_to_torchscript_with_the_reason(tmp_path, caplog):
     assert rep.exporter == "torchscript" and rep.batch_sizes == (1, 2)
     assert any("dynamo exporter failed" in n and "guard" in n.lower() for n in rep.notes), rep.notes
     assert "falling back to the TorchScript exporter" in caplog.text
-    assert rep.weights == rep.params - rep.folded - rep.unused and rep.bn_folded == 1
+    assert rep.weights == rep.params - rep.folded - rep.unused + rep.derived and rep.bn_folded == 1
 
 
 def test_static_batch(tmp_path):
@@ -249,6 +280,23 @@ def test_failed_parity_leaves_nothing_and_keeps_an_old_file(tiny, tmp_path):
     with pytest.raises(ExportError, match="differs from PyTorch.*relative error"):
         export(*tiny, tmp_path / "m.onnx", rtol=0.0, ort_format=True)
     assert os.listdir(tmp_path) == ["m.onnx"] and (tmp_path / "m.onnx").read_bytes() == b"the previous export"
+
+
+def test_a_simplifier_that_changes_results_is_not_trusted(tiny, tmp_path, monkeypatch):
+    from surgeon.exporters import _edge
+
+    def broken(src, dst, notes):  # a simplifier bug: one weight doubled
+        m = onnx.load(src)
+        t = next(t for t in m.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2)
+        t.CopyFrom(onnx.numpy_helper.from_array(2 * onnx.numpy_helper.to_array(t), t.name))
+        onnx.save(m, dst)
+        return True
+
+    monkeypatch.setattr(_edge, "simplify", broken)
+    rep = export(*tiny, tmp_path / "m.onnx")
+    assert not rep.simplified and rep.max_rel_error <= 1e-4
+    assert any("onnxslim changed the results" in n for n in rep.notes)
+    assert os.listdir(tmp_path) == ["m.onnx"]
 
 
 class Unexportable(nn.Module):

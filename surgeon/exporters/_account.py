@@ -1,28 +1,35 @@
 """Where every parameter of the model went in the file: the proof that the file is dense.
 
-A dense export of a shrunk model holds exactly its parameters, except for what BatchNorm
-folding changes and for modules the forward never runs:
+A dense export of a shrunk model holds exactly its parameters, up to what the exporter
+precomputes and folds, and every term of that is predicted from one eager forward of the
+model, not read off the file:
 
-    weights == params - folded - unused          (fp32 and fp16 files)
+    weights == params - folded - unused + derived          (fp32 and fp16 files)
 
-``folded`` is predicted from the model, not read off the file: a BatchNorm folded into the
-conv or linear that feeds it takes its affine parameters (and the host's bias) with it and
-leaves one fused bias on the host (none if that bias is all zero, which the optimizer drops);
-a BatchNorm left in the graph brings its running statistics along as initializers. Which
-BatchNorms stay is read off the file (a BatchNormalization node fed by the layer's tensors).
-Anything else the optimizers removed (all-zero biases, say) shows up as ``eliminated``.
+* ``folded``: a BatchNorm folded into the conv or linear that feeds it takes its affine
+  parameters (and the host's bias) along and leaves one fused bias on the host (none if that
+  bias is all zero, which the optimizer drops). Which BatchNorms stay in the graph is read off
+  the file (a BatchNormalization node fed by the layer's tensors).
+* ``unused``: parameters no operation reads (auxiliary heads in eval mode).
+* ``derived``: tensors that are not parameters but that the file must hold, less the
+  parameters absorbed into them (see :mod:`._lineage`): running statistics of BatchNorms left
+  in the graph, relative-position biases gathered from their tables, attention masks.
+
+Whatever the prediction misses shows up as ``eliminated`` (all-zero biases the optimizers
+drop, for instance): it is 0 for models whose values are not degenerate.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+
+from ._lineage import Lineage
 
 __all__ = ["Accounting", "Watch", "watch", "account", "count_weights"]
 
@@ -36,11 +43,12 @@ _WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "L
 @dataclass(frozen=True)
 class Accounting:
     params: int  # parameters of the model (each shared tensor once)
-    folded: int  # net parameters BatchNorm folding removed (negative if kept BNs add statistics)
+    folded: int  # parameters BatchNorm folding removed, net of the biases it adds
     bn_folded: int  # BatchNorm layers folded away
     bn_kept: int  # BatchNorm layers still in the file as BatchNormalization nodes
     unused: int  # parameters the forward never reads (auxiliary heads in eval mode)
-    eliminated: int  # what else the file lacks: params - folded - unused - weights of the fp32 file
+    derived: int  # non-parameter tensors the file holds, less the parameters absorbed into them
+    eliminated: int  # params - folded - unused + derived - weights of the fp32 file
 
 
 @dataclass
@@ -52,41 +60,29 @@ class _BNSite:
 
 @dataclass
 class Watch:
-    """What one forward showed: which parameters it used and which conv or linear feeds each BatchNorm."""
+    """What one forward showed: the tensors it fed to the input-dependent computation, and
+    which conv or linear feeds each BatchNorm."""
 
     sites: list[_BNSite]
-    used: set[int]  # ids of the parameters some operation read
-
-
-class _Reads(TorchFunctionMode):
-    """Notes every parameter passed to a torch function or tensor method (modules such as
-    MultiheadAttention read their children's weights without calling those children)."""
-
-    def __init__(self, params: dict[int, nn.Parameter], used: set[int]):
-        super().__init__()
-        self._params, self._used = params, used
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        for v in tree_flatten((args, kwargs or {}))[0]:
-            if id(v) in self._params:
-                self._used.add(id(v))
-        return func(*args, **(kwargs or {}))
+    lineage: Lineage
 
 
 @contextlib.contextmanager
-def watch(model: nn.Module):
-    """Record, during the forward run inside the ``with``, the parameters it reads and the
-    producer of every BatchNorm's input (the same tensor object a conv or linear returned)."""
+def watch(model: nn.Module, inputs: list[torch.Tensor]):
+    """Record, during the forward run inside the ``with``, the lineage of every tensor
+    (``inputs`` are the live ones) and the producer of every BatchNorm's input (the same tensor
+    object a conv or linear returned)."""
     names = {id(m): n for n, m in model.named_modules()}
-    result = Watch([], set())
+    owned = {id(t) for t in list(model.parameters()) + list(model.buffers())}
+    result = Watch([], Lineage({id(p): p for p in model.parameters()}, owned))
     produced: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # the tensor is kept so its id stays unique
 
-    def pre(mod, inputs):
-        if inputs and isinstance(inputs[0], torch.Tensor):
-            host = produced.get(id(inputs[0]))
+    def pre(mod, args):
+        if args and isinstance(args[0], torch.Tensor):
+            host = produced.get(id(args[0]))
             result.sites.append(_BNSite(names[id(mod)], mod, host[0] if host else None))
 
-    def post(mod, _inputs, out):
+    def post(mod, _args, out):
         if isinstance(out, torch.Tensor):
             produced[id(out)] = (mod, out)
 
@@ -94,7 +90,7 @@ def watch(model: nn.Module):
     hooks = [m.register_forward_pre_hook(pre) for m in mods if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     hooks += [m.register_forward_hook(post) for m in mods if isinstance(m, _HOSTS)]
     try:
-        with _Reads({id(p): p for p in model.parameters()}, result.used):
+        with result.lineage.mode(inputs):
             yield result
     finally:
         for h in hooks:
@@ -168,25 +164,38 @@ def _own_params(m: nn.Module) -> int:
 
 
 def _bn_change(site: _BNSite, kept: bool) -> int:
-    """Parameters minus file elements that this BatchNorm's treatment accounts for."""
-    c = site.bn.num_features
-    own = _own_params(site.bn)
+    """Parameters that folding this BatchNorm removes, net of the bias it adds (0 if kept)."""
     if kept:
-        return own - 4 * c  # scale, bias, mean and variance are all initializers
+        return 0
+    own, c = _own_params(site.bn), site.bn.num_features
     if site.host is None:
         return own - 2 * c  # folded into a per-channel scale and shift
     host_bias = site.host.bias.numel() if site.host.bias is not None else 0
     return own + host_bias - (0 if _fused_bias_is_zero(site) else c)
 
 
+def _derived(lineage: Lineage, gone: set[int]) -> int:
+    """Elements of the non-parameter tensors the file must hold (floating, more than one
+    element, not among ``gone``), less the parameters absorbed into them. Equal tensors count
+    once: the exporters store one constant for, say, the same attention mask of several blocks."""
+    held: dict[tuple, int] = {}
+    for key, f in lineage.frontier.items():
+        if f.param is None and f.floating and f.numel > 1 and key not in gone:
+            t = f.keep.detach().cpu().contiguous()
+            digest = hashlib.sha1(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+            held[(str(t.dtype), tuple(t.shape), digest.hexdigest())] = f.numel
+    return sum(held.values()) - sum(lineage.params[p].numel() for p in lineage.absorbed())
+
+
 def account(model: nn.Module, seen: Watch, fp32_file) -> Accounting:
     """Explain the fp32 file's weight count from the model and what its forward did."""
     params = {id(p): (n, p.numel()) for n, p in model.named_parameters()}
     total = sum(n for _, n in params.values())
-    unused = sum(n for pid, (_, n) in params.items() if pid not in seen.used)
+    unused = sum(n for pid, (_, n) in params.items() if pid not in seen.lineage.read)
     in_bn = _bn_inputs(fp32_file)
     folded = kept = 0
     counted: set[int] = set()
+    gone: set[int] = set()  # running statistics of folded BatchNorms
     for site in seen.sites:
         if id(site.bn) in counted:  # a BatchNorm called twice is one set of weights
             continue
@@ -194,5 +203,9 @@ def account(model: nn.Module, seen: Watch, fp32_file) -> Accounting:
         is_kept = any(f"{site.name}.{t}" in in_bn for t in ("weight", "bias", "running_mean", "running_var"))
         kept += is_kept
         folded += _bn_change(site, is_kept)
+        if not is_kept:
+            gone.update(id(b) for b in (site.bn.running_mean, site.bn.running_var) if b is not None)
+    derived = _derived(seen.lineage, gone)
     weights = count_weights(fp32_file, {n for n, _ in params.values()})
-    return Accounting(total, folded, len(counted) - kept, kept, unused, total - folded - unused - weights)
+    return Accounting(total, folded, len(counted) - kept, kept, unused, derived,
+                      total - folded - unused + derived - weights)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -33,6 +34,8 @@ def _random_like(t: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     if t.is_floating_point():
         std = float(t.float().std()) if t.numel() > 1 else 1.0
         mean = float(t.float().mean())
+        if not (math.isfinite(std) and math.isfinite(mean)):
+            std, mean = 1.0, 0.0
         return (torch.randn(shape, generator=gen) * (std or 1.0) + mean).to(t.dtype)
     if t.dtype == torch.bool:
         return torch.randint(0, 2, shape, generator=gen).bool()
@@ -45,6 +48,6 @@ def at_batch(args: tuple, kwargs: dict, n: int, seed: int = 0) -> tuple[tuple, d
     gen = torch.Generator().manual_seed(seed)
 
     def one(v: Any) -> Any:
-        return _random_like(v, n, gen) if isinstance(v, torch.Tensor) and v.dim() else v
+        return _random_like(v, n, gen).to(v.device) if isinstance(v, torch.Tensor) and v.dim() else v
 
     return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}

@@ -64,7 +64,7 @@ def run_file(sess, args: tuple, kwargs: dict) -> torch.Tensor:
 
 def _reference(model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
     with eval_mode(model), torch.no_grad():
-        return first_tensor(model(*args, **kwargs)).double()
+        return first_tensor(model(*args, **kwargs)).detach().cpu().double()
 
 
 def parity(sess, model: nn.Module, cases: list[tuple[tuple, dict, torch.Tensor | None]]) -> Parity:
@@ -72,9 +72,15 @@ def parity(sess, model: nn.Module, cases: list[tuple[tuple, dict, torch.Tensor |
     ((args, kwargs, reference or None to compute it))."""
     worst_abs = worst_rel = 0.0
     sizes = []
-    for args, kwargs, ref in cases:
-        ref = _reference(model, args, kwargs) if ref is None else ref.double()
-        out = run_file(sess, args, kwargs)
+    for i, (args, kwargs, ref) in enumerate(cases):
+        ref = _reference(model, args, kwargs) if ref is None else ref.detach().cpu().double()
+        try:
+            out = run_file(sess, args, kwargs)
+        except ExportError as exc:
+            if i == 0:
+                raise
+            raise ExportError(f"{exc}; the file runs on the example's batch size only: pass dynamic_batch=False "
+                              f"if the model needs a fixed batch size") from exc
         if out.shape != ref.shape:
             raise ExportError(f"the file's output has shape {tuple(out.shape)}, PyTorch's {tuple(ref.shape)}")
         if not torch.isfinite(out).all():

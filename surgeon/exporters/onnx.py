@@ -52,11 +52,13 @@ AGREEMENT_SAMPLES = 32  # random inputs for the top-1 agreement of fp16, int8 an
 class ExportReport:
     """What :func:`export` wrote and how well it matches PyTorch.
 
-    For fp32 and fp16 files ``weights == params - folded - unused - eliminated``, and
-    ``eliminated`` is 0 unless the model holds degenerate values (all-zero biases, which the
-    optimizers drop): the file holds exactly the model's parameters up to BatchNorm folding, so
-    it is dense, not masked. For int8 files ``weights`` counts the int8 weights and their float
-    scales, and the errors are those of the int8 file (judge it by ``agreement``).
+    For fp32 and fp16 files ``weights == params - folded - unused + derived - eliminated``,
+    every term but ``weights`` predicted from the model (see :mod:`surgeon.exporters._account`),
+    and ``eliminated`` is 0 unless the model holds degenerate values (all-zero biases, which the
+    optimizers drop): the file holds exactly the model's parameters up to BatchNorm folding and
+    precomputed constants, so it is dense, not masked. For int8 files ``weights`` counts the int8
+    weights and their float scales, and the errors are those of the int8 file (judge it by
+    ``agreement``).
     """
 
     path: str
@@ -65,8 +67,10 @@ class ExportReport:
     weights: int  # elements of the file's weight tensors (float, and int8 for quantized files)
     params: int  # parameters of the model
     bn_folded: int  # BatchNorm layers folded into the conv/linear that feeds them
-    folded: int  # parameters that BatchNorm folding removed, net (see surgeon.exporters._account)
-    unused: int  # parameters of modules the forward never runs (auxiliary heads in eval mode)
+    folded: int  # parameters that BatchNorm folding removed, net of the biases it adds to convs
+    unused: int  # parameters the forward never reads (auxiliary heads in eval mode)
+    derived: int  # tensors the file holds that are no parameters (statistics of BatchNorms left in
+    #               the graph, precomputed position biases and masks), less the parameters they absorb
     eliminated: int  # what else the fp32 file lacks (all-zero biases an optimizer dropped)
     max_abs_error: float  # worst over the example input and the second batch size
     max_rel_error: float
@@ -221,7 +225,7 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, req: _Request, scratch:
     notes: list[str] = []
     raw = os.path.join(scratch, "raw.onnx")
     with eval_mode(model), torch.no_grad():
-        with watch(model) as seen:
+        with watch(model, flat_inputs(args, kwargs)) as seen:
             ref = first_tensor(model(*args, **kwargs))
         try:
             exporter = capture(model, args, kwargs, raw, req.opset, req.dynamic_batch, notes)
@@ -229,17 +233,13 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, req: _Request, scratch:
             raise ExportError(f"neither the dynamo nor the TorchScript exporter could export "
                               f"{type(model).__name__}: {first_line(exc)}; the dynamo exporter's reason is "
                               f"in the log") from exc
-    fp32 = os.path.join(scratch, "fp32.onnx")
-    simplified = req.simplify and _edge.simplify(raw, fp32, notes)
-    if not simplified:
-        os.replace(raw, fp32)
     cases = _cases(args, kwargs, ref, req.dynamic_batch)
-    checked = _runtime.parity(_runtime.session(fp32), model, cases)
-    _fail_if(checked, req.rtol if req.dtype == "fp32" and req.quantize is None else RTOL["fp32"], "fp32")
+    fp32, simplified, checked = _fp32_file(model, raw, cases, req, scratch, notes)
     fp32_file = onnx.load(fp32)
     acc = account(model, seen, fp32_file)
     if acc.eliminated:
-        notes.append(f"{acc.eliminated} parameters are missing from the file beyond BatchNorm folding "
+        notes.append(f"the file holds {-acc.eliminated} more weights than predicted" if acc.eliminated < 0 else
+                     f"{acc.eliminated} parameters are missing from the file beyond BatchNorm folding "
                      f"(all-zero biases or constants the optimizers removed)")
     final = os.path.join(scratch, "final.onnx")
     edge = _edge_file(fp32, final, req, scratch, input_names(args, kwargs))
@@ -253,10 +253,31 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, req: _Request, scratch:
     ort = _check_ort(final, req, model, args, kwargs, cases, scratch) if req.ort_path else (None, None)
     names = {n for n, _ in model.named_parameters()}
     return ExportReport(
-        str(req.path), exporter, os.path.getsize(final), count_weights(onnx.load(final), names), acc.params,
-        acc.bn_folded, acc.folded, acc.unused, acc.eliminated, checked.max_abs_error, checked.max_rel_error,
-        checked.batch_sizes, _runtime.latency_ms(sess, args, kwargs), req.dtype, req.quantize, agreement,
-        str(req.ort_path) if req.ort_path else None, ort[0], ort[1], simplified, tuple(notes))
+        path=str(req.path), exporter=exporter, file_bytes=os.path.getsize(final),
+        weights=count_weights(onnx.load(final), names), params=acc.params, bn_folded=acc.bn_folded,
+        folded=acc.folded, unused=acc.unused, derived=acc.derived, eliminated=acc.eliminated,
+        max_abs_error=checked.max_abs_error, max_rel_error=checked.max_rel_error, batch_sizes=checked.batch_sizes,
+        latency_ms=_runtime.latency_ms(sess, args, kwargs), dtype=req.dtype, quantize=req.quantize,
+        agreement=agreement, ort_path=str(req.ort_path) if req.ort_path else None, ort_max_rel_error=ort[0],
+        ort_agreement=ort[1], simplified=simplified, notes=tuple(notes))
+
+
+def _fp32_file(model: nn.Module, raw: str, cases: list, req: _Request, scratch: str, notes: list[str]):
+    """The simplified file if it matches PyTorch, else the exporter's own file if that one does.
+    Returns (path, simplified, parity)."""
+    rtol = req.rtol if req.dtype == "fp32" and req.quantize is None else RTOL["fp32"]
+    slim = os.path.join(scratch, "fp32.onnx")
+    if req.simplify and _edge.simplify(raw, slim, notes):
+        checked = _runtime.parity(_runtime.session(slim), model, cases)
+        if checked.max_rel_error <= rtol:
+            return slim, True, checked
+        reason = (f"onnxslim changed the results (relative error {checked.max_rel_error:.1e}); "
+                  f"kept the file unsimplified")
+        log.warning(reason)
+        notes.append(reason)
+    checked = _runtime.parity(_runtime.session(raw), model, cases)
+    _fail_if(checked, rtol, "fp32")
+    return raw, False, checked
 
 
 def _cases(args: tuple, kwargs: dict, ref: torch.Tensor, dynamic_batch: bool) -> list:
