@@ -68,20 +68,12 @@ def ort_latency_ms(path: str | Path, example_input: Any, runs: int = 10) -> floa
     """Median onnxruntime CPU time of one run of the file at ``path``, after two warm-up runs."""
     import onnxruntime as ort
 
+    from ..exporters._runtime import latency_ms
     from ..graph.trace import normalize_inputs
 
     args, kwargs = normalize_inputs(example_input)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    values = [v.numpy() for v in list(args) + list(kwargs.values())]
-    feeds = {i.name: v for i, v in zip(sess.get_inputs(), values)}
-    for _ in range(2):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return latency_ms(sess, args, kwargs, runs)
 
 
 def saved_bytes(model: nn.Module) -> int:
