@@ -218,6 +218,22 @@ def test_falls_back_to_torchscript_with_the_reason(tmp_path, caplog):
     assert rep.weights == rep.params - rep.folded - rep.unused + rep.derived and rep.bn_folded == 1
 
 
+def test_one_capture_serves_several_formats_until_the_model_changes(tiny, tmp_path, monkeypatch):
+    calls = []
+    real = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, x = tiny
+    export(model, x, tmp_path / "a.onnx")
+    export(model, x, tmp_path / "b.onnx", dtype="fp16")
+    assert len(calls) == 1
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # in place: the next export must trace the new weights
+    rep = export(model, x, tmp_path / "c.onnx")
+    assert len(calls) == 2 and rep.max_rel_error <= 1e-4
+    export(model, torch.randn(2, 8), tmp_path / "d.onnx", opset=17)
+    assert len(calls) == 3
+
+
 def test_static_batch(tmp_path):
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     rep = export(net, torch.randn(3, 8), tmp_path / "s.onnx", dynamic_batch=False, simplify=False)

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
+import os
 import re
 import warnings
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..graph.trace import _quiet_torch_logs
-from ._base import at_batch, batch_of
+from ._base import at_batch, batch_of, flat_inputs
 
 __all__ = ["capture", "input_names", "first_line"]
 
@@ -83,13 +88,54 @@ def _torchscript(model: nn.Module, args: tuple, kwargs: dict, path: str, opset: 
                           input_names=names, dynamic_axes=axes, do_constant_folding=True)
 
 
+@dataclass
+class _Capture:
+    model: weakref.ref
+    key: tuple
+    data: bytes
+    exporter: str
+    notes: tuple[str, ...]
+
+
+_last: list[_Capture] = []  # the latest capture: exporting one model to several formats traces it once
+_CACHE_BYTES = 1 << 29
+
+
+def _key(model: nn.Module, args: tuple, kwargs: dict, opset: int | None, dynamic_batch: bool) -> tuple:
+    """What a capture depends on: the modules, every tensor's storage, shape and version (any
+    in-place change bumps it), the inputs' shapes and the options. A stale hit would still be
+    caught by the parity check that follows every capture."""
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    return (tuple((n, type(m)) for n, m in model.named_modules()),
+            tuple((n, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for n, t in tensors),
+            tuple((tuple(t.shape), t.dtype, t.device.type) for t in flat_inputs(args, kwargs)), opset, dynamic_batch)
+
+
 def capture(model: nn.Module, args: tuple, kwargs: dict, path: str, opset: int | None, dynamic_batch: bool,
             notes: list[str]) -> str:
     """Write ``model`` to ``path``; return which exporter did it ("dynamo" or "torchscript").
 
     The model must be in eval mode and gradients off (the caller's job). A dynamo failure is
-    logged with its reason and recorded in ``notes``; a TorchScript failure propagates.
+    logged with its reason and recorded in ``notes``; a TorchScript failure propagates. The
+    same unchanged model exported again reuses the previous capture.
     """
+    key = _key(model, args, kwargs, opset, dynamic_batch)
+    hit = next((c for c in _last if c.model() is model and c.key == key), None)
+    if hit is not None:
+        Path(path).write_bytes(hit.data)
+        notes.extend(hit.notes)
+        return hit.exporter
+    mine: list[str] = []
+    exporter = _capture(model, args, kwargs, path, opset, dynamic_batch, mine)
+    notes.extend(mine)
+    _last.clear()
+    if os.path.getsize(path) <= _CACHE_BYTES:
+        _last.append(_Capture(weakref.ref(model), key, Path(path).read_bytes(), exporter, tuple(mine)))
+    return exporter
+
+
+def _capture(model: nn.Module, args: tuple, kwargs: dict, path: str, opset: int | None, dynamic_batch: bool,
+             notes: list[str]) -> str:
     try:
         _dynamo(model, args, kwargs, path, opset, dynamic_batch)
         return "dynamo"
