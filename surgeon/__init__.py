@@ -7,7 +7,7 @@
 (True, 16)
 """
 
-from . import criteria, verify
+from . import criteria, exporters, verify
 from .analysis import Analysis, analyze
 from .api import apply, plan, shrink
 from .errors import PlanError, SurgeonError, SurgeryError, TraceError
@@ -17,7 +17,7 @@ from .plan import Plan
 from .viz import visualize
 
 __all__ = [
-    "shrink", "plan", "apply", "trace", "analyze", "verify", "criteria", "visualize",
+    "shrink", "plan", "apply", "trace", "analyze", "verify", "criteria", "exporters", "visualize",
     "Plan", "PruneGroup", "UnitKind", "Analysis",
     "SurgeonError", "TraceError", "SurgeryError", "PlanError",
 ]
