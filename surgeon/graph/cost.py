@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .groups import PruneGroup
-from .ir import Coupling, CostTerm, DimKey
+from .ir import Coupling, CostTerm
 
 __all__ = ["CostModel", "METRICS"]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 

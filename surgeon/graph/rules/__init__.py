@@ -14,7 +14,6 @@ dimension it touches is frozen with the reason, and the rest of the model is sti
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Callable
 
 import numpy as np
