@@ -281,6 +281,20 @@ def test_frozen_parameters_are_still_scored():
     assert not any(p.requires_grad for p in model.parameters())
 
 
+def test_dataloader_batches_score_like_tuples():
+    """A DataLoader yields [x, y] lists; they score exactly like the (x, y) tuples they hold."""
+    data = _mlp_data()
+    ds = torch.utils.data.TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
+    loader = torch.utils.data.DataLoader(ds, batch_size=64)
+    model = _mlp("dead")
+    a = surgeon.analyze(model, data[0][0])
+    for criterion in DATA_AWARE:
+        want = get_criterion(criterion, data=data).score(model, a.groups)
+        got = get_criterion(criterion, data=loader).score(model, a.groups)
+        for w, g in zip(want, got):
+            np.testing.assert_allclose(g, w, rtol=1e-12)
+
+
 def test_max_batches_limits_what_is_read():
     seen = []
 

@@ -17,7 +17,9 @@ Registered criteria:
 
 ``get_criterion(name, data=..., loss_fn=...)`` passes ``data`` and ``loss_fn`` to a registered
 factory that takes them (criteria that need no data ignore them); a data-aware criterion built
-without ``data`` raises :class:`DataError` saying to pass it.
+without ``data`` raises :class:`DataError` saying to pass it. Every batch ``data`` yields is
+used; to cap a long DataLoader build the criterion yourself, e.g.
+``shrink(model, x, criterion=Taylor(loader, max_batches=8))``.
 
 Normalisation of coupled members. A unit owns slices of several parameters (a conv's output
 rows, its bias, the BatchNorm scale and shift after it, the next conv's input columns). Each
