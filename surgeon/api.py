@@ -6,7 +6,7 @@ import functools
 import gc
 import math
 import warnings
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -67,8 +67,12 @@ def _check_min_keep(min_keep: Any) -> None:
 def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
          criterion: str | Criterion = "l2", round_to: int | None = None,
          ignore: Iterable = (), min_keep: int | float = 0.1, uniform: bool | None = None,
-         analysis: Analysis | None = None) -> Plan:
+         analysis: Analysis | None = None, data: Iterable | None = None,
+         loss_fn: Callable | None = None) -> Plan:
     """Decide what to remove so that ``target`` of the cost remains; the model is not touched.
+
+    ``data`` (an iterable of batches) and ``loss_fn(output, target)`` feed the data-aware
+    criteria (``"taylor"``, ``"fisher"``, ``"activation"``); see :func:`shrink`.
 
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3))
@@ -78,7 +82,7 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
     """
     _check(model, target, metric, round_to)
     _check_min_keep(min_keep)
-    crit = get_criterion(criterion)
+    crit = get_criterion(criterion, data=data, loss_fn=loss_fn)
     a = analysis or analyze(model, example_input, ignore, uniform)
     return _plan(a, crit, crit.score(model, a.groups), float(target), metric, round_to, min_keep)
 
@@ -93,7 +97,7 @@ def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, roun
 def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
            criterion: str | Criterion = "l2", round_to: int | None = None, ignore: Iterable = (),
            min_keep: int | float = 0.1, uniform: bool | None = None, inplace: bool = False,
-           verify: bool = True) -> nn.Module:
+           verify: bool = True, data: Iterable | None = None, loss_fn: Callable | None = None) -> nn.Module:
     """Return a physically smaller copy of ``model`` that keeps ``target`` of its cost.
 
     ``metric`` is ``"flops"`` (FLOPs of one forward on ``example_input``, as
@@ -105,6 +109,13 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     an int, a count; ``round_to`` makes surviving widths multiples of it; ``ignore`` keeps the
     given modules (or module names) whole.
 
+    ``criterion`` scores the units (``"l2"`` by default; see ``surgeon.criteria``). The
+    data-aware ones, ``"taylor"``, ``"fisher"`` and ``"activation"``, need ``data``: an
+    iterable of batches (a DataLoader, a list), each a tensor, an ``(inputs, target)`` pair or
+    a dict of keyword arguments. ``loss_fn(output, target)`` defaults to cross-entropy for
+    ``(x, y)`` batches and next-token cross-entropy for dict batches with ``input_ids``. The
+    model is scored in eval mode and left as it was (no ``.grad`` written).
+
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
     >>> small = surgeon.shrink(net, torch.randn(1, 3, 32, 32), target=0.5)
@@ -113,7 +124,7 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     """
     _check(model, target, metric, round_to)
     _check_min_keep(min_keep)
-    crit = get_criterion(criterion)
+    crit = get_criterion(criterion, data=data, loss_fn=loss_fn)
     a = analyze(model, example_input, ignore, uniform)
     scores = crit.score(model, a.groups)
     base = a.cost(metric).base  # the per-node counter uses flop_counter's own formulas
