@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 VOCAB, SEQ, BATCH = 96, 8, 2
-_SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+_SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
               vocab_size=VOCAB)
 
 
@@ -38,14 +38,14 @@ def hf_models() -> dict[str, Callable[[], tuple[nn.Module, Any]]]:
         "bert": _hf(T.BertForSequenceClassification, T.BertConfig(**_SMALL, max_position_embeddings=32)),
         "roberta": _hf(T.RobertaModel, T.RobertaConfig(**_SMALL, max_position_embeddings=40)),
         "distilbert": _hf(T.DistilBertModel, T.DistilBertConfig(
-            vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=96, max_position_embeddings=32)),
+            vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, hidden_dim=256, max_position_embeddings=32)),
         "gpt2": _hf(T.GPT2LMHeadModel, T.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4,
                                                     n_positions=32, bos_token_id=0, eos_token_id=0)),
         "llama": _hf(T.LlamaForCausalLM, T.LlamaConfig(**gqa)),
         "mistral": _hf(T.MistralForCausalLM, T.MistralConfig(**gqa)),
         "qwen2": _hf(T.Qwen2ForCausalLM, T.Qwen2Config(**gqa)),
         "vit": _hf(T.ViTForImageClassification, T.ViTConfig(
-            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
             image_size=32, patch_size=8, num_labels=10)),
     }
 
@@ -67,10 +67,20 @@ def torch_models() -> dict[str, Callable[[], tuple[nn.Module, Any]]]:
             return m, torch.randn(2, 3, 32, 32)
         return make
 
+    class _Encoder(nn.Module):  # an encoder between an input projection and a head, as used
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(16, 64)
+            layer = nn.TransformerEncoderLayer(64, 4, dim_feedforward=256, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.head(self.encoder(self.inp(x)))
+
     def encoder():
         torch.manual_seed(0)
-        layer = nn.TransformerEncoderLayer(64, 4, dim_feedforward=96, batch_first=True)
-        return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval(), torch.randn(2, 8, 64)
+        return _Encoder().eval(), torch.randn(2, 8, 16)
 
     class _MHA(nn.Module):
         def __init__(self):

@@ -195,7 +195,16 @@ class _FxCapture:
 
 
 class _Tracer(fx.Tracer):
-    """The default fx tracer, keeping torch.nn modules (but not containers) as leaves."""
+    """The default fx tracer, keeping torch.nn modules (but not containers) as leaves. The
+    torch.nn transformer blocks are made of other modules, so they are traced through (or, where
+    their forward is not traceable, the capture falls back to torch.export), never a leaf that
+    no rule knows."""
+
+    _COMPOSITE = (nn.TransformerEncoder, nn.TransformerEncoderLayer, nn.TransformerDecoder,
+                  nn.TransformerDecoderLayer, nn.Transformer)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return not isinstance(m, self._COMPOSITE) and super().is_leaf_module(m, qualname)
 
 
 def _fx_capture(model: nn.Module, args: tuple, kwargs: dict) -> _FxCapture:
