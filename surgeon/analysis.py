@@ -14,6 +14,7 @@ from .graph.groups import PruneGroup, build_groups
 from .graph.ir import Coupling, DimKey
 from .graph.trace import Traced, trace
 from .hf import config_model, constrain
+from .layers import add_layer_groups
 from .probe import resolve_probes
 
 __all__ = ["Analysis", "analyze"]
@@ -54,13 +55,17 @@ class Analysis:
         return [np.ones(g.n_units, dtype=bool) for g in self.groups]
 
 
-def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform: bool | None = None) -> Analysis:
+def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform: bool | None = None,
+            layers: bool = False) -> Analysis:
     """Trace ``model`` and compute its pruning groups (pure: the model is not modified).
 
     For a Hugging Face model (one with a ``PretrainedConfig``), ``uniform`` (the default for
     them) keeps only what its config can express: repeated layers keep one width, and groups
     the config cannot describe stay whole, so the result reloads with ``from_pretrained``.
-    ``uniform=False`` prunes freely (the config then no longer describes the model)."""
+    ``uniform=False`` prunes freely (the config then no longer describes the model).
+
+    ``layers=True`` adds whole layers as units (see :mod:`surgeon.layers`): one group per
+    ``ModuleList``/``Sequential`` of residual blocks whose removal is exact."""
     traced = trace(model, example_input)
     c = couple(traced)
     if c.probes:
@@ -72,6 +77,9 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
         if g.reason is None and not any(m.name in params for m in g.tensors):
             g.reason = "only buffers, no parameters, in this group"
     a = Analysis(traced, c, groups)
+    if layers:
+        add_layer_groups(a, model, example_input)
+        _mark_ignored(model, a.groups, ignore)
     if uniform is not False:
         a.config_model = config_model(model)
         if a.config_model is not None:

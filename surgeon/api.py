@@ -8,11 +8,12 @@ import math
 import warnings
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
 from .analysis import Analysis, analyze
-from .criteria import Criterion, get_criterion
+from .criteria import Criterion, get_criterion, layer_rms
 from .errors import PlanError, SurgeryError
 from .graph.cost import METRICS
 from .graph.trace import eval_mode, run_model
@@ -67,7 +68,7 @@ def _check_min_keep(min_keep: Any) -> None:
 def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
          criterion: str | Criterion = "l2", round_to: int | None = None,
          ignore: Iterable = (), min_keep: int | float = 0.1, uniform: bool | None = None,
-         analysis: Analysis | None = None, data: Iterable | None = None,
+         layers: bool = False, analysis: Analysis | None = None, data: Iterable | None = None,
          loss_fn: Callable | None = None) -> Plan:
     """Decide what to remove so that ``target`` of the cost remains; the model is not touched.
 
@@ -83,8 +84,18 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
     _check(model, target, metric, round_to)
     _check_min_keep(min_keep)
     crit = get_criterion(criterion, data=data, loss_fn=loss_fn)
-    a = analysis or analyze(model, example_input, ignore, uniform)
-    return _plan(a, crit, crit.score(model, a.groups), float(target), metric, round_to, min_keep)
+    a = analysis or analyze(model, example_input, ignore, uniform, layers)
+    return _plan(a, crit, _scores(crit, model, a), float(target), metric, round_to, min_keep)
+
+
+def _scores(crit: Criterion, model: nn.Module, a: Analysis) -> list:
+    """The criterion's scores; layer units it cannot score (no channel tensors of their own) get
+    the RMS of their weights, mean-normalised within their group like every other score."""
+    scores = crit.score(model, a.groups)
+    for gi, g in enumerate(a.groups):
+        if g.layers and not np.any(scores[gi]):
+            scores[gi] = layer_rms(model, g.layers)
+    return scores
 
 
 def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, round_to, min_keep) -> Plan:
@@ -96,7 +107,8 @@ def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, roun
 @_gc_paused
 def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
            criterion: str | Criterion = "l2", round_to: int | None = None, ignore: Iterable = (),
-           min_keep: int | float = 0.1, uniform: bool | None = None, inplace: bool = False,
+           min_keep: int | float = 0.1, uniform: bool | None = None, layers: bool = False,
+           inplace: bool = False,
            verify: bool = True, data: Iterable | None = None, loss_fn: Callable | None = None) -> nn.Module:
     """Return a physically smaller copy of ``model`` that keeps ``target`` of its cost.
 
@@ -125,8 +137,8 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     _check(model, target, metric, round_to)
     _check_min_keep(min_keep)
     crit = get_criterion(criterion, data=data, loss_fn=loss_fn)
-    a = analyze(model, example_input, ignore, uniform)
-    scores = crit.score(model, a.groups)
+    a = analyze(model, example_input, ignore, uniform, layers)
+    scores = _scores(crit, model, a)
     base = a.cost(metric).base  # the per-node counter uses flop_counter's own formulas
     want = float(target)
     goal = want

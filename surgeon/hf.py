@@ -38,6 +38,7 @@ class ConfigModel:
     config: Any
     footprint: dict[str, dict[tuple[str, int], tuple[int, int]]] = field(default_factory=dict)
     materialized: dict[str, int] = field(default_factory=dict)  # fields HF left None, made explicit
+    layer_fields: dict[str, str] = field(default_factory=dict)  # count field -> its ModuleList
 
 
 def _is_config(obj: Any) -> bool:
@@ -87,8 +88,13 @@ def config_model(model: nn.Module) -> ConfigModel | None:
         if type(v) is not int or v < 1 or _SKIP.search(k):
             continue
         moved = _shapes(cls, _with(base, **{k: 2 * v}))
-        if moved is None or moved.keys() != actual.keys():
-            continue  # rejected, or a count of layers rather than a width
+        if moved is None:
+            continue
+        if moved.keys() != actual.keys():  # a count of layers rather than a width
+            boxes = {m.group(1) for n in moved.keys() - actual.keys() if (m := _ITEM.match(n))}
+            if len(boxes) == 1 and actual.keys() <= moved.keys():
+                cm.layer_fields[k] = boxes.pop()
+            continue
         fp = {}
         for name, shape in actual.items():
             for d, (s0, s1) in enumerate(zip(shape, moved[name])):
@@ -110,18 +116,33 @@ def constrain(a, cm: ConfigModel) -> list[list[int]]:
     config on the meta device; unless it builds exactly the cut shapes, the bundle is kept."""
     groups = a.groups
     by_sig: dict[tuple, list[int]] = {}
+    boxes = set(cm.layer_fields.values())
     for gi, g in enumerate(groups):
+        if g.prunable and g.layers:
+            if g.where[0] not in boxes:
+                g.reason = ("the Hugging Face config has no layer count for this ModuleList; "
+                            "pass uniform=False to drop its layers anyway")
+            continue
         if g.prunable:
             sig = (g.n_units, tuple(sorted((_LAYER.sub(".#.", m.name), m.dim) for m in g.tensors)))
             by_sig.setdefault(sig, []).append(gi)
     out = []
     for members in by_sig.values():
-        keep = a.full_keep()
-        for gi in members:
-            free = (~groups[gi].frozen_units).nonzero()[0]
-            keep[gi][free[-1]] = False
-        why = _expresses(a, cm, keep)
+        # the smallest cut the config accepts (Llama's config wants hidden_size to be a multiple
+        # of num_attention_heads): widths then move in steps of it
+        n_free = min(int((~groups[gi].frozen_units).sum()) for gi in members)
+        why = "no unit can go"
+        for step in range(1, min(n_free, 65)):
+            keep = a.full_keep()
+            for gi in members:
+                free = (~groups[gi].frozen_units).nonzero()[0]
+                keep[gi][free[-step:]] = False
+            why = _expresses(a, cm, keep)
+            if why is None:
+                break
         if why is None:
+            for gi in members:
+                groups[gi].step = step
             out.append(members)
             continue
         for gi in members:
@@ -131,10 +152,14 @@ def constrain(a, cm: ConfigModel) -> list[list[int]]:
 
 
 _LAYER = re.compile(r"\.\d+\.")
+_ITEM = re.compile(r"^(.*?)\.\d+\.")
 
 
 def _expresses(a, cm: ConfigModel, keep) -> str | None:
     updates = {f: new for f, _, new in config_updates(a, cm, keep)}
+    problem = invalid(cm.config, updates)
+    if problem:
+        return problem
     built = _shapes(cm.model_class, _with(cm.config, **updates))
     want = {}
     for name, t in a.model.state_dict().items():
@@ -146,6 +171,18 @@ def _expresses(a, cm: ConfigModel, keep) -> str | None:
         return "no config describes the cut widths"
     name = next(k for k in want if built.get(k) != want[k])
     return f"the closest config builds '{name}' as {built.get(name)}, the cut model has {want[name]}"
+
+
+def invalid(cfg: Any, updates: dict) -> str | None:
+    """Why the config with ``updates`` fails its own validation (``save_pretrained`` runs it)."""
+    check = getattr(_with(cfg, **updates), "validate", None)
+    if check is None:
+        return None
+    try:
+        check()
+    except Exception as exc:  # noqa: BLE001 - the config's own words are the reason
+        return f"the config rejects it: {str(exc).strip().splitlines()[-1][:200]}"
+    return None
 
 
 def config_updates(a, cm: ConfigModel, keep) -> list[tuple[str, Any, Any]]:
@@ -163,6 +200,18 @@ def config_updates(a, cm: ConfigModel, keep) -> list[tuple[str, Any, Any]]:
             (new,) = values
             if new is not None and new == int(new) and int(new) != old:
                 out[f] = (f, out[f][1] if f in out else old, int(new))
+    for f, box in cm.layer_fields.items():
+        kept = [True] * int(getattr(cm.config, f))
+        for gi, g in enumerate(a.groups):
+            if g.layers and g.where[0] == box:
+                for u, name in enumerate(g.layers):
+                    kept[int(name.rpartition(".")[2])] = bool(keep[gi][u])
+        if all(kept):
+            continue
+        out[f] = (f, len(kept), sum(kept))
+        for k, v in cm.config.to_dict().items():  # per-layer lists (Qwen2's layer_types)
+            if isinstance(v, list) and len(v) == len(kept) and k != f:
+                out[k] = (k, list(v), [x for x, on in zip(v, kept) if on])
     return list(out.values())
 
 

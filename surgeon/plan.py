@@ -81,6 +81,7 @@ class Plan:
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # original shapes of sliced tensors
     extra: tuple[tuple[str, Any], ...] = field(default=())
     config: tuple[AttrUpdate, ...] = ()  # fields of a Hugging Face config ("config", field, old, new)
+    drops: tuple[str, ...] = ()  # whole layers removed from their ModuleList / Sequential
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -103,6 +104,7 @@ class Plan:
         d["shapes"] = tuple((n, tuple(s)) for n, s in d["shapes"])
         d["extra"] = tuple(tuple(e) for e in d.get("extra", ()))
         d["config"] = tuple(AttrUpdate(**a) for a in d.get("config", ()))
+        d["drops"] = tuple(d.get("drops", ()))
         return cls(**d)
 
     @classmethod

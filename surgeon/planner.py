@@ -25,7 +25,11 @@ __all__ = ["solve", "build_plan"]
 
 def _step(group, round_to: int | None) -> int:
     if not round_to:
-        return 1
+        return group.step
+    return math.lcm(group.step, _round_step(group, round_to))
+
+
+def _round_step(group, round_to: int) -> int:
     tensors = group.tensors
     per_unit = max((len(m.unit_of) for m in tensors), default=group.n_units) / group.n_units
     per_unit = max(1, int(round(per_unit)))
@@ -83,6 +87,8 @@ class _Order:
             s = np.asarray(scores[gi], dtype=np.float64)
             s = s / s.mean() if s.mean() > 0 else np.ones_like(s)
             c = marg[gi] / mean_cost if mean_cost > 0 else np.ones(g.n_units)
+            if g.kind.value == "layer":  # a layer is not cheap to lose because it is big: rank by score
+                c = np.ones(g.n_units)
             with np.errstate(divide="ignore", invalid="ignore"):
                 prio = np.where(c > 0, s / np.maximum(c, 1e-300), np.inf)
             units = np.nonzero(~g.frozen_units & np.isfinite(prio))[0]
@@ -100,7 +106,7 @@ class _Order:
         rank = _rank_in_group(gs)
         ok = rank < cap[gs]
         gs, us, prio = gs[ok], us[ok], prio[ok]
-        guarded = [gi for gi in live if _Leftover.needed(groups[gi])]
+        guarded = [gi for gi in live if _Leftover.needed(groups[gi]) and not groups[gi].layers]
         if guarded:  # drop units whose removal would empty a member, in order
             left = {gi: _Leftover(groups[gi]) for gi in guarded}
             keep_entry = np.array([gi not in left or left[gi].take(u) for gi, u in zip(gs, us)], dtype=bool)
@@ -295,10 +301,17 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
     extra = (("flops_before", flops.base), ("flops_after", flops.total(keep)),
              ("params_before", params.base), ("params_after", params.total(keep)))
     c = a.cost(metric)
+    drops = tuple(name for gi, g in enumerate(a.groups) if g.layers
+                  for u, name in enumerate(g.layers) if not keep[gi][u])
     config = ()
     if a.config_model is not None:
-        from .hf import config_updates
+        from .hf import config_updates, invalid
         config = tuple(AttrUpdate("config", f, old, new) for f, old, new in config_updates(a, a.config_model, keep))
+        problem = invalid(a.config_model.config, {u.attr: u.new for u in config})
+        if problem:
+            raise PlanError(f"the pruned widths would not make a valid {type(a.config_model.config).__name__} "
+                            f"({problem}); try another target or uniform=False")
     return Plan(type(model).__name__, float(target), metric, criterion, round_to, c.base, c.total(keep),
-                tuple(slices), tuple(attrs), tuple(decisions), tuple(sorted(shapes.items())), extra, config)
+                tuple(slices), tuple(attrs), tuple(decisions), tuple(sorted(shapes.items())), extra, config,
+                drops)
 

@@ -104,6 +104,7 @@ def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     for a in plan.attrs:
         mod = mods[a.module] if a.module in mods else target.get_submodule(a.module)
         setattr(mod, a.attr, tuple(a.new) if isinstance(a.new, list) else a.new)
+    _drop_layers(target, mods, plan.drops)
     for a in plan.config:  # the copy's own config object (deep-copied with the model)
         setattr(getattr(target, a.module), a.attr, a.new)
     for mod in target.modules():
@@ -112,6 +113,27 @@ def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
             if fix is not None:
                 fix(mod)
     return target
+
+
+def _drop_layers(target: nn.Module, mods: _Modules, drops) -> None:
+    """Delete whole layers from their containers; the survivors are renumbered, and so are
+    ``layer_idx`` attributes (which Hugging Face caches index by)."""
+    by_parent: dict[str, list[str]] = defaultdict(list)
+    for name in drops:
+        parent, _, key = name.rpartition(".")
+        by_parent[parent].append(key)
+    for parent, keys in by_parent.items():
+        box = mods.get(parent)
+        if not isinstance(box, (nn.ModuleList, nn.Sequential)):
+            raise PlanError(f"the plan drops layers of '{parent}', which is not a ModuleList or Sequential")
+        drop = set(keys)
+        kept = [(k, m) for k, m in box._modules.items() if k not in drop]
+        box._modules.clear()
+        for i, (k, m) in enumerate(kept):
+            box._modules[str(i)] = m
+            for sub in m.modules() if k.isdigit() else ():
+                if getattr(sub, "layer_idx", None) == int(k):
+                    sub.layer_idx = i
 
 
 # -- attribute fix-ups from the new tensor shapes ----------------------------------------------------

@@ -90,6 +90,10 @@ def zero_invariance(model: nn.Module, example_input: Any, units: dict[int, Seque
             gi = by_id[gid]
             g = a.groups[gi]
             keep[gi][np.asarray(us, dtype=np.int64)] = False
+            for u in us if g.layers else ():
+                for n, p in params.items():
+                    if n.startswith(g.layers[u] + "."):
+                        p.zero_()
             for m in g.tensors:
                 if m.name in params:
                     idx = torch.as_tensor(g.unit_indices(m, us))

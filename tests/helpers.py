@@ -123,6 +123,8 @@ def pick_units(g, rng: np.random.Generator, fraction: float = 0.4) -> list[int]:
     free = np.nonzero(~g.frozen_units)[0]
     rng.shuffle(free)
     want = max(1, int(round(fraction * len(free))))
+    if g.layers:  # each unit is a whole layer; keep at least one
+        return sorted(int(u) for u in free[:min(want, len(free) - 1)])
     seen, rows = set(), []
     for m in g.members:
         if id(m.unit_of) not in seen:
@@ -144,13 +146,13 @@ def pick_units(g, rng: np.random.Generator, fraction: float = 0.4) -> list[int]:
 
 def check_zero_invariance(model: nn.Module, x: Any, *, seed: int = 0, tol: float = ZI_TOL,
                           expect: Iterable[str] = (), rounds: int = 2,
-                          uniform: bool | None = None) -> dict[int, float]:
+                          uniform: bool | None = None, layers: bool = False) -> dict[int, float]:
     """Zero-invariance below ``tol`` for random units of every exact prunable group, each group on
     its own and all of them at once. ``expect`` names parameters that must be in some checked
     group (so a test cannot pass by having nothing to check). Returns {group id: worst error}."""
     ref = reference_output(model, x)
     assert float(ref.std()) > MIN_STD
-    a = surgeon.analyze(model, x, uniform=uniform)
+    a = surgeon.analyze(model, x, uniform=uniform, layers=layers)
     groups = [g for g in a.groups if g.prunable and g.exact]
     assert groups, "no exact prunable group: " + "; ".join(g.describe() for g in a.groups)
     checked = {m.name for g in groups for m in g.tensors}
@@ -182,6 +184,10 @@ def _zeroed(model: nn.Module, a, units: dict[int, list[int]]) -> nn.Module:
     with torch.no_grad():
         for gid, us in units.items():
             g = by_id[gid]
+            for u in us if g.layers else ():
+                for n, p in params.items():
+                    if n.startswith(g.layers[u] + "."):
+                        p.zero_()
             for m in g.tensors:
                 if m.name in params:
                     params[m.name].index_fill_(m.dim, torch.as_tensor(g.unit_indices(m, us)), 0.0)

@@ -201,3 +201,85 @@ def test_shrunk_exports_to_onnx(name, tmp_path):
     assert report.max_rel_error < 1e-4  # onnxruntime agrees with PyTorch (export raises otherwise)
     assert report.params == sum(p.numel() for p in small.parameters())
     assert report.params < sum(p.numel() for p in model.parameters())
+
+
+class _LayersLast:
+    """Scores whole layers far below every channel, so the plan drops layers first."""
+
+    name = "layers_last"
+
+    def score(self, model, groups):
+        out = []
+        for g in groups:
+            s = np.ones(g.n_units)
+            if g.layers:
+                s = np.linspace(1e-6, 2e-6, g.n_units)[::-1].copy()  # the last layer goes first
+            out.append(s)
+        return out
+
+
+def _deep_llama():
+    import transformers as T
+
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=256, vocab_size=96, max_position_embeddings=32, use_cache=False)
+    model = T.LlamaForCausalLM(cfg).eval()
+    return model, {"input_ids": torch.randint(0, 96, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+
+
+def test_whole_layers_are_units_planned_with_channels(tmp_path):
+    model, x = _deep_llama()
+    a = surgeon.analyze(model, x, layers=True)
+    (g,) = [g for g in a.groups if g.kind.value == "layer"]
+    assert g.prunable and g.layers == [f"model.layers.{i}" for i in range(4)]
+    # scores are normalised within each group, so units of different groups compete on cost: a
+    # low target that channels alone cannot reach makes the plan drop layers, the last first
+    kw = dict(min_keep=0.75, criterion=_LayersLast())  # channels alone reach 0.60 of the FLOPs
+    with pytest.raises(surgeon.errors.PlanError):
+        surgeon.plan(model, x, 0.5, **kw)
+    p = surgeon.plan(model, x, 0.5, layers=True, **kw)
+    assert p.drops and "model.layers.3" in p.drops and "model.layers.0" not in p.drops
+    small = check_shrink(model, x, 0.5, layers=True, **kw)
+    assert len(small.model.layers) == small.config.num_hidden_layers < 4
+    assert [layer.self_attn.layer_idx for layer in small.model.layers] == list(range(len(small.model.layers)))
+    small.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path).eval()
+    assert torch.equal(run(small, x), run(back, x))
+    out = small.generate(x["input_ids"][:1], max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=True)
+    assert out.shape == (1, 16)
+
+
+def test_layer_zero_invariance():
+    model, x = _deep_llama()
+    worst = check_zero_invariance(model, x, rounds=1, layers=True, uniform=False)
+    a = surgeon.analyze(model, x, layers=True, uniform=False)
+    assert any(g.layers for g in a.groups if g.id in worst)
+
+
+def test_post_norm_layers_are_not_removable():
+    model, x = HF["bert"]()  # LayerNorm(x + f(x)): erasing f still normalises, so not exact
+    a = surgeon.analyze(model, x, layers=True)
+    assert not any(g.layers for g in a.groups)
+
+
+def test_residual_cnn_blocks_are_layers():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(16, 32, 3, padding=1)
+            self.b = nn.Conv2d(32, 16, 1)
+
+        def forward(self, x):
+            return x + self.b(torch.relu(self.a(torch.relu(x))))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), *[Block() for _ in range(4)],
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    a = surgeon.analyze(model, x, layers=True)
+    (g,) = [g for g in a.groups if g.layers]
+    assert g.layers == ["1", "2", "3", "4"]  # the stem conv and the head change shapes
+    check_zero_invariance(model, x, rounds=1, layers=True)
+    small = check_shrink(model, x, 0.3, layers=True, min_keep=0.5, criterion=_LayersLast())
+    assert len(small) < len(model)

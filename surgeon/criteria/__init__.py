@@ -44,7 +44,7 @@ from torch import nn
 from ..graph.groups import PruneGroup
 
 __all__ = ["Criterion", "Magnitude", "BNScale", "Random", "Taylor", "Fisher", "Activation", "LAMP",
-           "DataError", "get_criterion", "register_criterion", "CRITERIA"]
+           "DataError", "get_criterion", "register_criterion", "CRITERIA", "layer_rms"]
 
 
 class Criterion(Protocol):
@@ -70,6 +70,16 @@ def per_index(t: torch.Tensor, dim: int, p: int) -> np.ndarray:
         x = x * x
     dims = [d for d in range(t.dim()) if d != dim]
     return (x.sum(dim=dims) if dims else x).cpu().numpy().astype(np.float64)
+
+
+def layer_rms(model: nn.Module, layers: list[str]) -> np.ndarray:
+    """Root-mean-square of all the weights of each layer: a data-free score for whole layers."""
+    out = np.zeros(len(layers))
+    for i, name in enumerate(layers):
+        ps = [p.detach().float() for p in model.get_submodule(name).parameters()]
+        n = sum(p.numel() for p in ps)
+        out[i] = float(sum((p * p).sum() for p in ps) / max(n, 1)) ** 0.5
+    return out
 
 
 def combine(group: PruneGroup, member_scores: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

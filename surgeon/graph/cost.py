@@ -111,5 +111,8 @@ def _param_terms(traced, c: Coupling) -> list[CostTerm]:
             continue
         seen.add(id(p))
         dims = tuple(("p", name, d) for d in range(p.dim()) if ("p", name, d) in c.sizes)
+        layer = next((k for n, k in c.layer_keys.items() if name.startswith(n + ".")), None)
+        if layer is not None:
+            dims += (layer,)
         terms.append(CostTerm(float(p.numel()), dims, name))
     return terms

@@ -59,6 +59,8 @@ class PruneGroup:
     where: list[str] = field(default_factory=list)  # ops that own the member parameters
     flops_per_unit: float = 0.0
     params_per_unit: float = 0.0
+    layers: list[str] | None = None  # layer groups: the module each unit removes
+    step: int = 1  # kept units stay a multiple of this (what a Hugging Face config accepts)
 
     @property
     def prunable(self) -> bool:

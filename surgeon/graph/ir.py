@@ -97,6 +97,7 @@ class Coupling:
     # for surgeon.probe to test
     probes: dict[DimKey, list[tuple[str, int, int, tuple]]] = field(default_factory=dict)
     kinds: dict[DimKey, str] = field(default_factory=dict)  # dims whose units are heads/layers
+    layer_keys: dict[str, DimKey] = field(default_factory=dict)  # removable layer -> its unit's dim
     uf: _UnionFind = field(default_factory=_UnionFind)
     _channel_like: set = field(default_factory=set)  # roots of classes that carry channels
 
