@@ -12,8 +12,10 @@ from collections import defaultdict
 import operator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
+from torch import nn
 
 from .ir import Coupling, DimKey
 from .rules import RuleContext, lookup
@@ -125,7 +127,23 @@ def couple(traced) -> Coupling:
         elif info.shape is not None:
             _apply_rule(c, traced, gm, node, refs)
     _tie_aliases(c, gm)
+    if traced.mode == "export":
+        _tie_multihead_attention(c, traced.model)
     return c
+
+
+def _tie_multihead_attention(c: Coupling, model: nn.Module) -> None:
+    """torch.export decomposes nn.MultiheadAttention into functional ops, losing what its own rule
+    knows: the module reads one ``embed_dim`` for the query's width and for heads x head_dim, so
+    residual channel i and inner channel i go together (and head_dim, the attention scale, shrinks)."""
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.MultiheadAttention) or not m._qkv_same_embed_dim:
+            continue
+        resid, inner = ("p", f"{name}.in_proj_weight", 1), ("p", f"{name}.out_proj.weight", 1)
+        if resid in c.sizes and inner in c.sizes:
+            n = c.sizes[inner]
+            c.rel(resid, inner, np.arange(n), np.arange(n))
+            c.mark_inexact(inner, "the attention scale depends on head_dim")
 
 
 def _tie_aliases(c: Coupling, root) -> None:

@@ -213,7 +213,8 @@ def regroup(ctx: RuleContext, x, literal_spec: list | None = None) -> None:
             ctx.eq(ctx.v(x, gi[0]), ctx.out(go[0]))
             continue
         if len(gi) > 1 and len(go) > 1:
-            continue  # regrouping of several dims: frozen by default
+            _regroup_many(ctx, x, gi, go)  # (N, H*d) -> (N*H, d), as MultiheadAttention does
+            continue
         if len(gi) == 1:  # split
             whole, parts = ctx.v(x, gi[0]), [ctx.out(d) for d in go]
             if not ctx.c.is_channel_like(whole):
@@ -243,6 +244,50 @@ def regroup(ctx: RuleContext, x, literal_spec: list | None = None) -> None:
                 ctx.freeze(p, "factor of a reshape that keeps its size")
     if literal_spec is not None and len(literal_spec) == len(os_):
         _check_sizes(ctx, literal_spec)
+
+
+def _atoms(a: list[int], b: list[int]) -> list[tuple[int, int, int]] | None:
+    """The common refinement of two row-major factorisations of one size: ``(size, dim of a,
+    dim of b)`` per atom, or None when the dims do not nest (a 6 against a 4)."""
+    atoms, i, j = [], 0, 0
+    ra, rb = a[0], b[0]
+    while True:
+        if ra % rb and rb % ra:
+            return None
+        size = min(ra, rb)
+        atoms.append((size, i, j))
+        ra, rb = ra // size, rb // size
+        if ra == 1:
+            i += 1
+            ra = a[i] if i < len(a) else 1
+        if rb == 1:
+            j += 1
+            rb = b[j] if j < len(b) else 1
+        if i == len(a) and j == len(b):
+            return atoms
+        if i == len(a) or j == len(b):
+            return None
+
+
+def _regroup_many(ctx: RuleContext, x, gi: list[int], go: list[int]) -> None:
+    """Several dims regrouped into several: an input channel dim whose innermost factor becomes
+    an output dim of its own carries its units through it (head_dim positions when heads are
+    folded into the batch); every other factor keeps its size."""
+    xs, os_ = ctx.shape(x), ctx.out_shape
+    atoms = _atoms([xs[d] for d in gi], [os_[d] for d in go])
+    if atoms is None:
+        return
+    for k, d in enumerate(gi):
+        mine = [(size, jb) for size, ia, jb in atoms if ia == k]
+        whole = ctx.v(x, d)
+        size, jb = mine[-1]
+        alone = [a for a in atoms if a[2] == jb]
+        if len(mine) < 2 or len(alone) != 1 or not ctx.c.is_channel_like(whole):
+            continue
+        n = xs[d]
+        ctx.rel(whole, ctx.out(go[jb]), np.arange(n), np.arange(n) % size)
+        for j in {jb2 for _, ia, jb2 in atoms if ia == k} - {jb}:
+            ctx.freeze(ctx.out(go[j]), "factor of a reshape that keeps its size")
 
 
 def _check_sizes(ctx: RuleContext, spec: list) -> None:
