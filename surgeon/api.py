@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .analysis import Analysis, analyze
+from .compensate import compensate as _compensate
 from .criteria import Criterion, get_criterion
 from .errors import PlanError, SurgeryError
 from .graph.cost import METRICS
@@ -67,7 +68,8 @@ def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, roun
 
 def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
            criterion: str | Criterion = "l2", round_to: int | None = None, ignore: Iterable = (),
-           min_keep: int | float = 0.1, inplace: bool = False, verify: bool = True) -> nn.Module:
+           min_keep: int | float = 0.1, inplace: bool = False, verify: bool = True,
+           data: Any = None, compensate: bool = False) -> nn.Module:
     """Return a physically smaller copy of ``model`` that keeps ``target`` of its cost.
 
     ``metric`` is ``"flops"`` (FLOPs of one forward on ``example_input``, as
@@ -78,6 +80,11 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     Every group keeps at least ``min_keep`` of its units: a fraction (10% by default) or, as
     an int, a count; ``round_to`` makes surviving widths multiples of it; ``ignore`` keeps the
     given modules (or module names) whole.
+
+    ``compensate=True`` re-fits the layers that read removed channels so the output moves least,
+    without training and without changing any shape (see :mod:`surgeon.compensate`): a
+    least-squares refit plus BatchNorm re-estimation on ``data`` (calibration batches: tensors,
+    ``(inputs, targets)`` tuples or dicts of keyword arguments), or a data-free closed form.
 
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
@@ -113,6 +120,8 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
             break
         goal = min(1.0, max(1e-6, goal * want / got))
     small = best[0]
+    if compensate:
+        _compensate(model, small, best[1], a, data, example_input)
     if inplace:
         _copy_into(model, small)
         return model
