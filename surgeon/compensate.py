@@ -32,7 +32,7 @@ some, is used instead.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
@@ -213,23 +213,55 @@ def _capture(model: nn.Module, name: str, x: Any) -> tuple[torch.Tensor, torch.T
 # -- least-squares refit with data ------------------------------------------------------------------
 @dataclass
 class _Normal:
-    """Normal equations A w = B of a linear least-squares fit, accumulated in float64."""
+    """Normal equations of a linear least-squares fit, accumulated in float64 on two halves of
+    the calibration data: ``fit`` and ``val`` (held out to choose the ridge)."""
 
-    a: torch.Tensor | None = None
-    b: torch.Tensor | None = None
+    fit: list = field(default_factory=lambda: [None, None])
+    val: list = field(default_factory=lambda: [None, None])
 
-    def add(self, p: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, p: torch.Tensor, y: torch.Tensor, held_out: bool = False) -> None:
         p, y = p.double(), y.double()
-        pa, pb = p.T @ p, p.T @ y
-        self.a = pa if self.a is None else self.a + pa
-        self.b = pb if self.b is None else self.b + pb
+        acc = self.val if held_out else self.fit
+        for i, t in enumerate((p.T @ p, p.T @ y)):
+            acc[i] = t if acc[i] is None else acc[i] + t
 
     def solve(self, prior: torch.Tensor, ridge: float) -> torch.Tensor:
-        """argmin |P w - Y|^2 + lam |w - prior|^2, lam = ridge * mean diagonal of P^T P."""
-        d = self.a.shape[0]
-        lam = ridge * float(self.a.diagonal().mean().clamp_min(1e-12))
-        a = self.a + lam * torch.eye(d, dtype=self.a.dtype, device=self.a.device)
-        return torch.linalg.solve(a, self.b + lam * prior.double())
+        """argmin |P w - Y|^2 + lam |w - prior|^2 with lam = r * mean diagonal of P^T P, r chosen
+        among ``ridge * 10**k`` (k = 0..5) by the error on the held-out half; ``prior`` itself
+        when it does better there than every fit (too little data to beat what surgery left)."""
+        prior = prior.double()
+        if self.fit[0] is None:
+            self.fit, self.val = self.val, [None, None]
+        a, b = self.fit
+        if self.val[0] is None:
+            return self._solve(a, b, prior, ridge)
+        av, bv = self.val
+        best, best_err = None, self._err(prior, av, bv)
+        for k in range(6):  # the held-out error is unimodal in practice: stop once it rises
+            w = self._solve(a, b, prior, ridge * 10 ** k)
+            err = self._err(w, av, bv)
+            if err >= best_err:
+                if best is not None:
+                    break
+                continue
+            best, best_err = ridge * 10 ** k, err
+        if best is None:
+            return prior
+        return self._solve(a + av, b + bv, prior, best)
+
+    @staticmethod
+    def _err(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float:
+        """|P w - Y|^2 up to the constant |Y|^2, from the normal equations."""
+        return float((w * (a @ w)).sum() - 2 * (w * b).sum())
+
+    @staticmethod
+    def _solve(a: torch.Tensor, b: torch.Tensor, prior: torch.Tensor, ridge: float) -> torch.Tensor:
+        lam = ridge * float(a.diagonal().mean().clamp_min(1e-12))
+        eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+        chol, info = torch.linalg.cholesky_ex(a + lam * eye)
+        if int(info) == 0:
+            return torch.cholesky_solve(b + lam * prior, chol)
+        return torch.linalg.solve(a + lam * eye, b + lam * prior)
 
 
 def _rows(t: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
@@ -258,7 +290,7 @@ def _refit_exact(mod: nn.Module, pairs, bias: bool, out_keep, ridge: float) -> t
     """Solve the layer's weights on its real input rows (patches for a conv)."""
     w = mod.weight.detach()
     normal = _Normal()
-    for x_small, y_orig in pairs:
+    for x_small, y_orig, held_out in pairs:
         y = _rows(y_orig, -1 if isinstance(mod, nn.Linear) else 1)
         if out_keep is not None:
             y = y[:, list(out_keep)]
@@ -270,7 +302,7 @@ def _refit_exact(mod: nn.Module, pairs, bias: bool, out_keep, ridge: float) -> t
             chunks = _patches(mod, x_small, step)
         start = 0
         for p in chunks:
-            normal.add(_ones(p) if bias else p, y[start:start + p.shape[0]])
+            normal.add(_ones(p) if bias else p, y[start:start + p.shape[0]], held_out)
             start += p.shape[0]
     flat = w.reshape(w.shape[0], -1).T  # (D, out)
     b0 = mod.bias.detach() if mod.bias is not None else w.new_zeros(w.shape[0])
@@ -285,9 +317,9 @@ def _refit_channelwise(mod: nn.Module, pairs, c: Layer, bias: bool, w_orig: torc
     """Rebuild the original input channels as an affine map of the kept ones, per position, and
     fold the map into the original weights (approximate at zero-padded borders)."""
     normal = _Normal()
-    for x_small, x_orig in pairs:
+    for x_small, x_orig, held_out in pairs:
         p = _rows(x_small, -1 if isinstance(mod, nn.Linear) else 1)
-        normal.add(_ones(p) if bias else p, _rows(x_orig, -1 if isinstance(mod, nn.Linear) else 1))
+        normal.add(_ones(p) if bias else p, _rows(x_orig, -1 if isinstance(mod, nn.Linear) else 1), held_out)
     k = len(c.in_keep)
     prior = torch.zeros(k + (1 if bias else 0), c.in_size, dtype=torch.float64, device=w_orig.device)
     prior[torch.arange(k), torch.as_tensor(c.in_keep)] = 1.0  # "keep the kept channels as they are"
@@ -317,7 +349,9 @@ def _refit_one(original: nn.Module, small: nn.Module, c: Layer, batches: list, b
         x_o, y_o = _capture(original, c.name, x)
         if not pairs and not c.sliced and torch.equal(x_s, x_o):
             return False  # nothing upstream changed what this layer reads
-        pairs.append((x_s, y_o if exact else x_o))
+        target = y_o if exact else x_o
+        # every other sample is held out to choose the ridge (see _Normal.solve)
+        pairs += [(x_s[0::2], target[0::2], False), (x_s[1::2], target[1::2], True)]
     if exact:
         new_w, new_b = _refit_exact(mod_s, pairs, has_bias, c.out_keep, ridge)
     else:
