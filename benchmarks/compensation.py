@@ -5,10 +5,11 @@ FLOPs and report test accuracy *before any fine-tuning*:
 
 * dense: the trained model;
 * ours l2 / ours random: ``surgeon.shrink(..., criterion=...)`` as it was;
-* + compensate: the same plan, then ``surgeon.compensate`` with the calibration batches (least-
-  squares refit of the layers that read removed channels, then BatchNorm re-estimation), and
-  its parts alone (refit without BN re-estimation; BN re-estimation alone); and data-free (the
-  UDFC closed form);
+* + compensate: the same plan, then ``surgeon.compensate.compensate`` with the calibration
+  batches (least-squares refit of the layers that read removed channels; here every BatchNorm
+  follows a refitted conv or an unchanged input, so none needs its own fit); then the same refit
+  followed by re-estimating *every* BatchNorm's statistics (the EagleEye recipe on top), BatchNorm
+  re-estimation alone, and the data-free closed form (UDFC);
 * TP l2 / random / taylor: Torch-Pruning 1.6 ``MetaPruner`` with ``MagnitudeImportance(p=2)``,
   ``RandomImportance`` or ``TaylorImportance`` (gradients of the loss on the calibration
   batches), local pruning, the classifier ignored, its channel ratio bisected to land at 0.5.
@@ -168,9 +169,7 @@ def run_seed(seed: int, args, data) -> dict[str, tuple[float, float]]:
         p = surgeon.plan(model, x1, TARGET, criterion=crit, analysis=a)
         put(f"ours {crit}", surgeon.apply(model, p))
         put(f"ours {crit} + compensate", compensate(model, surgeon.apply(model, p), p, a, calib))
-        put(f"  {crit}: refit only", compensate(model, surgeon.apply(model, p), p, a, calib,
-                                                bn_recalibrate=False))
-        small = compensate(model, surgeon.apply(model, p), p, a, calib, bn_recalibrate=False)
+        small = compensate(model, surgeon.apply(model, p), p, a, calib, norms="keep")
         recalibrate_bn(small, inputs)
         put(f"  {crit}: refit + every BN re-estimated", small)
         small = surgeon.apply(model, p)

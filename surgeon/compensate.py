@@ -12,21 +12,25 @@ With calibration data (``data=``, an iterable of batches):
    input to that layer, its output matches the *original* model's output of that layer on the
    same batch. Solved in float64 from accumulated normal equations, with a ridge that pulls
    towards the sliced original weights. Convolutions (2-d, zero padding, ``groups=1``) are fitted
-   exactly on unfolded patches; other convolutions, and convs whose patch width passes
+   exactly on unfolded patches; other dense convolutions (1-d, 3-d, reflect padding), and those
+   whose patch width passes
    ``max_dim``, use the channel-wise approximation (rebuild the original input channels as an
    affine map of the kept ones, per pixel, and fold that map into the weights). A fitted bias
    goes into the layer's bias, or, for a bias-free conv followed only by a BatchNorm, into that
    BatchNorm's running mean (FLAP-style bias compensation is the constant column of this fit).
-2. **BatchNorm statistics** are re-estimated on the data (reset, cumulative average, every
-   module put back in its own mode afterwards).
+2. **BatchNorms whose producer could not be refitted** (depthwise and grouped convs, modules
+   called twice) but whose input changed get their per-channel scale and shift refitted the same
+   way, each channel keeping its values unless the fit does better on held-out samples
+   (``norms="fit"``); ``norms="recalibrate"`` re-estimates their running statistics instead (reset,
+   cumulative average, every module put back in its own mode), as EagleEye does. A BatchNorm fed
+   by a refitted layer keeps the original statistics: its input already matches the original's.
 
-Without data, the closed form of Unified Data-Free Compression (Bai et al. 2023) is used: each
-removed channel's producing weights (conv/linear rows with their BatchNorm folded in, across
-every producer of a coupled group) are written as a ridge least-squares combination of the kept
-channels' producing weights, and the consumer's column for the removed channel is folded into
-the kept columns with those coefficients. This is exact for what is linear between producer and
-consumer; it is an approximation across a nonlinearity (ReLU), which is why data, when there is
-some, is used instead.
+The ridge of every fit is chosen on every other calibration sample, held out, and a layer keeps
+what surgery left when no fit beats it there, so little data cannot make a layer worse on data
+like it. Without data, :func:`surgeon.datafree.udfc` (Unified Data-Free Compression, Bai et al.
+2023) folds each removed channel into the kept ones as a least-squares combination of their
+producing weights: exact for what is linear between producer and consumer, an approximation
+across a ReLU.
 """
 
 from __future__ import annotations
@@ -35,13 +39,14 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .analysis import Analysis, analyze
 from .graph.trace import eval_mode, run_model
+from .datafree import _dense, udfc
+from .datafree import bn_after as _bn_after
 from .plan import Plan
 
 __all__ = ["compensate", "recalibrate_bn", "batch_input", "dense_layers"]
@@ -63,13 +68,6 @@ class Layer:
     def sliced(self) -> bool:
         """Whether the layer reads fewer inputs than before (a consumer of removed units)."""
         return len(self.in_keep) < self.in_size
-
-
-def _dense(mod: nn.Module) -> bool:
-    """A layer whose weight is (out, in, ...) with every output reading every input."""
-    if isinstance(mod, nn.Linear):
-        return True
-    return isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed and mod.groups == 1
 
 
 def dense_layers(original: nn.Module, plan: Plan) -> list[Layer]:
@@ -99,21 +97,6 @@ def _graph_order(analysis: Analysis | None, names: list[str]) -> list[str]:
             first.setdefault(str(node.target).rpartition(".")[0], i)
     pos = {n: k for k, n in enumerate(names)}
     return sorted(names, key=lambda n: (first.get(n, 1 << 30), pos[n]))
-
-
-def _bn_after(analysis: Analysis | None, name: str, model: nn.Module) -> str | None:
-    """The BatchNorm that is the only reader of module ``name``'s output, if there is one."""
-    if analysis is None or analysis.traced.mode != "fx":
-        return None
-    for node in analysis.traced.graph.nodes:
-        if node.op == "call_module" and node.target == name:
-            users = list(node.users)
-            if len(users) == 1 and users[0].op == "call_module":
-                target = str(users[0].target)
-                if isinstance(model.get_submodule(target), _BN):
-                    return target
-            return None
-    return None
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -406,140 +389,83 @@ def _recalibrate(model: nn.Module, batches: list, skip: set[str]) -> int:
     return len(norms)
 
 
-def _inputs_of(model: nn.Module, names: list[str], x: Any) -> dict[str, torch.Tensor]:
-    got: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def fn(_mod, args):
-            got.setdefault(name, args[0])
-        return fn
-
-    hooks = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        with _inference(model):
-            run_model(model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return got
+# -- per-channel refit of a BatchNorm whose producer could not be refitted ----------------------
+_SUMS = ("n", "x", "y", "xx", "xy")
 
 
-def _unchanged_norms(original: nn.Module, small: nn.Module, plan: Plan, x: Any) -> set[str]:
-    """BatchNorms of ``small`` whose input on ``x`` is the original's (on the kept channels)."""
-    names = [n for n, m in small.named_modules() if isinstance(m, _BN)]
-    keep = {s.tensor: s.keep for s in plan.slices if s.dim == 0}
-    ins_o, ins_s = _inputs_of(original, names, x), _inputs_of(small, names, x)
-    same = set()
-    for n in names:
-        if n not in ins_o or n not in ins_s:
-            continue
-        a, b = ins_o[n], ins_s[n]
-        k = keep.get(n + ".running_mean")
-        if k is not None:
-            a = a.index_select(1, torch.as_tensor(k, device=a.device))
-        if a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max())):
-            same.add(n)
-    return same
+def _channel_sums(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    x, y = _rows(x).double(), _rows(y).double()
+    return {"n": x.new_full((x.shape[1],), x.shape[0]), "x": x.sum(0), "y": y.sum(0),
+            "xx": (x * x).sum(0), "xy": (x * y).sum(0)}
 
 
-# -- data-free closed form (UDFC) -----------------------------------------------------------------
-def _producer_rows(original: nn.Module, analysis: Analysis, group) -> torch.Tensor | None:
-    """Per unit, the concatenated producing weights (BN folded) of every producer in the group;
-    None when the group holds a member this closed form does not understand."""
-    if group.reason is not None or not group.exact:
-        return None
-    feats = []
-    for m in group.tensors:
-        if len(m.unit_of) != group.n_units:
-            return None  # units spanning several indices (heads): not handled here
-        mod_name, _, leaf = m.name.rpartition(".")
-        mod = original.get_submodule(mod_name) if mod_name else original
-        if _dense(mod) and leaf == "weight" and m.dim == 1:
-            continue  # a consumer
-        if _dense(mod) and m.dim == 0 and leaf in ("weight", "bias"):
-            if leaf == "bias":
-                continue  # taken with its weight
-            feats.append(_folded(original, analysis, mod_name, mod, m.unit_of))
-        elif isinstance(mod, _BN) and m.dim == 0:
-            continue  # folded into its producer
-        else:
-            return None
-    if not feats:
-        return None
-    return torch.cat(feats, dim=1)
+def _add_sums(acc: dict, new: dict) -> dict:
+    return {k: acc[k] + new[k] for k in _SUMS} if acc else new
 
 
-def _folded(original: nn.Module, analysis: Analysis, name: str, mod: nn.Module,
-            unit_of: np.ndarray) -> torch.Tensor:
-    """Rows (per unit) of a producer's weight and bias with a following BatchNorm folded in."""
-    w = mod.weight.detach().double().reshape(mod.weight.shape[0], -1)
-    b = mod.bias.detach().double() if mod.bias is not None else w.new_zeros(w.shape[0])
-    bn = _bn_after(analysis, name, original)
-    if bn is not None:
-        norm = original.get_submodule(bn)
-        if norm.running_var is not None:
-            scale = (norm.weight.detach().double() if norm.weight is not None else 1.0) / \
-                torch.sqrt(norm.running_var.double() + norm.eps)
-            shift = norm.bias.detach().double() if norm.bias is not None else 0.0
-            b = (b - norm.running_mean.double()) * scale + shift
-            w = w * scale[:, None]
-    rows = torch.cat([w, b[:, None]], dim=1)
-    order = np.argsort(unit_of)  # rows indexed by unit
-    return rows[torch.as_tensor(order)]
+def _affine_fit(st: dict, a0: torch.Tensor, c0: torch.Tensor, lam: torch.Tensor):
+    """Per channel argmin sum (a x + c - y)^2 + lam ((a - a0)^2 + (c - c0)^2)."""
+    p, q, r = st["xx"] + lam, st["x"], st["n"] + lam
+    u, v = st["xy"] + lam * a0, st["y"] + lam * c0
+    det = p * r - q * q
+    return (r * u - q * v) / det, (p * v - q * u) / det
 
 
-def _udfc(original: nn.Module, small: nn.Module, plan: Plan, analysis: Analysis, ridge: float) -> int:
-    """Fold each removed input column into the kept ones; returns how many layers changed."""
-    keep_of = {(s.tensor, s.dim): s.keep for s in plan.slices}
-    changed = 0
-    for g in analysis.groups:
-        cons = [m for m in g.tensors if m.dim == 1 and m.name.endswith(".weight")
-                and _dense(original.get_submodule(m.name.rpartition(".")[0]))
-                and (m.name, 1) in keep_of]
-        if not cons:
-            continue
-        rows = _producer_rows(original, analysis, g)
-        if rows is None:
-            continue
-        m0 = cons[0]
-        kept_units = np.unique(m0.unit_of[list(keep_of[(m0.name, 1)])])
-        gone = np.setdiff1d(np.arange(g.n_units), kept_units)
-        if gone.size == 0:
-            continue
-        vk, vr = rows[torch.as_tensor(kept_units)], rows[torch.as_tensor(gone)]
-        gram = vk @ vk.T
-        lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
-        s = torch.linalg.solve(gram + lam * torch.eye(len(kept_units), dtype=gram.dtype), vk @ vr.T).T
-        for m in cons:
-            _fold_columns(original, small, m, keep_of, kept_units, gone, s)
-            changed += 1
-    return changed
+def _affine_err(st: dict, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Per channel sum (a x + c - y)^2 up to sum y^2."""
+    return a * a * st["xx"] + 2 * a * c * st["x"] + c * c * st["n"] - 2 * a * st["xy"] - 2 * c * st["y"]
 
 
-def _fold_columns(original, small, member, keep_of, kept_units, gone, s) -> None:
-    """small.W[:, kept] += original.W[out_keep][:, removed] @ S (per kernel position)."""
-    name = member.name.rpartition(".")[0]
-    w = original.get_submodule(name).weight.detach().double()
-    out_keep = keep_of.get((member.name, 0))
-    if out_keep is not None:
-        w = w[list(out_keep)]
-    unit_of = member.unit_of
-    col_of_unit = {int(u): i for i, u in enumerate(unit_of)}
-    kept_cols = list(keep_of[(member.name, 1)])
-    # s is (removed unit, kept unit); express it over this member's columns
-    pos = {int(u): j for j, u in enumerate(kept_units)}
-    s_cols = s[:, torch.as_tensor([pos[int(unit_of[c])] for c in kept_cols])]
-    removed = w[:, torch.as_tensor([col_of_unit[int(u)] for u in gone])]
-    delta = torch.einsum("or...,rk->ok...", removed, s_cols)
-    target = small.get_submodule(name).weight
-    with torch.no_grad():
-        target.add_(delta.to(target.dtype))
+def _same_input(original: nn.Module, small: nn.Module, name: str, keep, x: Any) -> bool:
+    """Whether module ``name`` reads, on the kept channels, what it reads in the original."""
+    x_s, _ = _capture(small, name, x)
+    x_o, _ = _capture(original, name, x)
+    if keep is not None:
+        x_o = x_o.index_select(1, torch.as_tensor(keep, device=x_o.device))
+    return x_s.shape == x_o.shape and torch.equal(x_s, x_o)
+
+
+def _fit_norm(original: nn.Module, small: nn.Module, name: str, keep, batches: list, ridge: float) -> bool:
+    """Refit a BatchNorm's per-channel scale and shift so its output matches the original's, each
+    channel keeping its current values unless a fit does better on held-out samples."""
+    norm = small.get_submodule(name)
+    if not norm.affine or norm.running_mean is None:
+        return False
+    fit, val = {}, {}
+    for x in batches:
+        x_s, _ = _capture(small, name, x)
+        _, y_o = _capture(original, name, x)
+        if keep is not None:
+            y_o = y_o.index_select(1, torch.as_tensor(keep, device=y_o.device))
+        fit = _add_sums(fit, _channel_sums(x_s[0::2], y_o[0::2]))
+        if x_s.shape[0] > 1:
+            val = _add_sums(val, _channel_sums(x_s[1::2], y_o[1::2]))
+    std = torch.sqrt(norm.running_var.double() + norm.eps)
+    a0 = norm.weight.detach().double() / std
+    c0 = norm.bias.detach().double() - norm.running_mean.double() * a0
+    scale = (fit["xx"] + fit["n"]) / 2
+    grid = [ridge * 10 ** k for k in range(6)]
+    if val:
+        errs = torch.stack([_affine_err(val, a0, c0)] +
+                           [_affine_err(val, *_affine_fit(fit, a0, c0, r * scale)) for r in grid])
+        best = errs.argmin(0)  # per channel; 0 keeps the current scale and shift
+        fit = _add_sums(fit, val)
+        scale = (fit["xx"] + fit["n"]) / 2
+    else:
+        best = torch.ones_like(a0, dtype=torch.long)
+    lam = torch.as_tensor([0.0] + grid, dtype=torch.float64, device=a0.device)[best] * scale
+    a, c = _affine_fit(fit, a0, c0, lam)
+    a, c = torch.where(best == 0, a0, a), torch.where(best == 0, c0, c)
+    with torch.no_grad():  # y = a x + c with the running statistics left as they are
+        norm.weight.copy_((a * std).to(norm.weight.dtype))
+        norm.bias.copy_((c + a * norm.running_mean.double()).to(norm.bias.dtype))
+    return True
 
 
 # -- entry point ----------------------------------------------------------------------------------
 def compensate(original: nn.Module, small: nn.Module, plan: Plan, analysis: Analysis | None = None,
                data: Any = None, example_input: Any = None, *, ridge: float = 1e-3,
-               max_dim: int = 4096, bn_recalibrate: bool = True) -> nn.Module:
+               max_dim: int = 4096, norms: str = "fit") -> nn.Module:
     """Re-fit ``small`` (``original`` after ``plan``) so its output moves least; in place.
 
     Only values change, never shapes: the FLOPs and parameter count stay those of the plan.
@@ -547,6 +473,10 @@ def compensate(original: nn.Module, small: nn.Module, plan: Plan, analysis: Anal
     which BatchNorm follows which layer; without it, ``example_input`` is used to build one.
     ``data`` is an iterable of calibration batches (tensors, ``(inputs, targets)`` tuples or dicts
     of keyword arguments), read into memory once; without it the data-free closed form is used.
+    ``norms`` says what happens to BatchNorms whose producer was not refitted (a depthwise or
+    grouped conv, a layer called twice) but whose input changed: ``"fit"`` refits their
+    per-channel scale and shift to the original outputs, ``"recalibrate"`` re-estimates their
+    statistics on the data after the refits, ``"keep"`` leaves them.
 
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
@@ -557,31 +487,39 @@ def compensate(original: nn.Module, small: nn.Module, plan: Plan, analysis: Anal
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a surgeon.Plan, got {type(plan).__name__}")
+    if norms not in ("fit", "recalibrate", "keep"):
+        raise ValueError(f"norms must be 'fit', 'recalibrate' or 'keep', got {norms!r}")
     if analysis is None and example_input is not None:
         analysis = analyze(original, example_input)
     if data is None:
         if analysis is None:
             raise ValueError("compensate without data needs the analysis or example_input")
-        _udfc(original, small, plan, analysis, ridge)
+        udfc(original, small, plan, analysis, ridge)
         return small
     device = next((p.device for p in small.parameters()), torch.device("cpu"))
     batches = _batches(data, device)
     layers = {c.name: c for c in dense_layers(original, plan)}
-    names = _graph_order(analysis, list(layers))
+    bns = [n for n, m in original.named_modules() if isinstance(m, _BN)]
+    names = _graph_order(analysis, list(layers) + bns)
     calls = _check_data(original, batches, example_input, names)
-    fitted_bns = []
+    keep = {s.tensor: s.keep for s in plan.slices if s.dim == 0}
+    covered = set()  # BatchNorms fed by a refitted layer or an unchanged input keep their statistics
     with _inference(original), _inference(small):
         for name in names:
-            if calls[name] != 1:  # a layer called several times has no single input to match
+            if calls[name] != 1:  # a module called several times has no single input to match
                 continue
-            bn = _bn_after(analysis, name, original)
-            if _refit_one(original, small, layers[name], batches, bn, ridge, max_dim) and bn:
-                fitted_bns.append(bn)
-    if bn_recalibrate:
-        # a refitted layer reproduces the original pre-norm output, so its BatchNorm keeps the
-        # original statistics; so does one whose input did not change; the others are re-estimated
-        same = _unchanged_norms(original, small, plan, batches[0])
-        _recalibrate(small, batches, set(fitted_bns) | same)
+            if name in layers:
+                bn = _bn_after(analysis, name, original)
+                if _refit_one(original, small, layers[name], batches, bn, ridge, max_dim) and bn:
+                    covered.add(bn)
+            elif name not in covered:
+                k = keep.get(name + ".running_mean")
+                if _same_input(original, small, name, k, batches[0]):
+                    covered.add(name)  # nothing upstream changed: its statistics still hold
+                elif norms == "fit":
+                    _fit_norm(original, small, name, k, batches, ridge)
+    if norms == "recalibrate":
+        _recalibrate(small, batches, covered)
     return small
 
 

@@ -83,7 +83,7 @@ def test_refit_never_increases_layer_error(res, calib):
     a = surgeon.analyze(res, x1)
     p = surgeon.plan(res, x1, 0.5, analysis=a)
     plain = surgeon.apply(res, p)
-    fixed = compensate(res, surgeon.apply(res, p), p, a, calib, bn_recalibrate=False)
+    fixed = compensate(res, surgeon.apply(res, p), p, a, calib, norms="keep")
     out_keep = {s.tensor: list(s.keep) for s in p.slices if s.dim == 0}
     refitted = 0
     xs = torch.cat([b[0] for b in calib])
@@ -225,3 +225,49 @@ def test_layers_called_twice_are_left_alone():
     plain = surgeon.shrink(net, x[:1], 0.5)
     assert torch.equal(small.b.weight, plain.b.weight)  # shared input, no single target
     assert np.isfinite(_out(small, x).numpy()).all()
+
+
+class Depthwise(nn.Module):
+    """A depthwise conv (never refitted) between two dense convs: its BatchNorm gets its own fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.dwbn = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(self.stem(x))))
+        return self.head(F.relu(self.dwbn(self.dw(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("norms", ["fit", "keep", "recalibrate"])
+def test_batchnorm_after_an_unrefitted_layer(calib, norms):
+    model = _settled(Depthwise(), seed=2)
+    x1 = calib[0][0][:1]
+    a = surgeon.analyze(model, x1)
+    p = surgeon.plan(model, x1, 0.5, analysis=a)
+    kept = {s.tensor: list(s.keep) for s in p.slices if s.dim == 0}.get("dwbn.running_mean")
+    assert kept is not None and ("p", "conv.weight", 1) in {m.key for g in a.groups for m in g.members}
+    plain = surgeon.apply(model, p)
+    fixed = compensate(model, surgeon.apply(model, p), p, a, calib, norms=norms)
+    xs = torch.cat([b[0] for b in calib])
+    inp, _ = _layer_io(fixed, "dwbn", xs)
+    _, want = _layer_io(model, "dwbn", xs)
+    want = want[:, kept]
+    with torch.no_grad():
+        err_new = ((fixed.dwbn(inp) - want) ** 2).sum((0, 2, 3))
+        err_old = ((plain.dwbn(inp) - want) ** 2).sum((0, 2, 3))
+    if norms == "keep":
+        assert torch.equal(fixed.dwbn.weight, plain.dwbn.weight)
+    if norms == "fit":
+        assert bool((err_new <= err_old * (1 + 1e-5) + 1e-9).all())  # per channel
+        assert float(err_new.sum()) < float(err_old.sum())
+        assert torch.equal(fixed.dwbn.running_var, plain.dwbn.running_var)  # shapes and stats kept
+    if norms == "recalibrate":  # the statistics are those of the data the BatchNorm now sees
+        assert torch.allclose(fixed.dwbn.running_mean, inp.mean((0, 2, 3)), atol=1e-4)
+    assert torch.equal(fixed.bn.running_var, plain.bn.running_var)  # fed by a refitted conv
+    assert torch.equal(fixed.stem[1].running_var, plain.stem[1].running_var)  # its input is unchanged
