@@ -317,6 +317,14 @@ def _refit_channelwise(mod: nn.Module, pairs, c: Layer, bias: bool, w_orig: torc
     return new_w, shift
 
 
+def _halves(i: int, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+    """Batch ``i`` split for fitting and for choosing the ridge: every other sample is held out
+    (every other batch, when batches hold one sample)."""
+    if x.shape[0] == 1:
+        return [(x, y, i % 2 == 1)]
+    return [(x[0::2], y[0::2], False), (x[1::2], y[1::2], True)]
+
+
 def _refit_one(original: nn.Module, small: nn.Module, c: Layer, batches: list, bn: str | None,
                ridge: float, max_dim: int) -> bool:
     """Refit layer ``c`` of ``small`` if its input differs from the original's; True if done."""
@@ -327,14 +335,12 @@ def _refit_one(original: nn.Module, small: nn.Module, c: Layer, batches: list, b
     if not exact and len(c.in_keep) + int(has_bias) > max_dim:
         return False  # too wide to solve: left as surgery sliced it
     pairs = []
-    for x in batches:
+    for i, x in enumerate(batches):
         x_s, _ = _capture(small, c.name, x)
         x_o, y_o = _capture(original, c.name, x)
         if not pairs and not c.sliced and torch.equal(x_s, x_o):
             return False  # nothing upstream changed what this layer reads
-        target = y_o if exact else x_o
-        # every other sample is held out to choose the ridge (see _Normal.solve)
-        pairs += [(x_s[0::2], target[0::2], False), (x_s[1::2], target[1::2], True)]
+        pairs += _halves(i, x_s, y_o if exact else x_o)
     if exact:
         new_w, new_b = _refit_exact(mod_s, pairs, has_bias, c.out_keep, ridge)
     else:
@@ -432,14 +438,16 @@ def _fit_norm(original: nn.Module, small: nn.Module, name: str, keep, batches: l
     if not norm.affine or norm.running_mean is None:
         return False
     fit, val = {}, {}
-    for x in batches:
+    for i, x in enumerate(batches):
         x_s, _ = _capture(small, name, x)
         _, y_o = _capture(original, name, x)
         if keep is not None:
             y_o = y_o.index_select(1, torch.as_tensor(keep, device=y_o.device))
-        fit = _add_sums(fit, _channel_sums(x_s[0::2], y_o[0::2]))
-        if x_s.shape[0] > 1:
-            val = _add_sums(val, _channel_sums(x_s[1::2], y_o[1::2]))
+        for a, b, held_out in _halves(i, x_s, y_o):
+            if held_out:
+                val = _add_sums(val, _channel_sums(a, b))
+            else:
+                fit = _add_sums(fit, _channel_sums(a, b))
     std = torch.sqrt(norm.running_var.double() + norm.eps)
     a0 = norm.weight.detach().double() / std
     c0 = norm.bias.detach().double() - norm.running_mean.double() * a0

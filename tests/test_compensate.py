@@ -271,3 +271,15 @@ def test_batchnorm_after_an_unrefitted_layer(calib, norms):
         assert torch.allclose(fixed.dwbn.running_mean, inp.mean((0, 2, 3)), atol=1e-4)
     assert torch.equal(fixed.bn.running_var, plain.bn.running_var)  # fed by a refitted conv
     assert torch.equal(fixed.stem[1].running_var, plain.stem[1].running_var)  # its input is unchanged
+
+
+def test_one_sample_batches_still_hold_some_out():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+    x = torch.randn(200, 6)
+    data = [(x[i:i + 1], None) for i in range(100)]  # one sample per batch
+    plain = surgeon.shrink(net, x[:1], 0.5)
+    fixed = surgeon.shrink(net, x[:1], 0.5, data=data, compensate=True)
+    ref = _out(net, x[100:])
+    assert float(ref.std()) > MIN_STD
+    assert max_rel_error(ref, _out(fixed, x[100:])) < max_rel_error(ref, _out(plain, x[100:]))
