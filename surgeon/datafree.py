@@ -109,7 +109,7 @@ def udfc(original: nn.Module, small: nn.Module, plan: Plan, analysis: Analysis, 
         vk, vr = rows[torch.as_tensor(kept_units)], rows[torch.as_tensor(gone)]
         gram = vk @ vk.T
         lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
-        s = torch.linalg.solve(gram + lam * torch.eye(len(kept_units), dtype=gram.dtype), vk @ vr.T).T
+        s = torch.linalg.solve(gram + lam * torch.eye(len(kept_units), dtype=gram.dtype, device=gram.device), vk @ vr.T).T
         for m in cons:
             _fold_columns(original, small, m, keep_of, kept_units, gone, s)
             changed += 1
