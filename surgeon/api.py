@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .analysis import Analysis, analyze
+from .compensate import compensate as _compensate
 from .criteria import Criterion, get_criterion, layer_rms
 from .errors import PlanError, SurgeryError
 from .graph.cost import METRICS
@@ -108,8 +109,8 @@ def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, roun
 def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
            criterion: str | Criterion = "l2", round_to: int | None = None, ignore: Iterable = (),
            min_keep: int | float = 0.1, uniform: bool | None = None, layers: bool = False,
-           inplace: bool = False,
-           verify: bool = True, data: Iterable | None = None, loss_fn: Callable | None = None) -> nn.Module:
+           inplace: bool = False, verify: bool = True, data: Iterable | None = None,
+           loss_fn: Callable | None = None, compensate: bool = False) -> nn.Module:
     """Return a physically smaller copy of ``model`` that keeps ``target`` of its cost.
 
     ``metric`` is ``"flops"`` (FLOPs of one forward on ``example_input``, as
@@ -127,6 +128,12 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     a dict of keyword arguments. ``loss_fn(output, target)`` defaults to cross-entropy for
     ``(x, y)`` batches and next-token cross-entropy for dict batches with ``input_ids``. The
     model is scored in eval mode and left as it was (no ``.grad`` written).
+
+    ``compensate=True`` re-fits the layers that read removed channels so the output moves least,
+    without training and without changing any shape (see :mod:`surgeon.compensate`): a
+    least-squares refit on ``data`` (calibration batches: tensors, ``(inputs, targets)`` tuples
+    or dicts of keyword arguments; BatchNorms behind layers that cannot be refit get a
+    per-channel fit), or without data a closed form from the kept channels.
 
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
@@ -163,6 +170,8 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
         goal = min(1.0, max(1e-6, goal * want / got))
     small = best[0]
     _check_config(a, small, uniform)
+    if compensate:
+        _compensate(model, small, best[1], a, data, example_input)
     if inplace:
         _copy_into(model, small)
         return model
