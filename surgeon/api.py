@@ -13,6 +13,7 @@ from .criteria import Criterion, get_criterion
 from .errors import PlanError, SurgeryError
 from .graph.cost import METRICS
 from .graph.trace import eval_mode, run_model
+from .latency import rounding
 from .plan import Plan
 from .planner import build_plan, solve
 from .surgery import apply
@@ -21,7 +22,7 @@ from .verify import count_params, measure
 __all__ = ["plan", "shrink", "apply"]
 
 
-def _check(model: Any, target: Any, metric: str, round_to: Any) -> None:
+def _check(model: Any, target: Any, metric: str, round_to: Any, runtime: Any = None) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
@@ -30,8 +31,12 @@ def _check(model: Any, target: Any, metric: str, round_to: Any) -> None:
         raise ValueError(f"target must be in (0, 1] (the fraction of the cost to keep), got {target}")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; use one of {list(METRICS)}")
-    if round_to is not None and (not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1):
-        raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}")
+    if not rounding.is_valid(round_to):
+        raise ValueError(f"round_to must be a positive integer, 'auto' or None, got {round_to!r}")
+    if metric == "latency" or runtime is not None:
+        from .latency import check_runtime
+
+        check_runtime(runtime, metric)
 
 
 def _check_min_keep(min_keep: Any) -> None:
@@ -42,8 +47,9 @@ def _check_min_keep(min_keep: Any) -> None:
 
 
 def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
-         criterion: str | Criterion = "l2", round_to: int | None = None,
-         ignore: Iterable = (), min_keep: int | float = 0.1, analysis: Analysis | None = None) -> Plan:
+         criterion: str | Criterion = "l2", round_to: int | str | None = None,
+         ignore: Iterable = (), min_keep: int | float = 0.1, analysis: Analysis | None = None,
+         runtime: str | None = None) -> Plan:
     """Decide what to remove so that ``target`` of the cost remains; the model is not touched.
 
     >>> import torch, surgeon
@@ -52,28 +58,48 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
     >>> round(p.ratio, 2)
     0.5
     """
-    _check(model, target, metric, round_to)
+    _check(model, target, metric, round_to, runtime)
     _check_min_keep(min_keep)
     crit = get_criterion(criterion)
     a = analysis or analyze(model, example_input, ignore)
-    return _plan(a, crit, crit.score(model, a.groups), float(target), metric, round_to, min_keep)
+    metric, round_to = _for_runtime(a, example_input, metric, round_to, runtime)
+    return _plan(a, crit, crit.score(model, a.groups), float(target), metric, round_to, min_keep, runtime)
 
 
-def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, round_to, min_keep) -> Plan:
-    keep = solve(a, scores, metric, target, round_to, min_keep)
+def _for_runtime(a: Analysis, example_input: Any, metric: str, round_to, runtime):
+    """With a runtime: widths rounded for it unless round_to says otherwise, and for
+    metric="latency" the measured cost model, attached to ``a`` as metric "latency:<runtime>"."""
+    if runtime is None:
+        return metric, round_to
+    if metric == "latency":
+        from .latency import attach
+
+        metric = attach(a, example_input, runtime)
+    return metric, "auto" if round_to is None else round_to
+
+
+def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, round_to, min_keep,
+          runtime: str | None = None) -> Plan:
+    keep = solve(a, scores, metric, target, rounding.resolve(round_to, runtime), min_keep)
     return build_plan(a, keep, target=target, metric=metric,
                       criterion=getattr(crit, "name", type(crit).__name__), round_to=round_to)
 
 
 def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
-           criterion: str | Criterion = "l2", round_to: int | None = None, ignore: Iterable = (),
-           min_keep: int | float = 0.1, inplace: bool = False, verify: bool = True) -> nn.Module:
+           criterion: str | Criterion = "l2", round_to: int | str | None = None, ignore: Iterable = (),
+           min_keep: int | float = 0.1, inplace: bool = False, verify: bool = True,
+           runtime: str | None = None) -> nn.Module:
     """Return a physically smaller copy of ``model`` that keeps ``target`` of its cost.
 
     ``metric`` is ``"flops"`` (FLOPs of one forward on ``example_input``, as
     ``torch.utils.flop_counter`` counts them) or ``"params"``. The result is checked: it runs on
     ``example_input``, its output shapes are unchanged, and its cost measured by an independent
     counter is within 0.01 of the target (when the smallest removable unit allows).
+
+    ``runtime="ort-cpu"`` (onnxruntime CPU, 1 thread) or ``"torch-cuda"`` (fp16 eager) rounds
+    widths to what that runtime runs fast (``round_to="auto"``, see
+    :mod:`surgeon.latency.rounding`); ``metric="latency"`` with a runtime makes ``target`` a
+    fraction of the dense model's latency measured there (see :mod:`surgeon.latency`).
 
     Every group keeps at least ``min_keep`` of its units: a fraction (10% by default) or, as
     an int, a count; ``round_to`` makes surviving widths multiples of it; ``ignore`` keeps the
@@ -85,18 +111,19 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     >>> small[0].out_channels < 32
     True
     """
-    _check(model, target, metric, round_to)
+    _check(model, target, metric, round_to, runtime)
     _check_min_keep(min_keep)
     crit = get_criterion(criterion)
     a = analyze(model, example_input, ignore)
     scores = crit.score(model, a.groups)
-    base = a.cost(metric).base  # the per-node counter uses flop_counter's own formulas
+    key, round_to = _for_runtime(a, example_input, metric, round_to, runtime)
+    base = a.cost(key).base  # the per-node counter uses flop_counter's own formulas
     want = float(target)
     goal = want
     best = None
     for attempt in range(4):  # re-aim if the independent counter disagrees with the cost model
         try:
-            p = _plan(a, crit, scores, goal, metric, round_to, min_keep)
+            p = _plan(a, crit, scores, goal, key, round_to, min_keep, runtime)
         except PlanError:
             if attempt == 0:
                 raise  # the user's own target is out of reach
@@ -106,10 +133,15 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
             best = (small, p)
             break
         flops = _verify_runs(a, small, example_input, p)
-        got = (flops if metric == "flops" else count_params(small)) / base if base else 1.0
+        if metric == "latency":  # measured end to end, interleaved with the dense model
+            from .latency import LATENCY_TOL, measured_ratio
+
+            got, tol = measured_ratio(model, small, example_input, runtime), LATENCY_TOL * want
+        else:
+            got, tol = (flops if metric == "flops" else count_params(small)) / base if base else 1.0, 0.004
         if best is None or abs(got - want) < best[2]:
             best = (small, p, abs(got - want))
-        if abs(got - want) <= 0.004 or want >= 1.0 or got <= 0:
+        if abs(got - want) <= tol or want >= 1.0 or got <= 0:
             break
         goal = min(1.0, max(1e-6, goal * want / got))
     small = best[0]

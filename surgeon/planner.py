@@ -23,7 +23,9 @@ from .plan import AttrUpdate, Decision, Plan, Slice
 __all__ = ["solve", "build_plan"]
 
 
-def _step(group, round_to: int | None) -> int:
+def _step(group, round_to) -> int:
+    if hasattr(round_to, "for_group"):  # round_to="auto": a step per group (surgeon.latency.rounding)
+        round_to = round_to.for_group(group.n_units)
     if not round_to:
         return 1
     tensors = group.tensors
