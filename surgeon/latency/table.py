@@ -116,7 +116,6 @@ class Table:
             fo_g, fi_g = np.meshgrid(fo, fi, indexing="ij")
             fo_g, fi_g, y = fo_g.ravel(), fi_g.ravel(), ms.ravel()
         x = _features(fo_g, fi_g)
-        ok = np.ones(len(y), dtype=bool)
         coef = _nnls(x, y)
         for _ in range(2):
             res = y - x @ coef
@@ -124,6 +123,10 @@ class Table:
             ok = np.abs(res) <= 4 * 1.4826 * mad + 0.02 * np.abs(y)
             coef = _nnls(x[ok], y[ok])
         return coef
+
+    def at(self, f_out: float, f_in: float) -> float:
+        fo, fi, ms = self.grid()
+        return float(interp2(fo[None], fi[None], ms[None], np.array([f_out]), np.array([f_in]))[0])
 
 
 def _features(fo: np.ndarray, fi: np.ndarray) -> np.ndarray:
@@ -147,10 +150,6 @@ def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         idx = np.nonzero(free)[0][np.argmin(sol)]
         free[idx] = False
     return coef
-
-    def at(self, f_out: float, f_in: float) -> float:
-        fo, fi, ms = self.grid()
-        return float(interp2(fo[None], fi[None], ms[None], np.array([f_out]), np.array([f_in]))[0])
 
 
 def _axis(grid: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
