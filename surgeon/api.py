@@ -47,7 +47,7 @@ def _check_min_keep(min_keep: Any) -> None:
 
 
 def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
-         criterion: str | Criterion = "l2", round_to: int | str | None = None,
+         criterion: str | Criterion = "l2", round_to: int | str | None = "auto",
          ignore: Iterable = (), min_keep: int | float = 0.1, analysis: Analysis | None = None,
          runtime: str | None = None) -> Plan:
     """Decide what to remove so that ``target`` of the cost remains; the model is not touched.
@@ -67,26 +67,31 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
 
 
 def _for_runtime(a: Analysis, example_input: Any, metric: str, round_to, runtime):
-    """With a runtime: widths rounded for it unless round_to says otherwise, and for
-    metric="latency" the measured cost model, attached to ``a`` as metric "latency:<runtime>"."""
+    """With a runtime, its measured latency model, attached to ``a`` as "latency:<runtime>":
+    the cost of metric="latency", and what units of a FLOPs or params target are ranked by."""
     if runtime is None:
         return metric, round_to
-    if metric == "latency":
-        from .latency import attach
+    from .latency import attach
 
-        metric = attach(a, example_input, runtime)
-    return metric, "auto" if round_to is None else round_to
+    key = attach(a, example_input, runtime)
+    return key if metric == "latency" else metric, round_to
 
 
 def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, round_to, min_keep,
           runtime: str | None = None) -> Plan:
-    keep = solve(a, scores, metric, target, rounding.resolve(round_to, runtime), min_keep)
+    rank = f"latency:{runtime}" if runtime else None
+    keep = solve(a, scores, metric, target, rounding.resolve(round_to, runtime), min_keep, rank)
+    if round_to == "auto" and not metric.startswith("latency"):
+        cost = a.cost(metric)  # rounding is a preference: it never costs the exact landing
+        if cost.base and abs(cost.total(keep) / cost.base - target) > rounding.AUTO_SLACK:
+            round_to = None
+            keep = solve(a, scores, metric, target, None, min_keep, rank)
     return build_plan(a, keep, target=target, metric=metric,
                       criterion=getattr(crit, "name", type(crit).__name__), round_to=round_to)
 
 
 def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
-           criterion: str | Criterion = "l2", round_to: int | str | None = None, ignore: Iterable = (),
+           criterion: str | Criterion = "l2", round_to: int | str | None = "auto", ignore: Iterable = (),
            min_keep: int | float = 0.1, inplace: bool = False, verify: bool = True,
            runtime: str | None = None) -> nn.Module:
     """Return a physically smaller copy of ``model`` that keeps ``target`` of its cost.
@@ -96,14 +101,16 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     ``example_input``, its output shapes are unchanged, and its cost measured by an independent
     counter is within 0.01 of the target (when the smallest removable unit allows).
 
-    ``runtime="ort-cpu"`` (onnxruntime CPU, 1 thread) or ``"torch-cuda"`` (fp16 eager) rounds
-    widths to what that runtime runs fast (``round_to="auto"``, see
-    :mod:`surgeon.latency.rounding`); ``metric="latency"`` with a runtime makes ``target`` a
-    fraction of the dense model's latency measured there (see :mod:`surgeon.latency`).
+    ``round_to="auto"`` (the default) rounds widths to multiples that runtimes run fast: 8, or
+    for ``runtime="ort-cpu"`` (onnxruntime CPU) the CPU's block (16 with AVX-512), smaller
+    steps in small groups, and no rounding where it would cost the exact landing (see
+    :mod:`surgeon.latency.rounding`); an int rounds to it, None not at all. With
+    ``runtime="ort-cpu"`` or ``"torch-cuda"`` the layers are timed there (cached) and units are
+    ranked by score per millisecond they save; ``metric="latency"`` then makes ``target`` a
+    fraction of the dense model's latency on that runtime (see :mod:`surgeon.latency`).
 
     Every group keeps at least ``min_keep`` of its units: a fraction (10% by default) or, as
-    an int, a count; ``round_to`` makes surviving widths multiples of it; ``ignore`` keeps the
-    given modules (or module names) whole.
+    an int, a count; ``ignore`` keeps the given modules (or module names) whole.
 
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))

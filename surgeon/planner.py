@@ -163,11 +163,14 @@ def _rank_in_group(gs: np.ndarray) -> np.ndarray:
 
 
 def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
-          round_to: int | None = None, min_keep: int | float = 0.1) -> list[np.ndarray]:
-    """Keep-masks, one per group, whose cost is as close as possible to ``target`` x base."""
+          round_to: int | None = None, min_keep: int | float = 0.1, rank_by: str | None = None) -> list[np.ndarray]:
+    """Keep-masks, one per group, whose cost is as close as possible to ``target`` x base.
+
+    Units are ranked by score per unit of ``rank_by``'s cost (``metric`` unless given: a FLOPs
+    target ranked by measured latency removes what is slow, not only what is counted)."""
     cost = a.cost(metric)
     goal = target * cost.base
-    order = _Order(a, scores, cost, round_to, min_keep)
+    order = _Order(a, scores, a.cost(rank_by) if rank_by else cost, round_to, min_keep)
     n = len(order)
     if target >= 1.0:
         return a.full_keep()

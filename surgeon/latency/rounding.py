@@ -23,6 +23,7 @@ from dataclasses import dataclass
 __all__ = ["AutoRound", "preferred_multiple", "resolve"]
 
 MIN_STEPS = 4  # a group rounds to a step only if it holds at least this many of them
+AUTO_SLACK = 0.002  # "auto" plans that land further than this from a counted target are not rounded
 
 
 @functools.lru_cache(maxsize=None)
