@@ -79,13 +79,20 @@ def _for_runtime(a: Analysis, example_input: Any, metric: str, round_to, runtime
 
 def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, round_to, min_keep,
           runtime: str | None = None) -> Plan:
-    rank = f"latency:{runtime}" if runtime else None
-    keep = solve(a, scores, metric, target, rounding.resolve(round_to, runtime), min_keep, rank)
+    def keep_for(rounded):
+        if runtime is None or metric.startswith("latency"):
+            return solve(a, scores, metric, target, rounded, min_keep)
+        from .latency import fastest  # a counted target on a named runtime: the faster of two orders
+
+        return fastest(a, runtime, [solve(a, scores, metric, target, rounded, min_keep, f"latency:{runtime}", w)
+                                    for w in (1.0, 0.0)])
+
+    keep = keep_for(rounding.resolve(round_to, runtime))
     if round_to == "auto" and not metric.startswith("latency"):
         cost = a.cost(metric)  # rounding is a preference: it never costs the exact landing
         if cost.base and abs(cost.total(keep) / cost.base - target) > rounding.AUTO_SLACK:
             round_to = None
-            keep = solve(a, scores, metric, target, None, min_keep, rank)
+            keep = keep_for(None)
     return build_plan(a, keep, target=target, metric=metric,
                       criterion=getattr(crit, "name", type(crit).__name__), round_to=round_to)
 

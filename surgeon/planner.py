@@ -68,7 +68,7 @@ class _Order:
     priority order, so a group's kept set is determined by its count alone."""
 
     def __init__(self, a: Analysis, scores: Sequence[np.ndarray], cost: CostModel,
-                 round_to: int | None, min_keep: int | float):
+                 round_to: int | None, min_keep: int | float, cost_weight: float = 1.0):
         self.a = a
         groups = a.groups
         self.n_groups = len(groups)
@@ -84,7 +84,7 @@ class _Order:
             self.floor[gi] = max(_min_units(g.n_units, min_keep), self.steps[gi])
             s = np.asarray(scores[gi], dtype=np.float64)
             s = s / s.mean() if s.mean() > 0 else np.ones_like(s)
-            c = marg[gi] / mean_cost if mean_cost > 0 else np.ones(g.n_units)
+            c = (marg[gi] / mean_cost) ** cost_weight if mean_cost > 0 else np.ones(g.n_units)
             with np.errstate(divide="ignore", invalid="ignore"):
                 prio = np.where(c > 0, s / np.maximum(c, 1e-300), np.inf)
             units = np.nonzero(~g.frozen_units & np.isfinite(prio))[0]
@@ -163,14 +163,16 @@ def _rank_in_group(gs: np.ndarray) -> np.ndarray:
 
 
 def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
-          round_to: int | None = None, min_keep: int | float = 0.1, rank_by: str | None = None) -> list[np.ndarray]:
+          round_to: int | None = None, min_keep: int | float = 0.1, rank_by: str | None = None,
+          cost_weight: float = 1.0) -> list[np.ndarray]:
     """Keep-masks, one per group, whose cost is as close as possible to ``target`` x base.
 
-    Units are ranked by score per unit of ``rank_by``'s cost (``metric`` unless given: a FLOPs
-    target ranked by measured latency removes what is slow, not only what is counted)."""
+    Units are ranked by score / cost_per_unit ** ``cost_weight``, the cost being ``rank_by``'s
+    (``metric`` unless given: a FLOPs target ranked by measured latency removes what is slow,
+    not only what is counted); ``cost_weight=0`` ranks by score alone, thinning groups evenly."""
     cost = a.cost(metric)
     goal = target * cost.base
-    order = _Order(a, scores, a.cost(rank_by) if rank_by else cost, round_to, min_keep)
+    order = _Order(a, scores, a.cost(rank_by) if rank_by else cost, round_to, min_keep, cost_weight)
     n = len(order)
     if target >= 1.0:
         return a.full_keep()

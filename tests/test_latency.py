@@ -205,6 +205,23 @@ def test_latency_marginal_prefers_expensive_layers(fake, net):
             assert cost.total(keep) <= full + 1e-9
 
 
+def test_counted_target_on_a_runtime_takes_the_order_predicted_faster(fake, net):
+    from surgeon.criteria import get_criterion
+    from surgeon.planner import solve
+
+    model, x = net
+    a = surgeon.analyze(model, x)
+    key = latency.attach(a, x, "ort-cpu")
+    scores = get_criterion("l2").score(model, a.groups)
+    cands = [solve(a, scores, "flops", 0.5, None, 0.1, key, w) for w in (1.0, 0.0)]
+    lat = a.cost(key)
+    assert [int(k.sum()) for k in cands[0]] != [int(k.sum()) for k in cands[1]]  # two real choices
+    best = min(cands, key=lat.total)
+    p = surgeon.plan(model, x, 0.5, runtime="ort-cpu", round_to=None, analysis=a)
+    assert [d.kept for d in p.decisions] == [int(k.sum()) for k in best]
+    assert abs(p.ratio - 0.5) <= 0.01
+
+
 def test_round_to_auto_steps():
     r = AutoRound(16)
     assert [r.for_group(n) for n in (8, 16, 32, 64, 256)] == [1, 4, 8, 16, 16]
@@ -220,11 +237,14 @@ def test_runtime_rounds_flops_target():
 
 
 def test_auto_rounding_gives_way_to_the_exact_target(net):
-    model, x = net  # 64-wide groups at steps of 8-16 cannot land on 0.5 within the slack
+    model, x = net
     coarse = surgeon.plan(model, x, 0.5, round_to=16)
-    small = surgeon.shrink(model, x, target=0.5, runtime="ort-cpu")
-    if abs(coarse.ratio - 0.5) > 0.002:
-        assert abs(count_flops(small, x) / count_flops(model, x) - 0.5) < abs(coarse.ratio - 0.5)
+    assert abs(coarse.ratio - 0.5) > 0.002  # premise: steps of 16 cannot land on 0.5 in this net
+    p = surgeon.plan(model, x, 0.5)  # round_to="auto" by default
+    assert p.round_to is None and abs(p.ratio - 0.5) <= 0.002
+    wide = surgeon.plan(Net(256).eval(), x, 0.5)
+    assert wide.round_to == "auto" and abs(wide.ratio - 0.5) <= 0.002
+    assert all(d.kept % 16 == 0 for d in wide.decisions if d.kept < d.units and d.units >= 64)
 
 
 # -- bad input -----------------------------------------------------------------------------------------
