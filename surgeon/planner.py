@@ -84,7 +84,8 @@ class _Order:
             self.floor[gi] = max(_min_units(g.n_units, min_keep), self.steps[gi])
             s = np.asarray(scores[gi], dtype=np.float64)
             s = s / s.mean() if s.mean() > 0 else np.ones_like(s)
-            c = (marg[gi] / mean_cost) ** cost_weight if mean_cost > 0 else np.ones(g.n_units)
+            c = marg[gi] / mean_cost if mean_cost > 0 else np.ones(g.n_units)
+            c = np.where(c > 0, np.abs(c) ** cost_weight, 0.0)  # a unit that saves nothing stays
             with np.errstate(divide="ignore", invalid="ignore"):
                 prio = np.where(c > 0, s / np.maximum(c, 1e-300), np.inf)
             units = np.nonzero(~g.frozen_units & np.isfinite(prio))[0]

@@ -63,8 +63,13 @@ def _ort_runner(model: nn.Module, example_input: Any, threads: int) -> Runner:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(onnx_bytes(model, example_input), sess_options=so,
-                                providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(onnx_bytes(model, example_input), sess_options=so,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - the exporter and onnxruntime raise their own types
+        raise ValueError(f"cannot time {type(model).__name__} in onnxruntime (exported with the TorchScript "
+                         f"ONNX exporter): {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}; "
+                         f"plan against metric='flops' without runtime= instead") from exc
     args, kwargs = normalize_inputs(example_input)
     values = list(args) + list(kwargs.values())
     feeds = {i.name: v.detach().cpu().numpy() for i, v in zip(sess.get_inputs(), values)}
