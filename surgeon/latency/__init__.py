@@ -4,18 +4,26 @@
 dense model's latency on onnxruntime CPU (1 thread). The steps:
 
 1. every conv and linear layer of the traced graph is rebuilt on its own and timed on the runtime
-   over a grid of kept (in, out) widths (:mod:`surgeon.latency.table`; cached per machine, so a
-   second call measures nothing), and the dense model is timed end to end;
-2. the planner ranks units by score per millisecond saved and bisects on that latency model
-   (:class:`~surgeon.latency.cost.LatencyCost`), with widths rounded for the runtime
-   (``round_to="auto"``, :mod:`surgeon.latency.rounding`);
+   over a grid of kept (in, out) widths, and a smooth monotone surface is fitted to the timings
+   (:mod:`surgeon.latency.table`; cached per machine, so a second call measures nothing); the
+   dense model is timed end to end, and what the layers do not cover is shared among the other
+   ops by the elements they write (:class:`~surgeon.latency.cost.LatencyCost`);
+2. the planner ranks units by score per unit of latency saved and bisects on that model, with
+   widths rounded for the runtime (``round_to="auto"``, :mod:`surgeon.latency.rounding`);
 3. the result is timed interleaved with the dense model (median of per-pair ratios) and, when the
    ratio is off the target by more than ``LATENCY_TOL`` of the target, re-aimed (up to 3 times).
 
-What "within 10%" means: the measured ratio (shrunk / dense, median over interleaved pairs) lies
-in ``target * (1 +- 0.1)``. On a quiet core the interquartile range of the per-pair ratios is
-about 1-3% of the ratio; on a shared, busy machine a single measurement can still be off by more,
-which is why the check is a median of many pairs and not a single pair.
+With ``runtime=`` and a FLOPs (or params) target, the same tables rank the units and
+:func:`fastest` picks between two removal orders; the target stays exact.
+
+Noise, and what "within 10%" means: the measured ratio (shrunk / dense, median over interleaved
+pairs) lies in ``target * (1 +- 0.1)``. With one onnxruntime thread, times are the calling
+thread's CPU time (see :mod:`surgeon.latency.runtime`), so other processes on a shared machine
+do not inflate them; cache and memory-bandwidth contention still do. Measured under a load of
+6-7 on 2 cores, the interquartile range of the per-pair ratios was 1-3% of the ratio for
+ResNet-50 and ConvNeXt-T and 3-8% for MobileNet-V2 (5 ms runs); the median of 21 pairs moves
+much less. For a target of 0.5 the first plan measured 0.511-0.535 of dense on those three
+models, and after shrink's re-aiming 0.507-0.528 (benchmarks/latency.py).
 
 The timing backend of each runtime is ``BACKENDS[runtime]``: an object with ``machine()``,
 ``layers(cases) -> list[time]``, ``model(model, x) -> (time, ms per time unit)`` and
@@ -46,7 +54,8 @@ class Backend:
 
     Every timing is interleaved with a fixed reference layer and stored as a multiple of it, so
     tables measured minutes (or days) apart and the dense model measured now stay comparable
-    when other processes slow the whole machine down; ``ref_ms`` converts back to milliseconds."""
+    when other processes slow the whole machine down; :meth:`model` also returns the
+    reference's time in milliseconds, to convert back."""
 
     def __init__(self, runtime: str, threads: int = 1, rounds: int = 21):
         self.runtime, self.threads, self.rounds = runtime, threads, rounds
