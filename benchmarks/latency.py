@@ -156,10 +156,14 @@ def main(argv=None) -> None:
     for name in args.models.split(","):
         print(f"\n== {name}", flush=True)
         model, x = build(name)
-        models = variants(name, model, x, args)
-        base = count_flops(model, x)
-        flops = {k: count_flops(m, x) / base for k, m in models.items()}
-        cols = timed_rows(models, x, args)
+        try:
+            models = variants(name, model, x, args)
+            base = count_flops(model, x)
+            flops = {k: count_flops(m, x) / base for k, m in models.items()}
+            cols = timed_rows(models, x, args)
+        except Exception as exc:  # noqa: BLE001 - one model's failure is a result, not the end
+            print(f"  {name} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            continue
         report(name, flops, cols)
         results[name] = (flops, cols)
     checks(results)

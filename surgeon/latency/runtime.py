@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,15 +43,25 @@ RUNTIMES = ("ort-cpu", "torch-cuda")
 
 
 def onnx_bytes(model: nn.Module, example_input: Any) -> bytes:
-    """``model`` on ``example_input`` as an ONNX file in memory (TorchScript exporter: fast and quiet)."""
+    """``model`` on ``example_input`` as an ONNX file in memory: the TorchScript exporter (fast and
+    quiet; with grad mode on, so that nn.MultiheadAttention does not take its fused fast path,
+    which that exporter cannot write), else the dynamo exporter."""
     args, kwargs = normalize_inputs(example_input)
-    buf = io.BytesIO()
-    with eval_mode(model), torch.no_grad(), warnings.catch_warnings(), \
+    with eval_mode(model), warnings.catch_warnings(), \
             contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args + tuple(kwargs.values()), buf, opset_version=17, dynamo=False,
-                          do_constant_folding=True)
-    return buf.getvalue()
+        try:
+            buf = io.BytesIO()
+            with torch.enable_grad():
+                torch.onnx.export(model, args + tuple(kwargs.values()), buf, opset_version=17, dynamo=False,
+                                  do_constant_folding=True)
+            return buf.getvalue()
+        except Exception:  # noqa: BLE001 - an op the TorchScript exporter lacks: try dynamo
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "model.onnx")
+                torch.onnx.export(model, args, path, kwargs=kwargs or None, dynamo=True, external_data=False)
+                with open(path, "rb") as f:
+                    return f.read()
 
 
 Runner = Callable[[], None]
