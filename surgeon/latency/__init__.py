@@ -23,7 +23,7 @@ do not inflate them; cache and memory-bandwidth contention still do. Measured un
 6-7 on 2 cores, the interquartile range of the per-pair ratios was 1-3% of the ratio for
 ResNet-50 and ConvNeXt-T and 3-8% for MobileNet-V2 (5 ms runs); the median of 21 pairs moves
 much less. For a target of 0.5 the first plan measured 0.511-0.535 of dense on those three
-models, and after shrink's re-aiming 0.507-0.528 (benchmarks/latency.py).
+models, and after shrink's re-aiming 0.506-0.533 on the four models of benchmarks/latency.py.
 
 The timing backend of each runtime is ``BACKENDS[runtime]``: an object with ``machine()``,
 ``layers(cases) -> list[time]``, ``model(model, x) -> (time, ms per time unit)`` and
