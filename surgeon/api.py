@@ -87,12 +87,20 @@ def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, roun
         return fastest(a, runtime, [solve(a, scores, metric, target, rounded, min_keep, f"latency:{runtime}", w)
                                     for w in (1.0, 0.0)])
 
-    keep = keep_for(rounding.resolve(round_to, runtime))
+    try:
+        keep = keep_for(rounding.resolve(round_to, runtime))
+    except PlanError:
+        if round_to != "auto":
+            raise
+        keep = None  # the rounded floor is above the target: plan unrounded
     if round_to == "auto" and not metric.startswith("latency"):
         cost = a.cost(metric)  # rounding is a preference: it never costs the exact landing
-        if cost.base and abs(cost.total(keep) / cost.base - target) > rounding.AUTO_SLACK:
+        if keep is None or cost.base and abs(cost.total(keep) / cost.base - target) > rounding.AUTO_SLACK:
             round_to = None
             keep = keep_for(None)
+    elif keep is None:
+        round_to = None
+        keep = keep_for(None)
     return build_plan(a, keep, target=target, metric=metric,
                       criterion=getattr(crit, "name", type(crit).__name__), round_to=round_to)
 

@@ -247,6 +247,15 @@ def test_auto_rounding_gives_way_to_the_exact_target(net):
     assert all(d.kept % 16 == 0 for d in wide.decisions if d.kept < d.units and d.units >= 64)
 
 
+def test_auto_rounding_never_refuses_a_target_the_unrounded_plan_reaches():
+    net = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Conv2d(64, 8, 3))
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(surgeon.PlanError):
+        surgeon.plan(net, x, 0.05, round_to=16)  # the step floors keep more than 5%
+    p = surgeon.plan(net, x, 0.05)
+    assert p.round_to is None and abs(p.ratio - 0.05) <= 0.01
+
+
 # -- bad input -----------------------------------------------------------------------------------------
 def test_latency_without_runtime(net):
     model, x = net
