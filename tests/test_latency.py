@@ -175,7 +175,7 @@ def test_latency_metric_shrinks_to_target(fake, net):
     assert output_shapes(small, x) == shapes
     assert count_params(small) < count_params(model)
     got = _model_cost(small, x) / _model_cost(model, x)
-    assert abs(got - 0.5) <= 0.5 * latency.LATENCY_TOL + 1e-9 or abs(got - 0.5) < 0.05
+    assert abs(got / 0.5 - 1) <= 0.1  # the promise: within 10% of the target, as the backend measures
 
 
 def test_latency_plan_records_metric_and_rounds_for_the_runtime(fake, net):
