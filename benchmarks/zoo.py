@@ -160,15 +160,16 @@ def run_ours(name: str) -> dict:
     return {"ok": ok, "reason": reason, "time": seconds, "flops": ratio}
 
 
-def tp_prune(model, x, ratio: float, ignored: list) -> tuple[torch.nn.Module, float]:
-    """Prune a deepcopy of ``model`` with Torch-Pruning; the time covers graph build + step."""
+def tp_prune(model, x, ratio: float, ignored: list, **options) -> tuple[torch.nn.Module, float]:
+    """Prune a deepcopy of ``model`` with Torch-Pruning; the time covers graph build + step.
+    ``options`` go to the pruner as they are (``round_to=8``)."""
     import torch_pruning as tp
 
     net = copy.deepcopy(model)
     ignored = [net.get_submodule(n) for n, m in model.named_modules() if m in ignored]
     t0 = time.perf_counter()
     pruner = tp.pruner.MetaPruner(net, x, tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, ignored_layers=ignored, global_pruning=False)
+                                  pruning_ratio=ratio, ignored_layers=ignored, global_pruning=False, **options)
     pruner.step()
     return net, time.perf_counter() - t0
 
@@ -188,7 +189,7 @@ def timed_step(fn, limit: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def tp_search(model, x, base: int, ignored: list, steps: int, limit: float) -> tuple[float, float]:
+def tp_search(model, x, base: int, ignored: list, steps: int, limit: float, **options) -> tuple[float, float]:
     """Bisection on the channel pruning ratio in [0, 0.9]; returns (best ratio, search seconds).
 
     A ratio at which Torch-Pruning raises (or whose result does not run) counts as too high, so
@@ -201,7 +202,7 @@ def tp_search(model, x, base: int, ignored: list, steps: int, limit: float) -> t
     for _ in range(steps):
         mid = (lo + hi) / 2
         try:
-            net, _ = timed_step(lambda r=mid: tp_prune(model, x, r, ignored), limit)
+            net, _ = timed_step(lambda r=mid: tp_prune(model, x, r, ignored, **options), limit)
             got = count_flops(net, x) / base
         except StepTimeout:
             raise

@@ -18,6 +18,7 @@ from .criteria import Criterion, get_criterion, layer_rms
 from .errors import PlanError, SurgeryError
 from .graph.cost import METRICS
 from .graph.trace import eval_mode, run_model
+from .latency import rounding
 from .plan import Plan
 from .planner import build_plan, solve
 from .surgery import apply
@@ -26,7 +27,7 @@ from .verify import count_params, measure
 __all__ = ["plan", "shrink", "apply"]
 
 
-def _check(model: Any, target: Any, metric: str, round_to: Any) -> None:
+def _check(model: Any, target: Any, metric: str, round_to: Any, runtime: Any = None) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
@@ -35,8 +36,12 @@ def _check(model: Any, target: Any, metric: str, round_to: Any) -> None:
         raise ValueError(f"target must be in (0, 1] (the fraction of the cost to keep), got {target}")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; use one of {list(METRICS)}")
-    if round_to is not None and (not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1):
-        raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}")
+    if not rounding.is_valid(round_to):
+        raise ValueError(f"round_to must be a positive integer, 'auto' or None, got {round_to!r}")
+    if metric == "latency" or runtime is not None:
+        from .latency import check_runtime
+
+        check_runtime(runtime, metric)
 
 
 def _gc_paused(fn):
@@ -67,10 +72,10 @@ def _check_min_keep(min_keep: Any) -> None:
 
 @_gc_paused
 def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
-         criterion: str | Criterion = "l2", round_to: int | None = None,
+         criterion: str | Criterion = "l2", round_to: int | str | None = "auto",
          ignore: Iterable = (), min_keep: int | float = 0.1, uniform: bool | None = None,
          layers: bool = False, analysis: Analysis | None = None, data: Iterable | None = None,
-         loss_fn: Callable | None = None) -> Plan:
+         loss_fn: Callable | None = None, runtime: str | None = None) -> Plan:
     """Decide what to remove so that ``target`` of the cost remains; the model is not touched.
 
     ``data`` (an iterable of batches) and ``loss_fn(output, target)`` feed the data-aware
@@ -82,11 +87,12 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
     >>> round(p.ratio, 2)
     0.5
     """
-    _check(model, target, metric, round_to)
+    _check(model, target, metric, round_to, runtime)
     _check_min_keep(min_keep)
     crit = get_criterion(criterion, data=data, loss_fn=loss_fn)
     a = analysis or analyze(model, example_input, ignore, uniform, layers)
-    return _plan(a, crit, _scores(crit, model, a), float(target), metric, round_to, min_keep)
+    metric, round_to = _for_runtime(a, example_input, metric, round_to, runtime)
+    return _plan(a, crit, _scores(crit, model, a), float(target), metric, round_to, min_keep, runtime)
 
 
 def _scores(crit: Criterion, model: nn.Module, a: Analysis) -> list:
@@ -99,18 +105,52 @@ def _scores(crit: Criterion, model: nn.Module, a: Analysis) -> list:
     return scores
 
 
-def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, round_to, min_keep) -> Plan:
-    keep = solve(a, scores, metric, target, round_to, min_keep)
+def _for_runtime(a: Analysis, example_input: Any, metric: str, round_to, runtime):
+    """With a runtime, its measured latency model, attached to ``a`` as "latency:<runtime>":
+    the cost of metric="latency", and what units of a FLOPs or params target are ranked by."""
+    if runtime is None:
+        return metric, round_to
+    from .latency import attach
+
+    key = attach(a, example_input, runtime)
+    return key if metric == "latency" else metric, round_to
+
+
+def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, round_to, min_keep,
+          runtime: str | None = None) -> Plan:
+    def keep_for(rounded):
+        if runtime is None or metric.startswith("latency"):
+            return solve(a, scores, metric, target, rounded, min_keep)
+        from .latency import fastest  # a counted target on a named runtime: the faster of two orders
+
+        return fastest(a, runtime, [solve(a, scores, metric, target, rounded, min_keep, f"latency:{runtime}", w)
+                                    for w in (1.0, 0.0)])
+
+    try:
+        keep = keep_for(rounding.resolve(round_to, runtime))
+    except PlanError:
+        if round_to != "auto":
+            raise
+        keep = None  # the rounded floor is above the target: plan unrounded
+    if round_to == "auto" and not metric.startswith("latency"):
+        cost = a.cost(metric)  # rounding is a preference: it never costs the exact landing
+        if keep is None or cost.base and abs(cost.total(keep) / cost.base - target) > rounding.AUTO_SLACK:
+            round_to = None
+            keep = keep_for(None)
+    elif keep is None:
+        round_to = None
+        keep = keep_for(None)
     return build_plan(a, keep, target=target, metric=metric,
                       criterion=getattr(crit, "name", type(crit).__name__), round_to=round_to)
 
 
 @_gc_paused
 def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
-           criterion: str | Criterion = "l2", round_to: int | None = None, ignore: Iterable = (),
+           criterion: str | Criterion = "l2", round_to: int | str | None = "auto", ignore: Iterable = (),
            min_keep: int | float = 0.1, uniform: bool | None = None, layers: bool = False,
            inplace: bool = False, verify: bool = True, data: Iterable | None = None,
-           loss_fn: Callable | None = None, compensate: bool = False) -> nn.Module:
+           loss_fn: Callable | None = None, compensate: bool = False,
+           runtime: str | None = None) -> nn.Module:
     """Return a physically smaller copy of ``model`` that keeps ``target`` of its cost.
 
     ``metric`` is ``"flops"`` (FLOPs of one forward on ``example_input``, as
@@ -118,9 +158,16 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     ``example_input``, its output shapes are unchanged, and its cost measured by an independent
     counter is within 0.01 of the target (when the smallest removable unit allows).
 
+    ``round_to="auto"`` (the default) rounds widths to multiples that runtimes run fast: 16, or
+    for ``runtime="ort-cpu"`` the CPU's block (16 with AVX-512, else 8), 8 for "torch-cuda";
+    smaller steps in small groups, and no rounding where it would cost the exact landing (see
+    :mod:`surgeon.latency.rounding`); an int rounds to it, None not at all. With
+    ``runtime="ort-cpu"`` or ``"torch-cuda"`` the layers are timed there (cached) and units are
+    ranked by score per millisecond they save; ``metric="latency"`` then makes ``target`` a
+    fraction of the dense model's latency on that runtime (see :mod:`surgeon.latency`).
+
     Every group keeps at least ``min_keep`` of its units: a fraction (10% by default) or, as
-    an int, a count; ``round_to`` makes surviving widths multiples of it; ``ignore`` keeps the
-    given modules (or module names) whole.
+    an int, a count; ``ignore`` keeps the given modules (or module names) whole.
 
     ``criterion`` scores the units (``"l2"`` by default; see ``surgeon.criteria``). The
     data-aware ones, ``"taylor"``, ``"fisher"`` and ``"activation"``, need ``data``: an
@@ -141,18 +188,19 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     >>> small[0].out_channels < 32
     True
     """
-    _check(model, target, metric, round_to)
+    _check(model, target, metric, round_to, runtime)
     _check_min_keep(min_keep)
     crit = get_criterion(criterion, data=data, loss_fn=loss_fn)
     a = analyze(model, example_input, ignore, uniform, layers)
     scores = _scores(crit, model, a)
-    base = a.cost(metric).base  # the per-node counter uses flop_counter's own formulas
+    key, round_to = _for_runtime(a, example_input, metric, round_to, runtime)
+    base = a.cost(key).base  # the per-node counter uses flop_counter's own formulas
     want = float(target)
     goal = want
     best = None
     for attempt in range(4):  # re-aim if the independent counter disagrees with the cost model
         try:
-            p = _plan(a, crit, scores, goal, metric, round_to, min_keep)
+            p = _plan(a, crit, scores, goal, key, round_to, min_keep, runtime)
         except PlanError:
             if attempt == 0:
                 raise  # the user's own target is out of reach
@@ -162,10 +210,15 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
             best = (small, p)
             break
         flops = _verify_runs(a, small, example_input, p)
-        got = (flops if metric == "flops" else count_params(small)) / base if base else 1.0
+        if metric == "latency":  # measured end to end, interleaved with the dense model
+            from .latency import LATENCY_TOL, measured_ratio
+
+            got, tol = measured_ratio(model, small, example_input, runtime), LATENCY_TOL * want
+        else:
+            got, tol = (flops if metric == "flops" else count_params(small)) / base if base else 1.0, 0.004
         if best is None or abs(got - want) < best[2]:
             best = (small, p, abs(got - want))
-        if abs(got - want) <= 0.004 or want >= 1.0 or got <= 0:
+        if abs(got - want) <= tol or want >= 1.0 or got <= 0:
             break
         goal = min(1.0, max(1e-6, goal * want / got))
     small = best[0]

@@ -23,7 +23,11 @@ from .plan import AttrUpdate, Decision, Plan, Slice
 __all__ = ["solve", "build_plan"]
 
 
-def _step(group, round_to: int | None) -> int:
+def _step(group, round_to) -> int:
+    if group.layers:
+        return 1  # whole layers are never rounded
+    if hasattr(round_to, "for_group"):  # round_to="auto": a step per group (surgeon.latency.rounding)
+        round_to = round_to.for_group(group.n_units)
     if not round_to:
         return group.step
     return math.lcm(group.step, _round_step(group, round_to))
@@ -70,7 +74,8 @@ class _Order:
     priority order, so a group's kept set is determined by its count alone."""
 
     def __init__(self, a: Analysis, scores: Sequence[np.ndarray], cost: CostModel,
-                 round_to: int | None, min_keep: int | float, bundles: Sequence[Sequence[int]] = ()):
+                 round_to: int | None, min_keep: int | float, cost_weight: float = 1.0,
+                 bundles: Sequence[Sequence[int]] = ()):
         self.a = a
         groups = a.groups
         self.n_groups = len(groups)
@@ -87,6 +92,7 @@ class _Order:
             s = np.asarray(scores[gi], dtype=np.float64)
             s = s / s.mean() if s.mean() > 0 else np.ones_like(s)
             c = marg[gi] / mean_cost if mean_cost > 0 else np.ones(g.n_units)
+            c = np.where(c > 0, np.abs(c) ** cost_weight, 0.0)  # a unit that saves nothing stays
             if g.kind.value == "layer":  # a layer is not cheap to lose because it is big: rank by score
                 c = np.ones(g.n_units)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -196,13 +202,18 @@ def _rank_in_group(gs: np.ndarray) -> np.ndarray:
 
 
 def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
-          round_to: int | None = None, min_keep: int | float = 0.1,
-          bundles: Sequence[Sequence[int]] = ()) -> list[np.ndarray]:
+          round_to: int | None = None, min_keep: int | float = 0.1, rank_by: str | None = None,
+          cost_weight: float = 1.0, bundles: Sequence[Sequence[int]] = ()) -> list[np.ndarray]:
     """Keep-masks, one per group, whose cost is as close as possible to ``target`` x base.
+
+    Units are ranked by score / cost_per_unit ** ``cost_weight``, the cost being ``rank_by``'s
+    (``metric`` unless given: a FLOPs target ranked by measured latency removes what is slow,
+    not only what is counted); ``cost_weight=0`` ranks by score alone, thinning groups evenly.
     Groups of one bundle (repeated layers that must keep one width) lose units in step."""
     cost = a.cost(metric)
     goal = target * cost.base
-    order = _Order(a, scores, cost, round_to, min_keep, bundles or a.bundles)
+    order = _Order(a, scores, a.cost(rank_by) if rank_by else cost, round_to, min_keep, cost_weight,
+                   bundles or a.bundles)
     n = len(order)
     if target >= 1.0:
         return a.full_keep()

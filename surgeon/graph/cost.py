@@ -18,7 +18,7 @@ from .ir import Coupling, CostTerm
 
 __all__ = ["CostModel", "METRICS"]
 
-METRICS = ("flops", "params")
+METRICS = ("flops", "params", "latency")  # latency: a measured model, surgeon.latency.LatencyCost
 
 
 @dataclass
@@ -32,8 +32,9 @@ class CostModel:
     """``total(keep)`` for a list of boolean keep-masks, one per group."""
 
     def __init__(self, traced, coupling: Coupling, groups: list[PruneGroup], metric: str):
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+        if metric not in ("flops", "params"):
+            raise ValueError(f"unknown metric {metric!r} for a counted cost model; use 'flops' or 'params' "
+                             f"(metric='latency' is measured: surgeon.shrink(..., metric='latency', runtime=...))")
         self.metric = metric
         self.groups = groups
         terms = coupling.costs if metric == "flops" else _param_terms(traced, coupling)
