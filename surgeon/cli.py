@@ -260,6 +260,16 @@ def _analyze(model: nn.Module, x: Any, ignore: str | None):
         raise UsageError(f"--ignore names a module the model does not have ({exc})") from exc
 
 
+def _round_to(text: str) -> int | str | None:
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or an integer") from None
+    return n or None
+
+
 def _shape_of(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return list(x.shape)
@@ -358,8 +368,8 @@ def _shrink_checks(args) -> None:
         raise UsageError(f"--metric {args.metric} is not supported yet; use one of {', '.join(METRICS)}")
     if not 0 < args.target <= 1:
         raise UsageError(f"--target {args.target} must be in (0, 1]: the fraction of the {args.metric} to keep")
-    if args.round_to is not None and args.round_to < 1:
-        raise UsageError("--round-to must be a positive integer")
+    if isinstance(args.round_to, int) and args.round_to < 0:
+        raise UsageError("--round-to must be 'auto', 0 (no rounding) or a positive integer")
     for flag in ("out", "onnx", "plan", "report", "viz"):
         _check_out(getattr(args, flag), f"--{flag}")
 
@@ -531,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--target", type=float, default=0.5, help="fraction of the cost to keep (default 0.5)")
     p.add_argument("--metric", default="flops", choices=("flops", "params", "latency"))
-    p.add_argument("--round-to", type=int, default=None, metavar="N", help="keep widths multiples of N")
+    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N",
+                   help="keep widths multiples of N; 'auto' (default) rounds where the target allows, 0 never")
     p.add_argument("--criterion", default="l2", help="unit scores: l2 (default), l1, bn_scale, random")
     p.add_argument("--ignore", metavar="MODULES", help="comma-separated modules to keep whole")
     p.add_argument("--out", metavar="PATH.pt", help="save the shrunk model (torch.save of the module)")
