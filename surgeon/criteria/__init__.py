@@ -112,11 +112,18 @@ class Random:
         return [rng.random(g.n_units) for g in groups]
 
 
+def _gnn(**kwargs) -> Criterion:
+    from .gnn import GNNCriterion  # lazy: torch-geometric is an optional extra
+
+    return GNNCriterion(**kwargs)
+
+
 CRITERIA: dict[str, Callable[[], Criterion]] = {
     "l2": lambda: Magnitude(2),
     "l1": lambda: Magnitude(1),
     "bn_scale": BNScale,
     "random": Random,
+    "gnn": _gnn,
 }
 
 
