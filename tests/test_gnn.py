@@ -88,8 +88,9 @@ def test_checkpoint_ships_small_and_loads_without_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", no_network)
     net = load()
     assert len(net.layers) >= 1  # the shipped network passes messages
-    model = ResCat().eval()
-    x = torch.randn(1, 3, 8, 8)
+    torch.manual_seed(0)
+    model = Unseen().eval()
+    x = torch.randn(1, 3, 12, 12)
     small = surgeon.shrink(model, x, 0.6, criterion="gnn")
     assert abs(count_flops(small, x) / count_flops(model, x) - 0.6) <= 0.01
 
@@ -158,20 +159,24 @@ def test_graph_of_a_residual_concat_model():
     assert int(graph.x[:, 0].sum()) == 9 and int(graph.x[:, 1].sum()) == n_groups
     ea = graph.edge_attr
     col = {t: ea[:, EDGE_TYPES.index(t)] for t in EDGE_TYPES}
-    # member: 9 units, both ways; group flow c1, c3, c4, fc (c2 reads and writes one group), both
-    # ways; unit flow through c3 (2 x top-3 of 4) and c4 (3 x 3), both ways
+    # member: 9 units, both ways; group flow c1, c3, c4, fc both ways, and c2 (it reads and
+    # writes the residual group) as one self-loop; unit flow through c3 (2 x top-3 of 4) and
+    # c4 (3 x 3), both ways
     assert int(col["member"].sum()) == 18
     assert int(col["unit"].sum()) == 30
-    assert graph.edge_index.shape[1] == 18 + 8 + 30
+    assert graph.edge_index.shape[1] == 18 + 9 + 30
     flow = (col["member"] == 0) & (col["unit"] == 0)
-    assert int(flow.sum()) == 8
-    assert int(col["conv"][flow].sum()) == 6 and int(col["linear"][flow].sum()) == 2
-    assert int(col["residual"][flow].sum()) == 2  # c1 writes the residual group (c2 also does)
+    assert int(flow.sum()) == 9
+    loops = graph.edge_index[0] == graph.edge_index[1]
+    assert int(loops.sum()) == 1 and bool(col["conv"][loops].all()) and bool(col["residual"][loops].all())
+    assert int(col["conv"][flow].sum()) == 7 and int(col["linear"][flow].sum()) == 2
+    assert int(col["residual"][flow].sum()) == 3  # c1 and c2 write the residual group
     assert int(col["concat"][flow].sum()) == 4  # c3 and c4 each write part of the concat
     assert int(col["attention"].sum()) == 0
-    assert int(col["reverse"].sum()) == graph.edge_index.shape[1] // 2
+    assert int(col["reverse"].sum()) == (graph.edge_index.shape[1] - 1) // 2
     # reverse edges mirror forward ones
-    fwd = {tuple(e) for e, r in zip(graph.edge_index.t().tolist(), col["reverse"].tolist()) if r == 0}
+    fwd = {tuple(e) for e, r in zip(graph.edge_index.t().tolist(), col["reverse"].tolist()) if r == 0
+           and e[0] != e[1]}
     back = {tuple(e[::-1]) for e, r in zip(graph.edge_index.t().tolist(), col["reverse"].tolist()) if r == 1}
     assert fwd == back
     # unit-to-unit weights are shares of each destination unit's incoming weight
@@ -194,7 +199,9 @@ def test_attention_edges_are_typed():
     model = Tiny().eval()
     a = surgeon.analyze(model, torch.randn(2, 6, 5))
     g = to_pyg(model_features(model, a.groups))
-    assert int(g.edge_attr[:, EDGE_TYPES.index("attention")].sum()) >= 2
+    att = g.edge_attr[:, EDGE_TYPES.index("attention")] == 1
+    # in_proj and out_proj read and write the attention group: two typed self-loops on it
+    assert int(att.sum()) == 2 and bool((g.edge_index[0, att] == g.edge_index[1, att]).all())
 
 
 def test_missing_torch_geometric_says_what_to_install(monkeypatch):

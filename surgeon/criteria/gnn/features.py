@@ -5,12 +5,13 @@ group. Edges follow the data flow:
 
 * group A -> group B when a weight reads A's channels (its dim 1) and writes B's (its dim 0),
   typed by the op (conv, linear, attention) and by what B is (residual: several producers write
-  it; concat: this producer writes only part of it);
+  it; concat: this producer writes only part of it); a weight that reads and writes one group
+  (attention projections, a depthwise conv, a residual branch) is a typed self-loop;
 * unit u of A -> unit v of B for the strongest weights between them (the top ``UNIT_TOPK``
   sources of every v), carrying the weight's share;
 * unit <-> its group (member).
 
-Every edge also exists reversed (a ``reverse`` flag), so messages pass both ways.
+Every edge but a self-loop also exists reversed (a ``reverse`` flag), so messages pass both ways.
 
 Per-unit features are normalised within the group (log of the ratio to the group mean, and the
 rank), so the network sees how a unit compares with its siblings whatever the layer's scale:
@@ -264,9 +265,10 @@ def _unit_links(model, name, ga, gb, groups, unit_of):
     mat = np.zeros((nb, na))
     np.add.at(mat, (ub[:, None], ua[None, :]), w.double().cpu().numpy())
     share = mat / np.maximum(mat.sum(1, keepdims=True), 1e-12)
-    k = min(UNIT_TOPK, na)
-    top = np.argsort(-share, axis=1, kind="stable")[:, :k]
-    dst = np.repeat(np.arange(nb), k)
+    rows = np.unique(ub)  # the units of B this weight writes (a concat member writes a part)
+    k = min(UNIT_TOPK, len(np.unique(ua)))
+    top = np.argsort(-share[rows], axis=1, kind="stable")[:, :k]
+    dst = np.repeat(rows, k)
     src = top.reshape(-1)
     return ga, gb, src, dst, share[dst, src]
 
@@ -314,14 +316,12 @@ def model_features(model: nn.Module, groups: list[PruneGroup], data: Any = None,
     flow, unit_flow = [], []
     pset = set(prunable)
     for a, b, name, op, full in edges:
-        if a == b:
-            continue
         t = np.zeros(len(EDGE_TYPES))
         t[EDGE_TYPES.index(op)] = 1
         t[EDGE_TYPES.index("residual")] = group_x[b, GROUP_FEATURES.index("residual")]
         t[EDGE_TYPES.index("concat")] = float(not full)
-        flow.append((a, b, t))
-        if a in pset and b in pset:
+        flow.append((a, b, t))  # a == b (attention, depthwise, a residual branch): a typed self-loop
+        if a != b and a in pset and b in pset:
             unit_flow.append(_unit_links(model, name, a, b, groups, unit_of))
     if base == "auto":
         base = "taylor" if has_data else "l2"
@@ -357,6 +357,8 @@ def to_pyg(f: ModelFeatures):
         s, d = np.asarray(s, dtype=np.int64), np.asarray(d, dtype=np.int64)
         t = np.broadcast_to(t, (len(s), len(EDGE_TYPES))).copy()
         src.append(s), dst.append(d), attr.append(t)
+        if (s == d).all():
+            return  # a self-loop needs no reverse
         back = t.copy()
         back[:, EDGE_TYPES.index("reverse")] = 1
         src.append(d), dst.append(s), attr.append(back)
