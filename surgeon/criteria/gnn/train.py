@@ -204,7 +204,9 @@ def fit_net(examples, layers: int, epochs: int, seed: int, log):
         if ep % 25 == 0 or ep == epochs - 1:
             log(f"    layers={layers} epoch {ep:3d}  loss {tot / len(examples):.4f}  (untrained {start:.4f})")
     net.eval()
-    return net, start, tot / len(examples)
+    with torch.no_grad():
+        end = float(np.mean([float(graph_loss(net, g, lab)) for g, lab, _ in examples]))
+    return net, start, end
 
 
 def main(argv=None) -> int:
