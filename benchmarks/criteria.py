@@ -163,7 +163,7 @@ def sign_test(d: np.ndarray) -> float:
 
 
 def summarize(all_rows, methods, log):
-    log("\nmean test accuracy over held-out models x seeds (before fine-tune / after), FLOPs kept")
+    log("\nmean test accuracy over the models x seeds (before fine-tune / after), FLOPs kept")
     log(f"{'method':13s}" + "".join(f" | {t:>5} before  after  flops" for t in TARGETS) + " | fails")
     for m in methods:
         cells, fails = [], 0
