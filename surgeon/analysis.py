@@ -13,6 +13,8 @@ from .graph.cost import CostModel
 from .graph.groups import PruneGroup, build_groups
 from .graph.ir import Coupling, DimKey
 from .graph.trace import Traced, trace
+from .hf import config_model, constrain
+from .probe import resolve_probes
 
 __all__ = ["Analysis", "analyze"]
 
@@ -25,6 +27,9 @@ class Analysis:
     coupling: Coupling
     groups: list[PruneGroup]
     _costs: dict = field(default_factory=dict, repr=False)
+    # Hugging Face models: what the config can express, and groups that must keep one width
+    config_model: Any = field(default=None, repr=False)
+    bundles: list[list[int]] = field(default_factory=list)
 
     @property
     def model(self) -> nn.Module:
@@ -49,10 +54,17 @@ class Analysis:
         return [np.ones(g.n_units, dtype=bool) for g in self.groups]
 
 
-def analyze(model: nn.Module, example_input: Any, ignore: Iterable = ()) -> Analysis:
-    """Trace ``model`` and compute its pruning groups (pure: the model is not modified)."""
+def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform: bool | None = None) -> Analysis:
+    """Trace ``model`` and compute its pruning groups (pure: the model is not modified).
+
+    For a Hugging Face model (one with a ``PretrainedConfig``), ``uniform`` (the default for
+    them) keeps only what its config can express: repeated layers keep one width, and groups
+    the config cannot describe stay whole, so the result reloads with ``from_pretrained``.
+    ``uniform=False`` prunes freely (the config then no longer describes the model)."""
     traced = trace(model, example_input)
     c = couple(traced)
+    if c.probes:
+        resolve_probes(model, example_input, traced, c)
     groups = build_groups(c)
     _mark_ignored(model, groups, ignore)
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
@@ -60,6 +72,10 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = ()) -> Anal
         if g.reason is None and not any(m.name in params for m in g.tensors):
             g.reason = "only buffers, no parameters, in this group"
     a = Analysis(traced, c, groups)
+    if uniform is not False:
+        a.config_model = config_model(model)
+        if a.config_model is not None:
+            a.bundles = constrain(a, a.config_model)
     for metric, attr in (("flops", "flops_per_unit"), ("params", "params_per_unit")):
         marg = a.cost(metric).marginal()
         for g, m in zip(groups, marg):

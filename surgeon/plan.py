@@ -80,6 +80,7 @@ class Plan:
     decisions: tuple[Decision, ...] = ()
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # original shapes of sliced tensors
     extra: tuple[tuple[str, Any], ...] = field(default=())
+    config: tuple[AttrUpdate, ...] = ()  # fields of a Hugging Face config ("config", field, old, new)
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -101,6 +102,7 @@ class Plan:
         d["decisions"] = tuple(Decision(**{**x, "tensors": tuple(x["tensors"])}) for x in d["decisions"])
         d["shapes"] = tuple((n, tuple(s)) for n, s in d["shapes"])
         d["extra"] = tuple(tuple(e) for e in d.get("extra", ()))
+        d["config"] = tuple(AttrUpdate(**a) for a in d.get("config", ()))
         return cls(**d)
 
     @classmethod

@@ -66,7 +66,7 @@ class _Order:
     priority order, so a group's kept set is determined by its count alone."""
 
     def __init__(self, a: Analysis, scores: Sequence[np.ndarray], cost: CostModel,
-                 round_to: int | None, min_keep: int | float):
+                 round_to: int | None, min_keep: int | float, bundles: Sequence[Sequence[int]] = ()):
         self.a = a
         groups = a.groups
         self.n_groups = len(groups)
@@ -92,22 +92,25 @@ class _Order:
         cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))
         prio, gs, us = cat(prio_l), cat(g_l).astype(np.int64), cat(u_l).astype(np.int64)
         idx = np.lexsort((us, gs, prio))
-        gs, us = gs[idx], us[idx]
+        gs, us, prio = gs[idx], us[idx], prio[idx]
         cap = np.zeros(len(groups), dtype=np.int64)
         for gi in live:
             cap[gi] = groups[gi].n_units - max(self.floor[gi], int(groups[gi].frozen_units.sum()))
         # rank of each entry within its group; drop entries beyond the cap
         rank = _rank_in_group(gs)
         ok = rank < cap[gs]
-        gs, us = gs[ok], us[ok]
+        gs, us, prio = gs[ok], us[ok], prio[ok]
         guarded = [gi for gi in live if _Leftover.needed(groups[gi])]
         if guarded:  # drop units whose removal would empty a member, in order
             left = {gi: _Leftover(groups[gi]) for gi in guarded}
             keep_entry = np.array([gi not in left or left[gi].take(u) for gi, u in zip(gs, us)], dtype=bool)
-            gs, us = gs[keep_entry], us[keep_entry]
+            gs, us, prio = gs[keep_entry], us[keep_entry], prio[keep_entry]
             rank = _rank_in_group(gs)
             ok = rank < cap[gs]
-            gs, us = gs[ok], us[ok]
+            gs, us, prio = gs[ok], us[ok], prio[ok]
+        self.bundles = [np.asarray(b, dtype=np.int64) for b in bundles if len(b) > 1]
+        if self.bundles:
+            gs, us = _bundled(gs, us, prio, self.bundles)
         self.gs = gs  # group of each entry, in removal order
         self.offsets = np.cumsum([0] + [g.n_units for g in groups])
         # position of each unit in its group's removal order (inf: never removed)
@@ -130,10 +133,36 @@ class _Order:
         rounded = np.maximum(self.floor, np.round(kept / step).astype(np.int64) * step)
         kept = np.where((step > 1) & (n > 0), rounded, kept)
         n = np.clip(self.n_units - kept, 0, self.removable)
+        for b in self.bundles:  # bundled groups lose the same number of units
+            n[b] = n[b].min()
         return self.flat_rank >= n[self.flat_group]
 
     def keep(self, n: np.ndarray) -> list[np.ndarray]:
         return np.split(self.flat_keep(n), self.offsets[1:-1])
+
+
+def _bundled(gs: np.ndarray, us: np.ndarray, prio: np.ndarray, bundles) -> tuple[np.ndarray, np.ndarray]:
+    """Re-order so that the groups of a bundle lose units together: the r-th removal of a bundle
+    takes the r-th unit of each of its groups, at the mean priority of those units."""
+    bundled = np.zeros(int(gs.max(initial=-1)) + 1, dtype=bool)
+    for b in bundles:
+        bundled[b[b < len(bundled)]] = True
+    free = ~bundled[gs] if len(gs) else np.zeros(0, dtype=bool)
+    pr_l, g_l, u_l, t_l = [prio[free]], [gs[free]], [us[free]], [np.zeros(free.sum())]
+    for b in bundles:
+        per = [(us[gs == g], prio[gs == g]) for g in b]
+        m = min(len(u) for u, _ in per)
+        if m == 0:
+            continue
+        mean = np.mean([p[:m] for _, p in per], axis=0)
+        for j, (g, (u, _)) in enumerate(zip(b, per)):
+            pr_l.append(mean)
+            g_l.append(np.full(m, g))
+            u_l.append(u[:m])
+            t_l.append(np.full(m, j + 1.0))
+    pr, g, u, t = (np.concatenate(x) for x in (pr_l, g_l, u_l, t_l))
+    idx = np.lexsort((t, pr))
+    return g[idx].astype(np.int64), u[idx].astype(np.int64)
 
 
 def _min_units(n_units: int, min_keep: int | float) -> int:
@@ -161,11 +190,13 @@ def _rank_in_group(gs: np.ndarray) -> np.ndarray:
 
 
 def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
-          round_to: int | None = None, min_keep: int | float = 0.1) -> list[np.ndarray]:
-    """Keep-masks, one per group, whose cost is as close as possible to ``target`` x base."""
+          round_to: int | None = None, min_keep: int | float = 0.1,
+          bundles: Sequence[Sequence[int]] = ()) -> list[np.ndarray]:
+    """Keep-masks, one per group, whose cost is as close as possible to ``target`` x base.
+    Groups of one bundle (repeated layers that must keep one width) lose units in step."""
     cost = a.cost(metric)
     goal = target * cost.base
-    order = _Order(a, scores, cost, round_to, min_keep)
+    order = _Order(a, scores, cost, round_to, min_keep, bundles or a.bundles)
     n = len(order)
     if target >= 1.0:
         return a.full_keep()
@@ -238,8 +269,8 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
                 continue
             if len(idx) == 0:
                 raise PlanError(f"plan would empty dim {m.dim} of '{m.name}' (group {g.id})")
-            slices.append(Slice(m.name, m.dim, len(m.unit_of), tuple(int(i) for i in idx)))
-            shapes[m.name] = tuple(_tensor_shape(model, m.name))
+            slices.append(Slice(m.name, m.dim, len(m.unit_of), tuple(idx.tolist())))
+            shapes[m.name] = tuple(a.traced.tensor(m.name).shape)
     attrs = []
     seen = set()
     pending: dict[tuple[str, str], tuple] = {}
@@ -264,11 +295,10 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
     extra = (("flops_before", flops.base), ("flops_after", flops.total(keep)),
              ("params_before", params.base), ("params_after", params.total(keep)))
     c = a.cost(metric)
+    config = ()
+    if a.config_model is not None:
+        from .hf import config_updates
+        config = tuple(AttrUpdate("config", f, old, new) for f, old, new in config_updates(a, a.config_model, keep))
     return Plan(type(model).__name__, float(target), metric, criterion, round_to, c.base, c.total(keep),
-                tuple(slices), tuple(attrs), tuple(decisions), tuple(sorted(shapes.items())), extra)
+                tuple(slices), tuple(attrs), tuple(decisions), tuple(sorted(shapes.items())), extra, config)
 
-
-def _tensor_shape(model, qualname: str):
-    mod_name, _, leaf = qualname.rpartition(".")
-    mod = model.get_submodule(mod_name) if mod_name else model
-    return getattr(mod, leaf).shape

@@ -7,25 +7,31 @@ passes ``inplace=True``. The result keeps the user's own classes, so its methods
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ._clone import clone_module
 from .errors import PlanError
 from .plan import Plan
 
-__all__ = ["apply", "FIXERS", "register_fixer"]
+__all__ = ["apply", "FIXERS", "NAMED_FIXERS", "register_fixer", "has_fixer"]
 
 
-def _owner(model: nn.Module, qualname: str) -> tuple[nn.Module, str]:
-    mod_name, _, leaf = qualname.rpartition(".")
-    try:
-        return (model.get_submodule(mod_name) if mod_name else model), leaf
-    except AttributeError:
-        raise PlanError(f"the plan slices '{qualname}' but the model has no module '{mod_name}'") from None
+class _Modules(dict):
+    """Qualified name -> submodule of one model, resolved once (deep models have thousands)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model.named_modules(remove_duplicate=False))
+
+    def owner(self, qualname: str) -> tuple[nn.Module, str]:
+        mod_name, _, leaf = qualname.rpartition(".")
+        mod = self.get(mod_name)
+        if mod is None:
+            raise PlanError(f"the plan slices '{qualname}' but the model has no module '{mod_name}'")
+        return mod, leaf
 
 
 def _aliases(model: nn.Module) -> dict[int, list[str]]:
@@ -37,10 +43,10 @@ def _aliases(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
-def _set(model: nn.Module, qualname: str, old: torch.Tensor, new: torch.Tensor) -> None:
-    mod, leaf = _owner(model, qualname)
+def _set(mods: _Modules, qualname: str, new: torch.Tensor) -> None:
+    mod, leaf = mods.owner(qualname)
     if leaf in mod._parameters:
-        mod._parameters[leaf] = nn.Parameter(new, requires_grad=old.requires_grad)
+        mod._parameters[leaf] = new
     elif leaf in mod._buffers:
         mod._buffers[leaf] = new
     else:
@@ -61,22 +67,26 @@ def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a surgeon.Plan, got {type(plan).__name__}")
+    source = _Modules(model)
     for name, shape in plan.shapes:
-        mod, leaf = _owner(model, name)
+        mod, leaf = source.owner(name)
         t = getattr(mod, leaf, None)
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else None
             raise PlanError(f"the plan was made for a model where '{name}' has shape {tuple(shape)}, "
                             f"this one has {got}; build a new plan for this model")
-    target = model if inplace else copy.deepcopy(model)
-    aliases = _aliases(target)
     by_tensor: dict[str, list] = defaultdict(list)
     for s in plan.slices:
         by_tensor[s.tensor].append(s)
+    # the copy shares the tensors about to be sliced (each is replaced, with all its aliases)
+    sliced = [getattr(*source.owner(name)) for name in by_tensor]
+    target = model if inplace else clone_module(model, replace=sliced)
+    mods = source if inplace else _Modules(target)
+    aliases = _aliases(target)
     touched: set[int] = set()
     done: set[int] = set()
     for name, slices in by_tensor.items():
-        mod, leaf = _owner(target, name)
+        mod, leaf = mods.owner(name)
         old = getattr(mod, leaf)
         if id(old) in done:
             continue
@@ -85,13 +95,17 @@ def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
             index = torch.as_tensor(s.keep, dtype=torch.long, device=new.device)
             new = new.index_select(s.dim, index)
         new = new.clone()
+        if isinstance(old, nn.Parameter):  # one object for every alias, so tied weights stay tied
+            new = nn.Parameter(new, requires_grad=old.requires_grad)
         for alias in aliases.get(id(old), [name]):
-            _set(target, alias, old, new)
-            touched.add(id(_owner(target, alias)[0]))
-        done.add(id(old))
+            _set(mods, alias, new)
+            touched.add(id(mods.owner(alias)[0]))
+        done.update((id(old), id(new)))  # a later alias name now finds the new tensor
     for a in plan.attrs:
-        mod = target.get_submodule(a.module) if a.module else target
+        mod = mods[a.module] if a.module in mods else target.get_submodule(a.module)
         setattr(mod, a.attr, tuple(a.new) if isinstance(a.new, list) else a.new)
+    for a in plan.config:  # the copy's own config object (deep-copied with the model)
+        setattr(getattr(target, a.module), a.attr, a.new)
     for mod in target.modules():
         if id(mod) in touched:
             fix = _fixer(type(mod))
@@ -114,11 +128,30 @@ def register_fixer(*types: type):
     return deco
 
 
+# fixers for classes of optional libraries, by qualified class name (no import needed)
+NAMED_FIXERS: dict[str, Callable[[nn.Module], None]] = {}
+
+
 def _fixer(cls: type):
     for klass in cls.__mro__:
         if klass in FIXERS:
             return FIXERS[klass]
+        named = NAMED_FIXERS.get(f"{klass.__module__}.{klass.__qualname__}")
+        if named is not None:
+            return named
     return None
+
+
+def has_fixer(module: nn.Module) -> bool:
+    """Does surgery rewrite this module's width attributes from its tensors itself?"""
+    return _fixer(type(module)) is not None
+
+
+def _hf_conv1d(m) -> None:
+    m.nx, m.nf = m.weight.shape  # Hugging Face's transposed linear layer: weight is (in, out)
+
+
+NAMED_FIXERS["transformers.pytorch_utils.Conv1D"] = _hf_conv1d
 
 
 @register_fixer(nn.modules.conv._ConvNd)

@@ -143,13 +143,14 @@ def pick_units(g, rng: np.random.Generator, fraction: float = 0.4) -> list[int]:
 
 
 def check_zero_invariance(model: nn.Module, x: Any, *, seed: int = 0, tol: float = ZI_TOL,
-                          expect: Iterable[str] = (), rounds: int = 2) -> dict[int, float]:
+                          expect: Iterable[str] = (), rounds: int = 2,
+                          uniform: bool | None = None) -> dict[int, float]:
     """Zero-invariance below ``tol`` for random units of every exact prunable group, each group on
     its own and all of them at once. ``expect`` names parameters that must be in some checked
     group (so a test cannot pass by having nothing to check). Returns {group id: worst error}."""
     ref = reference_output(model, x)
     assert float(ref.std()) > MIN_STD
-    a = surgeon.analyze(model, x)
+    a = surgeon.analyze(model, x, uniform=uniform)
     groups = [g for g in a.groups if g.prunable and g.exact]
     assert groups, "no exact prunable group: " + "; ".join(g.describe() for g in a.groups)
     checked = {m.name for g in groups for m in g.tensors}

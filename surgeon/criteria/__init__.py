@@ -4,14 +4,38 @@ A criterion is any object with a ``name`` and ``score(model, groups) -> list[np.
 (one score per unit, per group, higher means more important). Register new ones with
 :func:`register_criterion`; ``shrink(..., criterion="name")`` looks them up here.
 
-Member scores are combined with a documented normalisation: each member parameter's per-unit
-scores are divided by their mean over the group's units, then summed over members, so a wide
-conv and a BatchNorm vector weigh the same however their scales differ.
+Registered criteria:
+
+* ``l2`` (default), ``l1``: norm of every parameter slice a unit owns;
+* ``bn_scale``: ``|gamma|`` of the group's BatchNorm layers (L2 where there is none);
+* ``lamp``: layer-adaptive magnitude (:mod:`.lamp`);
+* ``random``: the baseline;
+* data-aware, built with ``data`` (an iterable of batches) and optionally ``loss_fn``:
+  ``taylor`` (``sum |w * dL/dw|``), ``fisher`` (``sum (w * dL/dw)^2``) (:mod:`.taylor`) and
+  ``activation`` (``|W| * ||X||``, as Wanda; no loss) (:mod:`.activation`). Batch forms and the
+  default losses are described in :mod:`._data`.
+
+``get_criterion(name, data=..., loss_fn=...)`` passes ``data`` and ``loss_fn`` to a registered
+factory that takes them (criteria that need no data ignore them); a data-aware criterion built
+without ``data`` raises :class:`DataError` saying to pass it. Every batch ``data`` yields is
+used; to cap a long DataLoader build the criterion yourself, e.g.
+``shrink(model, x, criterion=Taylor(loader, max_batches=8))``.
+
+Normalisation of coupled members. A unit owns slices of several parameters (a conv's output
+rows, its bias, the BatchNorm scale and shift after it, the next conv's input columns). Each
+criterion first gives every index of every member dimension a non-negative score, sums the
+indices a unit owns into one per-unit score per member, then divides each member's per-unit
+scores by their mean over the group's units and sums over members (:func:`combine`). A member
+whose scores are all zero adds nothing. So every member weighs the same, however many elements
+its slices hold and whatever its scale (a 3x3 conv's rows and a BatchNorm vector alike), and a
+unit's score is ``n_members`` times its average relative importance; the planner divides the
+group's scores by their mean again, so only ratios within a group matter.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+import inspect
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -19,8 +43,8 @@ from torch import nn
 
 from ..graph.groups import PruneGroup
 
-__all__ = ["Criterion", "Magnitude", "BNScale", "Random", "get_criterion", "register_criterion",
-           "CRITERIA"]
+__all__ = ["Criterion", "Magnitude", "BNScale", "Random", "Taylor", "Fisher", "Activation", "LAMP",
+           "DataError", "get_criterion", "register_criterion", "CRITERIA"]
 
 
 class Criterion(Protocol):
@@ -112,33 +136,67 @@ class Random:
         return [rng.random(g.n_units) for g in groups]
 
 
-def _gnn(**kwargs) -> Criterion:
+from ._data import DataError  # noqa: E402 - the data-aware criteria use the helpers above
+from .activation import Activation  # noqa: E402
+from .lamp import LAMP  # noqa: E402
+from .taylor import Fisher, Taylor  # noqa: E402
+
+
+def _gnn(data=None, loss_fn=None) -> Criterion:
     from .gnn import GNNCriterion  # lazy: torch-geometric is an optional extra
 
-    return GNNCriterion(**kwargs)
+    return GNNCriterion(data=data, loss_fn=loss_fn)
 
 
-CRITERIA: dict[str, Callable[[], Criterion]] = {
+CRITERIA: dict[str, Callable[..., Criterion]] = {
     "l2": lambda: Magnitude(2),
     "l1": lambda: Magnitude(1),
     "bn_scale": BNScale,
     "random": Random,
+    "lamp": LAMP,
+    "taylor": Taylor,
+    "fisher": Fisher,
+    "activation": Activation,
     "gnn": _gnn,
 }
 
 
-def register_criterion(name: str, factory: Callable[[], Criterion]) -> None:
+def register_criterion(name: str, factory: Callable[..., Criterion]) -> None:
+    """Register ``factory`` under ``name``; if it takes ``data`` and/or ``loss_fn`` keyword
+    arguments, :func:`get_criterion` passes them on."""
     if name in CRITERIA:
         raise KeyError(f"criterion {name!r} is already registered")
     CRITERIA[name] = factory
 
 
-def get_criterion(criterion: str | Criterion) -> Criterion:
+def _accepts(factory: Callable, arg: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return arg in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def get_criterion(criterion: str | Criterion, *, data: Any = None, loss_fn: Callable | None = None) -> Criterion:
+    """The criterion named ``criterion`` (built with ``data``/``loss_fn`` when its factory takes
+    them), or ``criterion`` itself if it is already an object with ``score``.
+
+    >>> get_criterion("l2").name
+    'l2'
+    >>> get_criterion("taylor", data=[(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]).name
+    'taylor'
+    """
     if isinstance(criterion, str):
         if criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {criterion!r}; use one of {sorted(CRITERIA)} "
                              "or pass an object with a score(model, groups) method")
-        return CRITERIA[criterion]()
+        factory = CRITERIA[criterion]
+        kwargs = {k: v for k, v in (("data", data), ("loss_fn", loss_fn))
+                  if _accepts(factory, k) and (v is not None or k == "data")}
+        return factory(**kwargs)
     if not hasattr(criterion, "score"):
         raise TypeError("criterion must be a name or an object with score(model, groups)")
+    if data is not None or loss_fn is not None:
+        raise TypeError("data= and loss_fn= build a criterion given by name; this criterion object "
+                        "was built already: give it its data when you construct it")
     return criterion

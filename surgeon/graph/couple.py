@@ -7,6 +7,8 @@ runs, any dim of its inputs or output that it did not tie is frozen too.
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import operator
 from typing import Any
 
@@ -122,7 +124,28 @@ def couple(traced) -> Coupling:
                     c.freeze(key, "model output")
         elif info.shape is not None:
             _apply_rule(c, traced, gm, node, refs)
+    _tie_aliases(c, gm)
     return c
+
+
+def _tie_aliases(c: Coupling, root) -> None:
+    """One tensor under several names (tied input and output embeddings, shared layers) is one
+    set of dims: what prunes one name prunes them all, and what freezes one freezes them all."""
+    names: dict[int, list[tuple[str, torch.Tensor]]] = defaultdict(list)
+    for n, t in list(root.named_parameters(remove_duplicate=False)) + \
+            list(root.named_buffers(remove_duplicate=False)):
+        names[id(t)].append((n, t))
+    for aliases in names.values():
+        if len(aliases) < 2:
+            continue
+        t = aliases[0][1]
+        for d in range(t.dim()):
+            keys = [("p", n, d) for n, _ in aliases]
+            if any(k in c.sizes for k in keys):
+                for k in keys:
+                    c.add(k, t.shape[d])
+                for k in keys[1:]:
+                    c.eq(keys[0], k)
 
 
 def _apply_rule(c: Coupling, traced, gm, node: fx.Node, refs) -> None:

@@ -178,5 +178,6 @@ def _make_group(c: Coupling, gid: int, classes, roots, cls, unit_of_class) -> Pr
         reason = "no parameter controls these units"
     if n_units < 2 and reason is None:
         reason = "a single unit cannot be removed"
-    return PruneGroup(gid, UnitKind.CHANNEL, n_units, members, frozen, reason,
+    kind = next((UnitKind(c.kinds[m.key]) for m in members if m.key in c.kinds), UnitKind.CHANNEL)
+    return PruneGroup(gid, kind, n_units, members, frozen, reason,
                       inexact is None, inexact, where)

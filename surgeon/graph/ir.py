@@ -92,6 +92,11 @@ class Coupling:
     attr_fixes: list[AttrFix] = field(default_factory=list)
     owners: dict[DimKey, str] = field(default_factory=dict)  # param dim -> op that uses it
     splits: list[tuple[DimKey, DimKey, int]] = field(default_factory=list)  # (whole, carrier, others)
+    # frozen dims whose only fault is a width written as a number in an exported graph:
+    # key -> [(node name, argument position, the number, ((module, attr), ...) holding it)],
+    # for surgeon.probe to test
+    probes: dict[DimKey, list[tuple[str, int, int, tuple]]] = field(default_factory=dict)
+    kinds: dict[DimKey, str] = field(default_factory=dict)  # dims whose units are heads/layers
     uf: _UnionFind = field(default_factory=_UnionFind)
     _channel_like: set = field(default_factory=set)  # roots of classes that carry channels
 

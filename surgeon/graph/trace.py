@@ -88,11 +88,12 @@ class Traced:
     """An fx capture of a model: the graph, shapes, FLOPs per node and how it was captured."""
 
     model: nn.Module
-    gm: fx.GraphModule
+    gm: Any  # fx.GraphModule (export) or _FxCapture (fx): both have .graph and get_submodule
     mode: str  # "fx" or "export"
     info: dict[str, NodeInfo] = field(default_factory=dict)
     output_shape: Any = None
     reference_shapes: Any = None  # shapes_of(model(example_input)), as the user's model returns it
+    _tensors: dict | None = field(default=None, repr=False)
 
     @property
     def graph(self) -> fx.Graph:
@@ -107,9 +108,21 @@ class Traced:
     def total_flops(self) -> int:
         return sum(i.flops for i in self.info.values())
 
+    def tensor(self, qualname: str) -> torch.Tensor:
+        """A parameter or buffer of the captured graph's root by qualified name (KeyError if none)."""
+        if self._tensors is None:
+            self._tensors = dict(self.gm.named_parameters(remove_duplicate=False))
+            self._tensors.update(self.gm.named_buffers(remove_duplicate=False))
+        return self._tensors[qualname]
+
 
 class FlopTally(TorchDispatchMode):
-    """Counts matmul-like FLOPs with the same formulas as ``torch.utils.flop_counter``."""
+    """Counts matmul-like FLOPs with the same formulas as ``torch.utils.flop_counter``.
+
+    The registered formulas take shapes; ``flop_counter`` maps every argument through pytree to
+    get them, which costs more than a small matmul. For the common case (flat arguments, one
+    output tensor) the shapes are taken directly and the formula itself is called.
+    """
 
     def __init__(self):
         super().__init__()
@@ -120,8 +133,23 @@ class FlopTally(TorchDispatchMode):
         out = func(*args, **kwargs)
         fn = flop_registry.get(func._overloadpacket)
         if fn is not None:
-            self.count += fn(*args, **kwargs, out_val=out)
+            raw = getattr(fn, "__wrapped__", None)
+            if raw is not None and isinstance(out, torch.Tensor) and _flat(args) and _flat(kwargs.values()):
+                self.count += raw(*[_shape(a) for a in args], out_shape=out.shape,
+                                  **{k: _shape(v) for k, v in kwargs.items()})
+            else:
+                self.count += fn(*args, **kwargs, out_val=out)
         return out
+
+
+def _shape(a: Any) -> Any:
+    return a.shape if isinstance(a, torch.Tensor) else a
+
+
+def _flat(values) -> bool:
+    """No tensors nested inside lists or tuples (which the pytree path would map)."""
+    return not any(isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a)
+                   for a in values)
 
 
 def _describe(v: Any) -> Any:
@@ -135,29 +163,51 @@ def _describe(v: Any) -> Any:
 class _ShapeFlops(fx.Interpreter):
     """Runs the graph once, recording each node's output shape and FLOPs."""
 
-    def __init__(self, gm: fx.GraphModule):
-        super().__init__(gm)
+    def __init__(self, gm: Any):
+        super().__init__(gm.root if isinstance(gm, _FxCapture) else gm, graph=gm.graph)
         self.info: dict[str, NodeInfo] = {}
+        self._tally = FlopTally()
+
+    def run(self, *args, **kwargs) -> Any:
+        with self._tally:
+            return super().run(*args, **kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
-        if n.op in ("call_module", "call_function", "call_method"):
-            with FlopTally() as counter:
-                out = super().run_node(n)
-            flops = counter.count
-        else:
-            out = super().run_node(n)
-            flops = 0
+        before = self._tally.count
+        out = super().run_node(n)
         shape = _describe(out)
         value = out if shape is None and isinstance(out, (int, float, bool, torch.Size, tuple)) else None
-        self.info[n.name] = NodeInfo(shape=shape, flops=int(flops), value=value)
+        self.info[n.name] = NodeInfo(shape=shape, flops=int(self._tally.count - before), value=value)
         return out
 
 
+class _FxCapture:
+    """What ``symbolic_trace`` gives, without compiling a GraphModule: the graph and the user's
+    own model as its root (node targets are qualified names in it). Attribute look-ups such as
+    ``get_submodule`` and ``get_parameter`` go to the root."""
+
+    def __init__(self, root: nn.Module, graph: fx.Graph):
+        self.root = root
+        self.graph = graph
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.root, name)
+
+
 class _Tracer(fx.Tracer):
-    """The default fx tracer, keeping torch.nn modules (but not containers) as leaves."""
+    """The default fx tracer, keeping torch.nn modules (but not containers) as leaves. The
+    torch.nn transformer blocks are made of other modules, so they are traced through (or, where
+    their forward is not traceable, the capture falls back to torch.export), never a leaf that
+    no rule knows."""
+
+    _COMPOSITE = (nn.TransformerEncoder, nn.TransformerEncoderLayer, nn.TransformerDecoder,
+                  nn.TransformerDecoderLayer, nn.Transformer)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return not isinstance(m, self._COMPOSITE) and super().is_leaf_module(m, qualname)
 
 
-def _fx_capture(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
+def _fx_capture(model: nn.Module, args: tuple, kwargs: dict) -> _FxCapture:
     sig = inspect.signature(model.forward)
     params = list(sig.parameters.values())
     given = {p.name for p in params[: len(args)]} | set(kwargs)
@@ -170,8 +220,7 @@ def _fx_capture(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
     }
     tracer = _Tracer()
     graph = tracer.trace(model, concrete_args=concrete or None)
-    name = model.__class__.__name__
-    return fx.GraphModule(tracer.root, graph, name)
+    return _FxCapture(tracer.root, graph)
 
 
 @contextlib.contextmanager

@@ -53,6 +53,8 @@ def describe_target(target: Any) -> str:
         return target.split(":", 1)[-1]
     if isinstance(target, type):
         return f"{target.__module__}.{target.__qualname__}"
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return f"torch.ops.{target}"  # e.g. torch.ops.aten.gather
     mod = getattr(target, "__module__", None) or ""
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or str(target)
     if mod in ("_operator", "operator"):
@@ -161,8 +163,7 @@ class RuleContext:
         return self.v(self.node if index is None else (self.node, index), dim)
 
     def p(self, qualname: str, dim: int) -> DimKey:
-        tensor = self.traced.gm.get_parameter(qualname) if _is_param(self.traced.gm, qualname) \
-            else self.traced.gm.get_buffer(qualname)
+        tensor = self.traced.tensor(qualname)
         key = self.c.add(("p", qualname, dim % tensor.dim()), tensor.shape[dim])
         self.c.owners.setdefault(key, self.where)
         return key
@@ -255,12 +256,6 @@ class RuleContext:
             for d, size in enumerate(xs):
                 if size == oshape[d + off]:
                     self.eq(self.v(x, d), self.v(out, d + off))
-
-
-def _is_param(gm: nn.Module, qualname: str) -> bool:
-    mod_name, _, leaf = qualname.rpartition(".")
-    mod = gm.get_submodule(mod_name) if mod_name else gm
-    return leaf in mod._parameters
 
 
 # Importing the families registers their rules.

@@ -71,6 +71,8 @@ def sdpa(ctx: RuleContext) -> None:
     if ctx.arg(6, "scale") is None:
         ctx.inexact(ctx.v(q, -1), "the default attention scale depends on head_dim")
     ctx.inexact(ctx.v(k, -2), "softmax over keys")
+    if nb >= 2:
+        ctx.c.kinds[ctx.out(nb - 1)] = "head"  # (batch, heads, L, E): a unit of this dim is a head
     batch = float(np.prod(os_[:-2]))
     s = ctx.shape(k)[-2]
     lead = [ctx.out(d) for d in range(nb)]

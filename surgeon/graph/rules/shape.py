@@ -11,6 +11,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ...surgery import has_fixer
 from . import RuleContext, register
 
 aten = torch.ops.aten
@@ -87,6 +88,10 @@ def split(ctx: RuleContext) -> None:
     size_arg = ctx.arg(1, "split_size_or_sections", ctx.node.kwargs.get("split_size"))
     if isinstance(size_arg, int) and len(sizes) == 1 and ctx.c.is_channel_like(ctx.v(x, dim)):
         found = _find_attr(ctx, size_arg)
+        if ctx.traced.mode == "export":
+            _tie_equal(ctx, pieces)
+            _probe(ctx, pieces[0], 0, size_arg, found, "split sizes are written in the code")
+            return
         if found:
             _tie_equal(ctx, pieces)
             for module, attr in found:
@@ -251,7 +256,9 @@ def _check_sizes(ctx: RuleContext, spec: list) -> None:
             if item == -1:
                 continue
             found = _find_attr(ctx, item)
-            if found:
+            if ctx.traced.mode == "export":  # every size is a number there: ask the model
+                _probe(ctx, key, d, item, found, f"reshape hard-codes width {item}")
+            elif found:
                 for module, attr in found:
                     ctx.attr_fix(module, attr, key)
             else:
@@ -280,6 +287,14 @@ def _check_sizes(ctx: RuleContext, spec: list) -> None:
                     ctx.freeze(ctx.v(t, dim), "its width is used in arithmetic for a reshape")
 
 
+def _probe(ctx: RuleContext, key, pos: int, value: int, candidates, reason: str) -> None:
+    """Freeze ``key`` for now and leave a question for :mod:`surgeon.probe`: does argument
+    ``pos`` of this node follow the width of ``key`` (with ``candidates``, attributes that hold
+    the same number, updated too)?"""
+    ctx.freeze(key, reason)
+    ctx.c.probes.setdefault(key, []).append((ctx.node.name, pos, value, tuple(candidates)))
+
+
 def _undoes_split(ctx: RuleContext, merged, source) -> bool:
     """Is ``merged`` a merge whose carrier and other factors are those of an earlier split of a
     dim in ``source``'s class? Then both widths are ``others x kept(carrier)``."""
@@ -299,8 +314,11 @@ def _find_attr(ctx: RuleContext, value: int) -> list[tuple[str, str]]:
             mod = model.get_submodule(path)
         except AttributeError:
             continue
+        if ctx.traced.mode == "export" and has_fixer(mod):
+            return []  # surgery sets this module's widths from its tensors; export sizes are shapes
         hits = [(path, a) for a, v in vars(mod).items()
-                if type(v) is int and v == value and not a.startswith("_") and a != "training"]
+                if type(v) is int and v == value and not a.startswith("_") and a != "training"
+                and not a.endswith(("idx", "index", "_id"))]  # positions, not widths
         if hits:
             return hits
     return []

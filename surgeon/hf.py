@@ -1,0 +1,182 @@
+"""Hugging Face models: keep the config true to the pruned weights, so ``from_pretrained`` works.
+
+A Hugging Face model is rebuilt from its config when it is loaded, so a pruned model reloads
+only if its config describes every pruned width. Which widths a config can describe is learnt
+from the model class itself, not from a table of architectures: the class is instantiated on
+the meta device (no memory, no weights) with each integer field of the config changed in turn,
+and the parameter dims that change form that field's *footprint*, with the linear relation
+``dim = a * value + b`` between them (``q_proj`` rows = ``head_dim`` x ``num_attention_heads``).
+
+A pruning group the config can express has all its dims in footprints whose other dims lie in
+groups pruned in step with it (the same MLP width in every layer: ``intermediate_size``). Those
+groups form a *bundle* that the planner keeps uniform. A group the config cannot express (BERT's
+heads: ``head_dim`` is ``hidden_size / num_attention_heads``, so removing a head changes
+nothing the config can say) is kept whole with that reason, unless ``uniform=False``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ConfigModel", "config_model", "constrain", "config_updates", "check_config"]
+
+_SKIP = re.compile(r"token_id|_id$|^chunk_size|^num_labels$|^pretraining_tp$")
+_WIDTHY = re.compile(r"inner|intermediate|hidden|dim|size|ffn|embd|embed|heads?$")
+
+
+@dataclass
+class ConfigModel:
+    """What each integer config field sizes: ``footprint[field][(param, dim)] = (a, b)``."""
+
+    model_class: type
+    config: Any
+    footprint: dict[str, dict[tuple[str, int], tuple[int, int]]] = field(default_factory=dict)
+    materialized: dict[str, int] = field(default_factory=dict)  # fields HF left None, made explicit
+
+
+def _is_config(obj: Any) -> bool:
+    return any(k.__name__.lower() == "pretrainedconfig" for k in type(obj).__mro__)
+
+
+def _shapes(cls: type, cfg: Any) -> dict[str, tuple[int, ...]] | None:
+    try:
+        with torch.device("meta"):
+            m = cls(cfg)
+    except Exception:  # noqa: BLE001 - a value the class rejects tells us nothing
+        return None
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+def _with(cfg: Any, **values) -> Any:
+    new = copy.deepcopy(cfg)
+    for k, v in values.items():
+        setattr(new, k, v)
+    return new
+
+
+def config_model(model: nn.Module) -> ConfigModel | None:
+    """The config footprints of a Hugging Face model, or None for other models (and for HF
+    models whose weights no longer match what their config builds)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not _is_config(cfg):
+        return None
+    cls = type(model)
+    actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if _shapes(cls, cfg) != actual:
+        return None
+    cm = ConfigModel(cls, cfg)
+    raw = cfg.to_dict()
+    sizes = sorted({s for shape in actual.values() for s in shape if s > 1})
+    # widths HF derives when a field is None (GPT-2's n_inner = 4 n_embd): find the explicit
+    # value that builds the same model and that does change it when moved
+    for k, v in raw.items():
+        if v is None and _WIDTHY.search(k) and not _SKIP.search(k):
+            for s in sizes:
+                if _shapes(cls, _with(cfg, **{k: s})) == actual and \
+                        _shapes(cls, _with(cfg, **{k: s * 2})) not in (None, actual):
+                    cm.materialized[k] = s
+                    break
+    base = _with(cfg, **cm.materialized)
+    for k, v in {**raw, **cm.materialized}.items():
+        if type(v) is not int or v < 1 or _SKIP.search(k):
+            continue
+        moved = _shapes(cls, _with(base, **{k: 2 * v}))
+        if moved is None or moved.keys() != actual.keys():
+            continue  # rejected, or a count of layers rather than a width
+        fp = {}
+        for name, shape in actual.items():
+            for d, (s0, s1) in enumerate(zip(shape, moved[name])):
+                if s0 != s1:
+                    a = (s1 - s0) // v
+                    fp[(name, d)] = (a, s0 - a * v)
+        if fp:
+            cm.footprint[k] = fp
+    return cm
+
+
+def constrain(a, cm: ConfigModel) -> list[list[int]]:
+    """Keep whole every group whose pruning the config cannot express; return the bundles
+    (lists of group indices) that must keep the same number of units.
+
+    Groups are bundled when they are the same group of repeated layers (their tensor names
+    equal up to layer numbers). A bundle is tried for real: one unit is cut from each of its
+    groups, the config fields are solved for the cut widths, and the class is built from that
+    config on the meta device; unless it builds exactly the cut shapes, the bundle is kept."""
+    groups = a.groups
+    by_sig: dict[tuple, list[int]] = {}
+    for gi, g in enumerate(groups):
+        if g.prunable:
+            sig = (g.n_units, tuple(sorted((_LAYER.sub(".#.", m.name), m.dim) for m in g.tensors)))
+            by_sig.setdefault(sig, []).append(gi)
+    out = []
+    for members in by_sig.values():
+        keep = a.full_keep()
+        for gi in members:
+            free = (~groups[gi].frozen_units).nonzero()[0]
+            keep[gi][free[-1]] = False
+        why = _expresses(a, cm, keep)
+        if why is None:
+            out.append(members)
+            continue
+        for gi in members:
+            groups[gi].reason = (f"the Hugging Face config cannot express this width ({why}); "
+                                 "pass uniform=False to prune it anyway")
+    return out
+
+
+_LAYER = re.compile(r"\.\d+\.")
+
+
+def _expresses(a, cm: ConfigModel, keep) -> str | None:
+    updates = {f: new for f, _, new in config_updates(a, cm, keep)}
+    built = _shapes(cm.model_class, _with(cm.config, **updates))
+    want = {}
+    for name, t in a.model.state_dict().items():
+        want[name] = tuple(a.kept_width(("p", name, d), keep) if ("p", name, d) in a.coupling.sizes
+                           else s for d, s in enumerate(t.shape))
+    if built == want:
+        return None
+    if built is None:
+        return "no config describes the cut widths"
+    name = next(k for k in want if built.get(k) != want[k])
+    return f"the closest config builds '{name}' as {built.get(name)}, the cut model has {want[name]}"
+
+
+def config_updates(a, cm: ConfigModel, keep) -> list[tuple[str, Any, Any]]:
+    """``(field, old, new)`` for every config field whose width the keep-masks change."""
+    out = {k: (k, None, v) for k, v in cm.materialized.items()}
+    shapes = {k: t.shape for k, t in a.model.state_dict().items()}
+    for f, fp in cm.footprint.items():
+        old = int(getattr(cm.config, f)) if getattr(cm.config, f) is not None else cm.materialized[f]
+        values = set()
+        for (name, dim), (k, b) in fp.items():
+            key = ("p", name, dim)
+            width = a.kept_width(key, keep) if key in a.coupling.sizes else shapes[name][dim]
+            values.add((width - b) / k if k else None)
+        if len(values) == 1:
+            (new,) = values
+            if new is not None and new == int(new) and int(new) != old:
+                out[f] = (f, out[f][1] if f in out else old, int(new))
+    return list(out.values())
+
+
+def check_config(model: nn.Module) -> str | None:
+    """None when ``type(model)(model.config)`` builds exactly ``model``'s shapes, else what differs."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not _is_config(cfg):
+        return None
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = _shapes(type(model), cfg)
+    if got == want:
+        return None
+    if got is None:
+        return "the config no longer builds a model"
+    diff = [k for k in want if got.get(k) != want[k]]
+    return (f"{len(diff)} tensors differ from what the config builds, e.g. '{diff[0]}': "
+            f"{want[diff[0]]} vs {got.get(diff[0])}")
