@@ -8,9 +8,10 @@ Models: ``surgeon.criteria.gnn.zoo.HELDOUT_SPECS`` (configs and two whole famili
 saw in training) with seeds ``HELDOUT_SEEDS`` (never used in training), trained briefly on the
 same packaged data. Methods, all at the same FLOPs target:
 
-* surgeon's planner with the criteria random, l2, taylor, activation, gnn (the shipped
-  checkpoint, with calibration data) and gnn-nomp (its ablation: same features and training,
-  no message passing);
+* surgeon's planner with the criteria random, l2, taylor, activation (surgeon.criteria's),
+  taylor-gnnbase (the GNN's own Taylor, the base it corrects), gnn (the shipped checkpoint,
+  with calibration data) and gnn-nomp (its ablation: same features and training, no message
+  passing);
 * Torch-Pruning 1.6 MetaPruner with GroupMagnitudeImportance(p=2) and GroupTaylorImportance,
   local pruning, the classifier ignored, its channel ratio bisected (7 steps) to land as close
   to the FLOPs target as its ratio allows (on 8-channel layers the FLOPs move in coarse steps).
@@ -40,30 +41,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import surgeon  # noqa: E402
 from surgeon.criteria.gnn import ABLATION_CHECKPOINT, CHECKPOINT, GNNCriterion, load, zoo  # noqa: E402
-from surgeon.criteria.gnn.features import activation_scores, taylor_scores  # noqa: E402
+from surgeon.criteria.gnn.features import taylor_scores  # noqa: E402
 from surgeon.verify import count_flops  # noqa: E402
 
 TARGETS = (0.7, 0.5, 0.3)
 FT_STEPS, FT_LR = 60, 1e-3
-HAND = ("random", "l2", "taylor", "activation")
+HAND = ("random", "l2", "taylor", "activation", "taylor-gnnbase")
 
 
-class _DataCriterion:
-    """The registry's data-aware criterion when it exists, else our own Taylor/activation."""
+class _OwnTaylor:
+    """The GNN's base criterion with data: per unit |sum of w * dL/dw| over the unit's slices
+    (surgeon.criteria.gnn.features.taylor_scores), so the table shows what the correction adds."""
 
-    def __init__(self, name: str, data):
-        self.name, self.data = name, data
-        try:
-            self.inner = surgeon.criteria.get_criterion(name, data=data, loss_fn=None)
-        except (TypeError, ValueError, KeyError):
-            self.inner = None
+    name = "taylor-gnnbase"
+
+    def __init__(self, data):
+        self.data = data
 
     def score(self, model, groups):
-        if self.inner is not None:
-            return self.inner.score(model, groups)
-        if self.name == "taylor":
-            return taylor_scores(model, groups, self.data)
-        return activation_scores(model, groups, self.data)
+        return taylor_scores(model, groups, self.data)
 
 
 def _classifier(model: nn.Module) -> nn.Module:
@@ -117,8 +113,9 @@ def run_model(spec, seed, data, peer: bool, log):
     base_flops = count_flops(model, x)
     acc0 = zoo.accuracy(model, xte, yte)
     methods = {"random": lambda: "random", "l2": lambda: "l2",
-               "taylor": lambda: _DataCriterion("taylor", calib),
-               "activation": lambda: _DataCriterion("activation", calib),
+               "taylor": lambda: surgeon.criteria.get_criterion("taylor", data=calib),
+               "activation": lambda: surgeon.criteria.get_criterion("activation", data=calib),
+               "taylor-gnnbase": lambda: _OwnTaylor(calib),
                "gnn": lambda: GNNCriterion(data=calib, net=NETS["gnn"]),
                "gnn-nomp": lambda: GNNCriterion(data=calib, net=NETS["gnn-nomp"])}
     rows = []
@@ -147,7 +144,7 @@ def run_model(spec, seed, data, peer: bool, log):
                 after = zoo.accuracy(finetune(net, xtr, ytr, seed), xte, yte)
                 rows.append((spec.name, seed, target, name, got, before, after, ""))
     for r in rows:
-        log(f"{r[0]:20s} s{r[1]} t={r[2]} {r[3]:12s} " +
+        log(f"{r[0]:20s} s{r[1]} t={r[2]} {r[3]:14s} " +
             (f"flops {r[4]:.3f} acc {r[5]:.3f} -> ft {r[6]:.3f}" if r[4] is not None else f"FAIL {r[7]}"))
     return acc0, rows
 
@@ -164,7 +161,7 @@ def sign_test(d: np.ndarray) -> float:
 
 def summarize(all_rows, methods, log):
     log("\nmean test accuracy over the models x seeds (before fine-tune / after), FLOPs kept")
-    log(f"{'method':13s}" + "".join(f" | {t:>5} before  after  flops" for t in TARGETS) + " | fails")
+    log(f"{'method':15s}" + "".join(f" | {t:>5} before  after  flops" for t in TARGETS) + " | fails")
     for m in methods:
         cells, fails = [], 0
         for t in TARGETS:
@@ -176,7 +173,7 @@ def summarize(all_rows, methods, log):
                              f"{np.mean([r[4] for r in ok]):.3f}")
             else:
                 cells.append(" |           -      -      -")
-        log(f"{m:13s}" + "".join(cells) + f" | {fails}")
+        log(f"{m:15s}" + "".join(cells) + f" | {fails}")
 
 
 def paired(all_rows, a, b, target, col, log):
