@@ -233,3 +233,18 @@ def test_training_script_writes_a_loadable_checkpoint(tmp_path):
     assert rec["fits"]["mini.pt"]["loss_final"] < rec["fits"]["mini.pt"]["loss_untrained"]
     net = load(out)
     assert len(net.layers) == 3 and len(load(tmp_path / "mini_nomp.pt").layers) == 0
+
+
+def test_gnn_by_name_takes_data_like_the_other_criteria():
+    torch.manual_seed(3)
+    model = Unseen().eval()
+    x = torch.randn(1, 3, 12, 12)
+    data = _data(model, (3, 12, 12), 7)
+    crit = surgeon.criteria.get_criterion("gnn", data=data)
+    assert isinstance(crit, GNNCriterion) and crit.data is data
+    a = surgeon.analyze(model, x)
+    with_data = crit.score(model, a.groups)
+    without = surgeon.criteria.get_criterion("gnn").score(model, a.groups)
+    assert any(not np.allclose(s, t) for g, s, t in zip(a.groups, with_data, without) if g.prunable)
+    small = surgeon.shrink(model, x, 0.5, criterion="gnn", data=data)
+    assert abs(count_flops(small, x) / count_flops(model, x) - 0.5) <= 0.01
