@@ -151,6 +151,13 @@ from .activation import Activation  # noqa: E402
 from .lamp import LAMP  # noqa: E402
 from .taylor import Fisher, Taylor  # noqa: E402
 
+
+def _gnn(data=None, loss_fn=None) -> Criterion:
+    from .gnn import GNNCriterion  # lazy: torch-geometric is an optional extra
+
+    return GNNCriterion(data=data, loss_fn=loss_fn)
+
+
 CRITERIA: dict[str, Callable[..., Criterion]] = {
     "l2": lambda: Magnitude(2),
     "l1": lambda: Magnitude(1),
@@ -160,6 +167,7 @@ CRITERIA: dict[str, Callable[..., Criterion]] = {
     "taylor": Taylor,
     "fisher": Fisher,
     "activation": Activation,
+    "gnn": _gnn,
 }
 
 
