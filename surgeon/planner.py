@@ -1,11 +1,16 @@
 """Choose which units to remove so the measured cost lands on the target.
 
-Every removable unit gets a priority: its score divided by the cost it saves (both normalised),
-so cheap-but-important units stay and expensive-but-unimportant ones go. Units are removed in
+Every removable unit gets a priority: its score (normalised by its group's mean) divided by
+``cost ** cost_weight``, the cost it saves. The default ``cost_weight=0`` ranks by score alone,
+so every group thins where its own units score low. Ranking by score per FLOP saved
+(``cost_weight=1``) crushed the widest, most expensive dims first -- a residual CNN's first
+stage from 16 to 2 channels, a Llama's hidden size before any MLP unit -- and measured worse
+both in accuracy before fine-tuning (Fashion-MNIST ResCNN at half the FLOPs, l2: 0.10 against
+0.36; with compensate=True 0.76 against 0.83) and in onnxruntime latency. Units are removed in
 priority order, each group keeping at least ``min_keep`` of its units (a fraction, 10% by
-default, or a count; never fewer than one unit or one ``round_to`` step), and the
-number removed is found by bisection on the exact cost model, so the planned cost lands on the
-target to within one unit.
+default, or a count; never fewer than one unit or one ``round_to`` step), and the number
+removed is found by bisection on the exact cost model, so the planned cost lands on the target
+to within one unit.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class _Order:
     priority order, so a group's kept set is determined by its count alone."""
 
     def __init__(self, a: Analysis, scores: Sequence[np.ndarray], cost: CostModel,
-                 round_to: int | None, min_keep: int | float, cost_weight: float = 1.0,
+                 round_to: int | None, min_keep: int | float, cost_weight: float = 0.0,
                  bundles: Sequence[Sequence[int]] = ()):
         self.a = a
         groups = a.groups
@@ -203,12 +208,12 @@ def _rank_in_group(gs: np.ndarray) -> np.ndarray:
 
 def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
           round_to: int | None = None, min_keep: int | float = 0.1, rank_by: str | None = None,
-          cost_weight: float = 1.0, bundles: Sequence[Sequence[int]] = ()) -> list[np.ndarray]:
+          cost_weight: float = 0.0, bundles: Sequence[Sequence[int]] = ()) -> list[np.ndarray]:
     """Keep-masks, one per group, whose cost is as close as possible to ``target`` x base.
 
     Units are ranked by score / cost_per_unit ** ``cost_weight``, the cost being ``rank_by``'s
     (``metric`` unless given: a FLOPs target ranked by measured latency removes what is slow,
-    not only what is counted); ``cost_weight=0`` ranks by score alone, thinning groups evenly.
+    not only what is counted); ``cost_weight=0`` (the default) ranks by score alone.
     Groups of one bundle (repeated layers that must keep one width) lose units in step."""
     cost = a.cost(metric)
     goal = target * cost.base
