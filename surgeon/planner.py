@@ -240,7 +240,49 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
         )
     if n == 0:
         return a.full_keep()
-    return order.keep(_refine(order.gs, order.n_groups, total, goal))
+    counts = _refine(order.gs, order.n_groups, total, goal)
+    return order.keep(_polish(counts, order.removable, order.steps, total, goal))
+
+
+def _polish(n: np.ndarray, removable: np.ndarray, steps: np.ndarray, total, goal: float,
+            rounds: int = 32, pairs_up_to: int = 48) -> np.ndarray:
+    """Nudge the removal counts, one step of one group (or, with few groups, one step of one
+    group against one of another), while that lands nearer the goal. Removal orders are coarse
+    on small models, where prefixes of one order cannot reach every mix of widths."""
+    live = np.nonzero(removable > 0)[0]
+    best, err = n.copy(), abs(total(n) - goal)
+
+    def ok(m):
+        return bool(((m >= 0) & (m <= removable)).all())
+
+    for _ in range(rounds):
+        moves = [(g, d * steps[g]) for g in live for d in (-1, 1)]
+        cands = []
+        for g, d in moves:
+            m = best.copy()
+            m[g] += d
+            cands.append(m)
+        if len(live) <= pairs_up_to:  # trade units between two groups (up to 3 steps each on few)
+            span = (1, 2, 3) if len(live) <= 16 else (1,)
+            for g in live:
+                for h in live:
+                    if g < h:
+                        for dg in span:
+                            for dh in span:
+                                for sg, sh in ((1, -1), (-1, 1)):
+                                    m = best.copy()
+                                    m[g] += sg * dg * steps[g]
+                                    m[h] += sh * dh * steps[h]
+                                    cands.append(m)
+        improved = False
+        for m in cands:
+            if ok(m):
+                e = abs(total(m) - goal)
+                if e < err * (1 - 1e-9):
+                    best, err, improved = m, e, True
+        if not improved:
+            break
+    return best
 
 
 def _refine(seq: np.ndarray, n_groups: int, total, goal: float, rounds: int = 24) -> np.ndarray:

@@ -223,5 +223,5 @@ def test_conv3d_structure():
 
 def test_conv3d_behaviour():
     check_zero_invariance(Conv3d(), X3, expect=["c1.weight", "c2.weight"])
-    small = check_shrink(Conv3d(), X3)
+    small = check_shrink(Conv3d(), X3, 0.3)  # low enough that both convs must give units
     assert small.c2.in_channels == small.c1.out_channels < 16
