@@ -241,11 +241,13 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
     if n == 0:
         return a.full_keep()
     counts = _refine(order.gs, order.n_groups, total, goal)
-    return order.keep(_polish(counts, order.removable, order.steps, total, goal))
+    if abs(total(counts) - goal) > 1e-3 * cost.base:  # coarse landing: small models
+        counts = _polish(counts, order.removable, order.steps, total, goal)
+    return order.keep(counts)
 
 
 def _polish(n: np.ndarray, removable: np.ndarray, steps: np.ndarray, total, goal: float,
-            rounds: int = 32, pairs_up_to: int = 48) -> np.ndarray:
+            rounds: int = 32, pairs_up_to: int = 24) -> np.ndarray:
     """Nudge the removal counts, one step of one group (or, with few groups, one step of one
     group against one of another), while that lands nearer the goal. Removal orders are coarse
     on small models, where prefixes of one order cannot reach every mix of widths."""
@@ -263,7 +265,7 @@ def _polish(n: np.ndarray, removable: np.ndarray, steps: np.ndarray, total, goal
             m[g] += d
             cands.append(m)
         if len(live) <= pairs_up_to:  # trade units between two groups (up to 3 steps each on few)
-            span = (1, 2, 3) if len(live) <= 16 else (1,)
+            span = (1, 2, 3) if len(live) <= 12 else (1,)
             for g in live:
                 for h in live:
                     if g < h:
@@ -307,7 +309,7 @@ def _refine(seq: np.ndarray, n_groups: int, total, goal: float, rounds: int = 24
             err = abs(total(cand) - goal)
             if err < best_err:
                 best, best_err = cand, err
-        if lo == 0 or lo > len(seq) or best_err <= 1e-5 * goal:
+        if lo == 0 or lo > len(seq) or best_err <= 2e-4 * goal:  # 0.02% of the target is plenty
             break
         base = prefix(lo - 1)
         blocked = seq[lo - 1]
