@@ -395,11 +395,12 @@ def run_target(model, x, a, base, ref, calib, target: float, criteria: list[str]
     if not ours:
         return
     best = max(ours, key=lambda r: r.cos).name.removeprefix("ours-")
-    if args.heads_kept:  # a diagnostic: the same criterion with every attention block kept whole
+    if args.heads_kept:  # a diagnostic: l2 and random with every attention block kept whole
         attn = tuple(layer.attention for layer in model.encoder.layer)
-        small, dt, removed = run_ours(model, x, a, best, target, calib, ignore=attn)
-        emit(rows, measure(f"ours-{best} heads kept", target, small, model, x, base, ref, time_s=dt,
-                           removed=removed, note="ignore=attention blocks"))
+        for name in [c for c in ("l2", "random") if c in criteria]:
+            small, dt, removed = run_ours(model, x, a, name, target, calib, ignore=attn)
+            emit(rows, measure(f"ours-{name} heads kept", target, small, model, x, base, ref,
+                               time_s=dt, removed=removed, note="ignore=attention blocks"))
     if _accepts(surgeon.shrink, "compensate"):
         small, dt, removed = run_ours(model, x, a, best, target, calib, compensate=True)
         emit(rows, measure(f"ours-{best}+comp", target, small, model, x, base, ref, time_s=dt,
