@@ -23,7 +23,9 @@ Torch-Pruning's magnitude pruning at the same FLOPs, and prints one table:
 
 Data-aware criteria (those whose factory takes ``data=``) are scored on calibration batches of
 half-document pairs from the background corpus with :func:`pair_contrastive_loss`; see there why
-not a distillation loss. ``compensate=True`` rows appear when ``surgeon.shrink`` accepts it.
+not a distillation loss. ``compensate=True`` rows (best criterion) appear when ``surgeon.shrink``
+accepts it. Diagnostic rows ``ours-l2 heads kept`` and ``ours-random heads kept`` pass every
+attention block in ``ignore=`` so that only MLP units go (``--no-heads-kept`` skips them).
 
 Torch-Pruning (1.6) is given what its HF BERT example gives it: ``num_heads`` for query/key/value,
 ``prune_num_heads=True`` with ``prune_head_dims=False``, the embeddings and the pooler in
