@@ -215,7 +215,9 @@ def criterion_kwargs(name: str, calib: list, compensate: bool = False) -> dict:
     if compensate:
         kw["compensate"] = True
     if _accepts(surgeon.shrink, "data"):
-        kw.update(data=calib, loss_fn=pair_contrastive_loss)
+        kw["data"] = calib
+        if _accepts(surgeon.shrink, "loss_fn"):
+            kw["loss_fn"] = pair_contrastive_loss
     elif _accepts(factory, "data"):  # an older shrink: build the criterion with its data here
         kw["criterion"] = factory(data=calib, **({"loss_fn": pair_contrastive_loss}
                                                  if _accepts(factory, "loss_fn") else {}))
