@@ -24,8 +24,10 @@ Torch-Pruning's magnitude pruning at the same FLOPs, and prints one table:
 Data-aware criteria (those whose factory takes ``data=``) are scored on calibration batches of
 half-document pairs from the background corpus with :func:`pair_contrastive_loss`; see there why
 not a distillation loss. ``compensate=True`` rows (best criterion) appear when ``surgeon.shrink``
-accepts it. Diagnostic rows ``ours-l2 heads kept`` and ``ours-random heads kept`` pass every
-attention block in ``ignore=`` so that only MLP units go (``--no-heads-kept`` skips them).
+accepts it. By default surgeon keeps a Hugging Face config true to the pruned model, so BERT's
+heads stay whole (its config cannot express fewer heads) and every layer keeps one MLP width;
+diagnostic rows ``ours-<c> free`` (l2, random and the best criterion) prune freely with
+``uniform=False`` (``--no-free`` skips them).
 
 Torch-Pruning (1.6) is given what its HF BERT example gives it: ``num_heads`` for query/key/value,
 ``prune_num_heads=True`` with ``prune_head_dims=False``, the embeddings and the pooler in
@@ -289,17 +291,17 @@ def _only_accepted(fn: Callable, kw: dict) -> dict:
 
 
 def run_ours(model, x, analysis, name: str, target: float, calib: list, compensate: bool = False,
-             ignore: tuple = ()):
-    """``surgeon.shrink`` with criterion ``name``; returns the shrunk model, its time and what the
-    plan for the same call removes."""
+             **extra):
+    """``surgeon.shrink`` with criterion ``name`` (and ``extra`` keyword arguments); returns the
+    shrunk model, its time and what the plan for the same call removes."""
     kw = criterion_kwargs(name, calib, compensate)
     t = time.perf_counter()
-    small = surgeon.shrink(model, x, target=target, ignore=ignore, **kw)
+    small = surgeon.shrink(model, x, target=target, **kw, **extra)
     dt = time.perf_counter() - t
     kw.pop("compensate", None)
-    if ignore:
-        analysis = None  # the shared analysis was made without ``ignore``
-    plan = surgeon.plan(model, x, target=target, ignore=ignore, analysis=analysis,
+    if extra:
+        analysis = None  # the shared analysis was made without ``extra``
+    plan = surgeon.plan(model, x, target=target, analysis=analysis, **extra,
                         **_only_accepted(surgeon.plan, kw))
     return small, dt, fmt_removed(removed_by_plan(plan))
 
@@ -399,12 +401,11 @@ def run_target(model, x, a, base, ref, calib, target: float, criteria: list[str]
     if not ours:
         return
     best = max(ours, key=lambda r: r.cos).name.removeprefix("ours-")
-    if args.heads_kept:  # a diagnostic: l2 and random with every attention block kept whole
-        attn = tuple(layer.attention for layer in model.encoder.layer)
-        for name in [c for c in ("l2", "random") if c in criteria]:
-            small, dt, removed = run_ours(model, x, a, name, target, calib, ignore=attn)
-            emit(rows, measure(f"ours-{name} heads kept", target, small, model, x, base, ref,
-                               time_s=dt, removed=removed, note="ignore=attention blocks"))
+    if args.free and _accepts(surgeon.shrink, "uniform"):  # a diagnostic: heads may go too
+        for name in dict.fromkeys(c for c in ("l2", "random", best) if c in criteria):
+            small, dt, removed = run_ours(model, x, a, name, target, calib, uniform=False)
+            emit(rows, measure(f"ours-{name} free", target, small, model, x, base, ref,
+                               time_s=dt, removed=removed, note="uniform=False"))
     if _accepts(surgeon.shrink, "compensate"):
         small, dt, removed = run_ours(model, x, a, best, target, calib, compensate=True)
         emit(rows, measure(f"ours-{best}+comp", target, small, model, x, base, ref, time_s=dt,
@@ -417,8 +418,8 @@ def parse_args(argv=None):
     p.add_argument("--criteria", default=None, help="comma-separated; default: every registered one")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip Torch-Pruning")
     p.add_argument("--tp-steps", type=int, default=12, help="bisection steps over TP's ratio")
-    p.add_argument("--no-heads-kept", dest="heads_kept", action="store_false",
-                   help="skip the diagnostic row that keeps every attention block whole")
+    p.add_argument("--no-free", dest="free", action="store_false",
+                   help="skip the diagnostic rows with uniform=False")
     p.add_argument("--docs", type=int, default=300, help="background docs for the mean cosine")
     p.add_argument("--threads", type=int, default=1)
     return p.parse_args(argv)
@@ -427,6 +428,7 @@ def parse_args(argv=None):
 def main(argv=None) -> list[Row]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="uniform=False")  # expected: the free rows' config
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model, tok = load_model()
