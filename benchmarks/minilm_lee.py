@@ -429,6 +429,7 @@ def main(argv=None) -> list[Row]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="uniform=False")  # expected: the free rows' config
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")  # gnn's scripting
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model, tok = load_model()
