@@ -74,8 +74,5 @@ def test_l2_beats_random(shrunk):
     assert shrunk["random", None] < shrunk["l2", None], shrunk
 
 
-@pytest.mark.xfail(strict=True, reason="the planner ranks units by score per unit of cost, with "
-                   "scores normalised within each group, so the 64x costlier heads go first (60 of "
-                   "72 at 0.7) whatever their score, and l2 ranks heads worse than chance here")
 def test_l2_beats_random_when_heads_go_too(shrunk):
     assert shrunk["random", False] < shrunk["l2", False], shrunk
