@@ -48,6 +48,7 @@ from .graph.trace import eval_mode, run_model
 from .datafree import _dense, udfc
 from .datafree import bn_after as _bn_after
 from .plan import Plan
+from .criteria._data import _to  # the same batch mover the criteria use
 
 __all__ = ["compensate", "recalibrate_bn", "batch_input", "dense_layers"]
 
@@ -122,16 +123,6 @@ def _batches(data: Any, device: torch.device) -> list:
     if not items:
         raise ValueError("data is empty: pass at least one calibration batch")
     return [_to(batch_input(b), device) for b in items]
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to(v, device) for v in x)
-    return x
 
 
 def _shape_of(x: Any) -> Any:
