@@ -26,7 +26,7 @@ Without data the Taylor and activation features are zero and ``has_data`` is 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
