@@ -78,8 +78,7 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
             g.reason = "only buffers, no parameters, in this group"
     a = Analysis(traced, c, groups)
     if layers:
-        add_layer_groups(a, model, example_input)
-        _mark_ignored(model, a.groups, ignore)
+        _mark_ignored(model, add_layer_groups(a, model, example_input), ignore)
     if uniform is not False:
         a.config_model = config_model(model)
         if a.config_model is not None:
@@ -107,6 +106,11 @@ def _mark_ignored(model: nn.Module, groups: list[PruneGroup], ignore: Iterable) 
     if not names:
         return
     for g in groups:
+        for u, layer in enumerate(g.layers or ()):  # a layer that holds or sits in an ignored module
+            if any(n == "" or layer == n or layer.startswith(n + ".") or n.startswith(layer + ".") for n in names):
+                g.frozen_units[u] = True
+        if g.layers and g.frozen_units.all():
+            g.reason = g.reason or "every layer holds or sits in an ignored module"
         for m in g.tensors:
             owner = m.name.rpartition(".")[0]
             if any(owner == n or owner.startswith(n + ".") or n == "" for n in names):

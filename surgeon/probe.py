@@ -21,6 +21,7 @@ from torch import nn
 
 from .graph.groups import build_groups
 from .graph.ir import AttrFix, Coupling, DimKey
+from .graph.rules.shape import size_spec
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,5 @@ def _follows(old, new, pos: int, probed: set[int], width: int) -> bool:
 
 
 def _spec(node) -> list | None:
-    rest = list(node.args[1:])
-    if "shape" in node.kwargs:
-        rest = [node.kwargs["shape"]]
-    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
-        rest = list(rest[0])
+    rest = size_spec(node)
     return rest if all(isinstance(v, int) for v in rest) else None

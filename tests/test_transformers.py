@@ -275,3 +275,9 @@ def test_residual_cnn_blocks_are_layers():
     check_zero_invariance(model, x, rounds=1, layers=True)
     small = check_shrink(model, x, 0.3, layers=True, min_keep=0.5, criterion=_LayersLast())
     assert len(small) < len(model)
+    # a layer that holds an ignored module is never dropped
+    kept = surgeon.analyze(model, x, ignore=["4.a"], layers=True)
+    (g,) = [g for g in kept.groups if g.layers]
+    assert g.frozen_units.tolist() == [False, False, False, True]
+    p = surgeon.plan(model, x, 0.45, ignore=["4.a"], layers=True, min_keep=0.5, criterion=_LayersLast())
+    assert p.drops and "4" not in p.drops

@@ -369,10 +369,11 @@ def _find_attr(ctx: RuleContext, value: int) -> list[tuple[str, str]]:
     return []
 
 
-def _spec(ctx: RuleContext) -> list:
-    rest = list(ctx.node.args[1:])
-    if "shape" in ctx.node.kwargs:
-        rest = [ctx.node.kwargs["shape"]]
+def size_spec(node: fx.Node) -> list:
+    """The sizes a view/reshape (or a split's size and dim) node is called with, flattened."""
+    rest = list(node.args[1:])
+    if "shape" in node.kwargs:
+        rest = [node.kwargs["shape"]]
     if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
         rest = list(rest[0])
     return rest
@@ -381,7 +382,7 @@ def _spec(ctx: RuleContext) -> list:
 @register("method:view", "method:reshape", torch.reshape, aten.view, aten.reshape, aten._unsafe_view)
 def view(ctx: RuleContext) -> None:
     x = ctx.arg(0)
-    rest = _spec(ctx)
+    rest = size_spec(ctx.node)
     if len(rest) == 1 and isinstance(rest[0], torch.dtype):
         return  # x.view(dtype)
     regroup(ctx, x, rest)
