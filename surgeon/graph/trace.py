@@ -65,13 +65,18 @@ def shapes_of(out: Any) -> Any:
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
     """Put every submodule in eval mode and restore each one's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
+    modules = list(model.modules())
+    flags = [(m, m.training) for m in modules]
     try:
-        model.eval()
+        if any(type(m).train is not nn.Module.train for m in modules):
+            model.eval()  # some module has its own train(): let it run
+        else:  # what Module.eval does, without a __setattr__ per module (deep models have thousands)
+            for m in modules:
+                object.__setattr__(m, "training", False)
         yield model
     finally:
         for m, flag in flags:
-            m.training = flag
+            object.__setattr__(m, "training", flag)
 
 
 @dataclass
@@ -120,8 +125,9 @@ class FlopTally(TorchDispatchMode):
     """Counts matmul-like FLOPs with the same formulas as ``torch.utils.flop_counter``.
 
     The registered formulas take shapes; ``flop_counter`` maps every argument through pytree to
-    get them, which costs more than a small matmul. For the common case (flat arguments, one
-    output tensor) the shapes are taken directly and the formula itself is called.
+    get them, which costs more than a small matmul (and ``addmm``'s formula calls ``mm``'s
+    wrapped one, paying it twice). For the common case (flat arguments, one output tensor) the
+    shapes are taken directly and the unwrapped formula is called.
     """
 
     def __init__(self):
@@ -131,15 +137,33 @@ class FlopTally(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        fn = flop_registry.get(func._overloadpacket)
-        if fn is not None:
-            raw = getattr(fn, "__wrapped__", None)
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            raw = _raw_formula(packet)
             if raw is not None and isinstance(out, torch.Tensor) and _flat(args) and _flat(kwargs.values()):
                 self.count += raw(*[_shape(a) for a in args], out_shape=out.shape,
                                   **{k: _shape(v) for k, v in kwargs.items()})
             else:
-                self.count += fn(*args, **kwargs, out_val=out)
+                self.count += flop_registry[packet](*args, **kwargs, out_val=out)
         return out
+
+
+_RAW: dict = {}
+
+
+def _raw_formula(packet: Any) -> Any:
+    """The shape-level formula registered for ``packet``, unwrapped (None if it has no such form).
+    ``addmm`` and ``baddbmm`` are the ``mm``/``bmm`` formulas on their matrix operands."""
+    if packet not in _RAW:
+        aten = torch.ops.aten
+        raw = getattr(flop_registry[packet], "__wrapped__", None)
+        mm, bmm = (getattr(flop_registry.get(p), "__wrapped__", None) for p in (aten.mm, aten.bmm))
+        if packet is aten.addmm and mm is not None:
+            raw = lambda _self, a, b, *rest, **kw: mm(a, b)  # noqa: E731
+        elif packet is aten.baddbmm and bmm is not None:
+            raw = lambda _self, a, b, *rest, **kw: bmm(a, b)  # noqa: E731
+        _RAW[packet] = raw
+    return _RAW[packet]
 
 
 def _shape(a: Any) -> Any:
@@ -160,25 +184,76 @@ def _describe(v: Any) -> Any:
     return None
 
 
-class _ShapeFlops(fx.Interpreter):
-    """Runs the graph once, recording each node's output shape and FLOPs."""
+def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any]:
+    """Run the graph once on real ``inputs`` (placeholders in order, as ``fx.Interpreter.run``
+    takes them), recording each node's output shape and FLOPs; returns (info, output).
 
-    def __init__(self, gm: Any):
-        super().__init__(gm.root if isinstance(gm, _FxCapture) else gm, graph=gm.graph)
-        self.info: dict[str, NodeInfo] = {}
-        self._tally = FlopTally()
+    A plain loop rather than ``fx.Interpreter``: on deep models the interpreter's per-node
+    bookkeeping costs as much as the ops. Values are freed after their last use, as there."""
+    root = gm.root if isinstance(gm, _FxCapture) else gm
+    nodes = list(gm.graph.nodes)
+    free: dict[fx.Node, list[fx.Node]] = {}
+    seen: set[fx.Node] = set()
+    for n in reversed(nodes):
+        for a in n.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                free.setdefault(n, []).append(a)
+    modules: dict[str, nn.Module] | None = None
+    env: dict[fx.Node, Any] = {}
+    info: dict[str, NodeInfo] = {}
+    look = env.__getitem__
+    graph = gm.graph
+    pending = iter(graph.process_inputs(*inputs))  # pytree codegen (export) flattens here
+    tally = FlopTally()
+    out = None
+    with tally:
+        for n in nodes:
+            op, before = n.op, tally.count
+            if op == "placeholder":
+                if str(n.target).startswith("*"):
+                    value = list(pending)
+                else:
+                    value = next(pending, _MISSING)
+                    if value is _MISSING:
+                        if not n.args:
+                            raise RuntimeError(f"expected an input for placeholder {n.target}")
+                        value = n.args[0]
+            elif op == "get_attr":
+                value = _fetch(root, n.target)
+            elif op == "output":
+                out = fx.node.map_arg(n.args[0], look)
+                info[n.name] = NodeInfo(shape=_describe(out))
+                out = graph.process_outputs(out)
+                break
+            else:
+                args, kwargs = fx.node.map_arg(n.args, look), fx.node.map_arg(n.kwargs, look)
+                if op == "call_function":
+                    value = n.target(*args, **kwargs)
+                elif op == "call_method":
+                    value = getattr(args[0], n.target)(*args[1:], **kwargs)
+                else:
+                    if modules is None:
+                        modules = dict(root.named_modules(remove_duplicate=False))
+                    value = modules[n.target](*args, **kwargs)
+            env[n] = value
+            shape = _describe(value)
+            info[n.name] = NodeInfo(
+                shape=shape, flops=int(tally.count - before),
+                value=value if shape is None and isinstance(value, (int, float, bool, torch.Size, tuple)) else None)
+            for a in free.get(n, ()):
+                del env[a]
+    return info, out
 
-    def run(self, *args, **kwargs) -> Any:
-        with self._tally:
-            return super().run(*args, **kwargs)
 
-    def run_node(self, n: fx.Node) -> Any:
-        before = self._tally.count
-        out = super().run_node(n)
-        shape = _describe(out)
-        value = out if shape is None and isinstance(out, (int, float, bool, torch.Size, tuple)) else None
-        self.info[n.name] = NodeInfo(shape=shape, flops=int(self._tally.count - before), value=value)
-        return out
+_MISSING = object()
+
+
+def _fetch(root: nn.Module, target: str) -> Any:
+    obj = root
+    for atom in target.split("."):
+        obj = getattr(obj, atom)
+    return obj
 
 
 class _FxCapture:
@@ -278,15 +353,14 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
         for mode, capture in (("fx", _fx_capture), ("export", _export_capture)):
             try:
                 gm = capture(model, args, kwargs)
-                interp = _ShapeFlops(gm)
                 flat = list(args) + [kwargs[k] for k in _placeholder_kwargs(gm, args, kwargs)]
-                out = interp.run(*flat)
+                info, out = _propagate(gm, flat)
             except Exception as exc:  # noqa: BLE001 - any failure means "try the next capture"
                 site = _failure_site(exc, model)
                 errors.append(f"{mode}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                               + (f" (at {site})" if site else ""))
                 continue
-            return Traced(model=model, gm=gm, mode=mode, info=interp.info, output_shape=_describe(out),
+            return Traced(model=model, gm=gm, mode=mode, info=info, output_shape=_describe(out),
                           reference_shapes=shapes_of(out))
         _check_runs(model, args, kwargs)  # is it the input, rather than the capture, that fails?
     raise TraceError(
