@@ -33,11 +33,16 @@ def where(node: fx.Node) -> str:
     return f"node '{node.name}'" + (f" in '{inner}'" if inner else "")
 
 
-def _keys(c: Coupling, traced, node: fx.Node) -> list[DimKey]:
-    s = traced.info[node.name].shape if node.name in traced.info else None
-    if isinstance(s, torch.Size):
-        return [c.add(("v", node.name, d), n) for d, n in enumerate(s)]
-    return []
+def _keys(c: Coupling, traced, node: fx.Node, memo: dict | None = None) -> list[DimKey]:
+    """The dim keys of a tensor-valued node (added to ``c``); ``memo`` caches them per node."""
+    if memo is not None and node in memo:
+        return memo[node]
+    info = traced.info.get(node.name)
+    s = info.shape if info is not None else None
+    keys = [c.add(("v", node.name, d), n) for d, n in enumerate(s)] if isinstance(s, torch.Size) else []
+    if memo is not None:
+        memo[node] = keys
+    return keys
 
 
 def _tuple_keys(c: Coupling, traced, node: fx.Node) -> list[DimKey]:
@@ -109,7 +114,7 @@ def couple(traced) -> Coupling:
     """Apply the registered rules to every node of ``traced`` and return the coupling."""
     c = Coupling()
     refs = size_refs(traced)
-    gm = traced.gm
+    memo: dict = {}
     for node in traced.graph.nodes:
         info = traced.info.get(node.name)
         if info is None:
@@ -125,8 +130,8 @@ def couple(traced) -> Coupling:
                 for key in _keys(c, traced, arg) + _tuple_keys(c, traced, arg):
                     c.freeze(key, "model output")
         elif info.shape is not None:
-            _apply_rule(c, traced, gm, node, refs)
-    _tie_aliases(c, gm)
+            _apply_rule(c, traced, node, refs, memo)
+    _tie_aliases(c, traced.gm)
     if traced.mode == "export":
         _tie_multihead_attention(c, traced.model)
     return c
@@ -166,13 +171,11 @@ def _tie_aliases(c: Coupling, root) -> None:
                     c.eq(keys[0], k)
 
 
-def _apply_rule(c: Coupling, traced, gm, node: fx.Node, refs) -> None:
-    rule, what = lookup(node, gm)
+def _apply_rule(c: Coupling, traced, node: fx.Node, refs, memo: dict) -> None:
+    rule, what = lookup(node, traced)
     loc = where(node)
-    inputs = [n for n in _inputs(node) if isinstance(traced.info.get(n.name, None) and
-                                                       traced.info[n.name].shape, torch.Size)]
-    in_keys = [k for n in inputs for k in _keys(c, traced, n)]
-    out_keys = _keys(c, traced, node) + _tuple_keys(c, traced, node)
+    in_keys = [k for n in node.all_input_nodes for k in _keys(c, traced, n, memo)]
+    out_keys = _keys(c, traced, node, memo) + _tuple_keys(c, traced, node)
     if rule is None:
         for key in in_keys + out_keys:
             c.freeze(key, f"no coupling rule for {what} at {loc}")

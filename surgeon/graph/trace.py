@@ -99,6 +99,7 @@ class Traced:
     output_shape: Any = None
     reference_shapes: Any = None  # shapes_of(model(example_input)), as the user's model returns it
     _tensors: dict | None = field(default=None, repr=False)
+    _modules: dict | None = field(default=None, repr=False)
 
     @property
     def graph(self) -> fx.Graph:
@@ -112,6 +113,15 @@ class Traced:
 
     def total_flops(self) -> int:
         return sum(i.flops for i in self.info.values())
+
+    def submodule(self, target: str) -> nn.Module:
+        """``gm.get_submodule(target)`` through a table built once (AttributeError if none)."""
+        if self._modules is None:
+            self._modules = dict(self.gm.named_modules(remove_duplicate=False))
+        try:
+            return self._modules[target]
+        except KeyError:
+            return self.gm.get_submodule(target)
 
     def tensor(self, qualname: str) -> torch.Tensor:
         """A parameter or buffer of the captured graph's root by qualified name (KeyError if none)."""

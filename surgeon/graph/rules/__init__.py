@@ -62,14 +62,12 @@ def describe_target(target: Any) -> str:
     return f"{mod}.{name}" if mod else str(name)
 
 
-def lookup(node: fx.Node, gm: fx.GraphModule) -> tuple[Rule | None, str]:
-    """The rule for ``node`` and a readable name of what it calls."""
+def lookup(node: fx.Node, gm: Any) -> tuple[Rule | None, str]:
+    """The rule for ``node`` and a readable name of what it calls. ``gm`` is the captured graph
+    module, or a :class:`~surgeon.graph.trace.Traced` (whose module table is faster)."""
     if node.op == "call_module":
-        cls = type(gm.get_submodule(node.target))
-        for klass in cls.__mro__:
-            if klass in RULES:
-                return RULES[klass], describe_target(cls)
-        return None, describe_target(cls)
+        cls = type(gm.submodule(node.target) if hasattr(gm, "submodule") else gm.get_submodule(node.target))
+        return _module_rule(cls), describe_target(cls)
     if node.op == "call_method":
         return RULES.get(f"method:{node.target}"), f"Tensor.{node.target}"
     target = node.target
@@ -80,6 +78,13 @@ def lookup(node: fx.Node, gm: fx.GraphModule) -> tuple[Rule | None, str]:
         mod = getattr(node.target, "__module__", "") or ""
         rule = RULES.get(f"fn:{mod}.{getattr(node.target, '__qualname__', '')}")
     return rule, describe_target(target)
+
+
+def _module_rule(cls: type) -> Rule | None:
+    for klass in cls.__mro__:
+        if klass in RULES:
+            return RULES[klass]
+    return None
 
 
 def _hashable(x: Any) -> bool:
@@ -103,7 +108,7 @@ class RuleContext:
         self.splits: dict[DimKey, tuple[DimKey, int]] = {}  # carrier -> (split dim, other factors)
         self.merges: dict[DimKey, tuple[DimKey, int]] = {}  # merged dim -> (carrier, other factors)
         self.module: nn.Module | None = (
-            traced.gm.get_submodule(node.target) if node.op == "call_module" else None
+            traced.submodule(node.target) if node.op == "call_module" else None
         )
 
     # -- reading the node -----------------------------------------------------------------------
