@@ -159,19 +159,25 @@ def _make_group(c: Coupling, gid: int, classes, roots, cls, unit_of_class) -> Pr
     members, frozen, has_tensor = [], np.zeros(n_units, bool), np.zeros(n_units, bool)
     reason = inexact = None
     where = []
+    frozen_keys, inexact_keys, owners = c.frozen, c.inexact, c.owners
     for ci in cls:
         unit_of = unit_of_class[ci]
-        for key in classes[roots[ci]]:
+        class_frozen = class_tensor = False
+        for key in classes[roots[ci]]:  # a class's keys share one index map: mark units once per class
             members.append(Member(key, unit_of))
-            if key in c.frozen:
-                frozen[unit_of] = True
-                reason = reason or c.frozen[key]
-            if key in c.inexact:
-                inexact = inexact or c.inexact[key]
+            if key in frozen_keys:
+                class_frozen = True
+                reason = reason or frozen_keys[key]
+            if key in inexact_keys:
+                inexact = inexact or inexact_keys[key]
             if key[0] == "p":
-                has_tensor[unit_of] = True
-                if key in c.owners and c.owners[key] not in where:
-                    where.append(c.owners[key])
+                class_tensor = True
+                if key in owners and owners[key] not in where:
+                    where.append(owners[key])
+        if class_frozen:
+            frozen[unit_of] = True
+        if class_tensor:
+            has_tensor[unit_of] = True
     frozen |= ~has_tensor  # a unit no parameter produces cannot be removed
     members.sort(key=lambda m: (m.key[0] != "p", m.key[1], m.key[2]))
     if not frozen.all():
