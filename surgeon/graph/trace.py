@@ -14,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import conv_flop_count, flop_registry
 
 from ..errors import TraceError
 
@@ -217,46 +219,123 @@ def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any]:
     pending = iter(graph.process_inputs(*inputs))  # pytree codegen (export) flattens here
     tally = FlopTally()
     out = None
-    with tally:
-        for n in nodes:
-            op, before = n.op, tally.count
-            if op == "placeholder":
-                if str(n.target).startswith("*"):
-                    value = list(pending)
-                else:
-                    value = next(pending, _MISSING)
-                    if value is _MISSING:
-                        if not n.args:
-                            raise RuntimeError(f"expected an input for placeholder {n.target}")
-                        value = n.args[0]
-            elif op == "get_attr":
-                value = _fetch(root, n.target)
-            elif op == "output":
-                out = fx.node.map_arg(n.args[0], look)
-                info[n.name] = NodeInfo(shape=_describe(out))
-                out = graph.process_outputs(out)
-                break
+    for n in nodes:
+        op, before = n.op, tally.count
+        if op == "placeholder":
+            if str(n.target).startswith("*"):
+                value = list(pending)
             else:
-                args, kwargs = fx.node.map_arg(n.args, look), fx.node.map_arg(n.kwargs, look)
-                if op == "call_function":
-                    value = n.target(*args, **kwargs)
-                elif op == "call_method":
+                value = next(pending, _MISSING)
+                if value is _MISSING:
+                    if not n.args:
+                        raise RuntimeError(f"expected an input for placeholder {n.target}")
+                    value = n.args[0]
+        elif op == "get_attr":
+            value = _fetch(root, n.target)
+        elif op == "output":
+            out = fx.node.map_arg(n.args[0], look)
+            info[n.name] = NodeInfo(shape=_describe(out))
+            out = graph.process_outputs(out)
+            break
+        else:
+            args, kwargs = fx.node.map_arg(n.args, look), fx.node.map_arg(n.kwargs, look)
+            if op == "call_function":
+                fn = n.target
+                if _hashable(fn) and fn in _ZERO_FLOP_FUNCTIONS:
+                    value = fn(*args, **kwargs)
+                else:
+                    with tally:
+                        value = fn(*args, **kwargs)
+            elif op == "call_method":
+                if n.target in _ZERO_FLOP_METHODS:
                     value = getattr(args[0], n.target)(*args[1:], **kwargs)
                 else:
-                    if modules is None:
-                        modules = dict(root.named_modules(remove_duplicate=False))
-                    value = modules[n.target](*args, **kwargs)
-            env[n] = value
-            shape = _describe(value)
-            info[n.name] = NodeInfo(
-                shape=shape, flops=int(tally.count - before),
-                value=value if shape is None and isinstance(value, (int, float, bool, torch.Size, tuple)) else None)
-            for a in free.get(n, ()):
-                del env[a]
+                    with tally:
+                        value = getattr(args[0], n.target)(*args[1:], **kwargs)
+            else:
+                if modules is None:
+                    modules = dict(root.named_modules(remove_duplicate=False))
+                mod = modules[n.target]
+                formula = _module_formula(mod, args, kwargs)
+                if formula is None:
+                    with tally:
+                        value = mod(*args, **kwargs)
+                else:
+                    value = mod(*args, **kwargs)
+                    tally.count += formula(mod, args[0], value)
+        env[n] = value
+        shape = _describe(value)
+        info[n.name] = NodeInfo(
+            shape=shape, flops=int(tally.count - before),
+            value=value if shape is None and isinstance(value, (int, float, bool, torch.Size, tuple)) else None)
+        for a in free.get(n, ()):
+            del env[a]
     return info, out
 
 
 _MISSING = object()
+
+# What runs outside the FLOP tally in _propagate (the mode costs a few microseconds per ATen op,
+# as much as the ops of a small layer). Only exact types and functions that are certain to run no
+# op with a flop_counter formula (matmuls, convolutions, attention), or whose count is the
+# formula below, are listed; everything else is counted by the tally as before.
+_ZERO_FLOP_MODULES = frozenset({
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
+    nn.ELU, nn.Mish, nn.Softmax, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.Flatten,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d,
+})
+_ZERO_FLOP_FUNCTIONS = frozenset({
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg,
+    operator.getitem, operator.iadd, operator.imul, getattr,
+    torch.add, torch.sub, torch.mul, torch.div, torch.cat, torch.stack, torch.flatten, torch.relu,
+    torch.sigmoid, torch.tanh, torch.transpose, torch.permute, torch.reshape, torch.chunk, torch.split,
+    torch.mean, torch.sum, torch.sqrt, torch.rsqrt, torch.exp, torch.neg, torch.unsqueeze, torch.squeeze,
+    F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.hardswish, F.hardsigmoid, F.dropout, F.softmax,
+    F.layer_norm, F.batch_norm, F.group_norm, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.pad,
+})
+_ZERO_FLOP_METHODS = frozenset({
+    "view", "reshape", "permute", "transpose", "flatten", "contiguous", "size", "chunk", "split",
+    "mean", "sum", "add", "sub", "mul", "div", "unsqueeze", "squeeze", "expand", "softmax", "sigmoid",
+    "relu", "tanh", "exp", "sqrt", "rsqrt", "pow", "neg", "float", "to", "type_as", "__getitem__",
+    "unbind", "dim", "numel", "clone", "masked_fill", "repeat", "narrow", "split_with_sizes",
+})
+
+
+def _linear_flops(mod: nn.Linear, x: torch.Tensor, _out: torch.Tensor) -> int:
+    # F.linear runs addmm or mm on x folded to 2-D: flop_counter's mm formula, 2 * m * n * k
+    return 2 * x.numel() * mod.out_features
+
+
+def _conv_flops(mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
+    return conv_flop_count(list(x.shape), list(mod.weight.shape), list(out.shape), transposed=False)
+
+
+def _module_formula(mod: nn.Module, args: tuple, kwargs: dict) -> Callable | None:
+    """A shape formula giving exactly what the tally would count for ``mod(*args)``, or None."""
+    kind = type(mod)
+    if kind in _ZERO_FLOP_MODULES:
+        return lambda _m, _x, _o: 0
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None
+    x = args[0]
+    if kind is nn.Linear and x.dim() >= 2:  # a 1-D input runs mv, which flop_counter does not count
+        return _linear_flops
+    if kind in _CONVS and x.dim() == _CONVS[kind] + 2 and mod.padding_mode == "zeros":
+        return _conv_flops
+    return None
+
+
+_CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+def _hashable(x: Any) -> bool:
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
 
 
 def _fetch(root: nn.Module, target: str) -> Any:
