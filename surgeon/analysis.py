@@ -92,12 +92,14 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
 
 def _mark_ignored(model: nn.Module, groups: list[PruneGroup], ignore: Iterable) -> None:
     names = []
-    by_id = {id(m): n for n, m in model.named_modules()}
+    by_id = None
     for item in ignore:
         if isinstance(item, str):
             model.get_submodule(item)  # raises AttributeError with the bad name
             names.append(item)
         elif isinstance(item, nn.Module):
+            if by_id is None:
+                by_id = {id(m): n for n, m in model.named_modules()}
             if id(item) not in by_id:
                 raise ValueError(f"ignore: {type(item).__name__} is not a submodule of the model")
             names.append(by_id[id(item)])
