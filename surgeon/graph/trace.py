@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 import torch.fx as fx
+import torch.fx.traceback as fx_traceback
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -101,6 +102,8 @@ class Traced:
     output_shape: Any = None
     reference_shapes: Any = None  # shapes_of(model(example_input)), as the user's model returns it
     _tensors: dict | None = field(default=None, repr=False)
+    # every op is one whose FLOPs are known without a counter (so grad mode cannot change them)
+    plain: bool = False
     _modules: dict | None = field(default=None, repr=False)
 
     @property
@@ -196,14 +199,37 @@ def _describe(v: Any) -> Any:
     return None
 
 
-def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any]:
+def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any, dict[str, nn.Module], bool]:
     """Run the graph once on real ``inputs`` (placeholders in order, as ``fx.Interpreter.run``
-    takes them), recording each node's output shape and FLOPs; returns (info, output).
+    takes them), recording each node's output shape and FLOPs. Returns (info, output, the
+    root's modules by name, whether every op is one whose FLOPs are known without the tally).
 
     A plain loop rather than ``fx.Interpreter``: on deep models the interpreter's per-node
-    bookkeeping costs as much as the ops. Values are freed after their last use, as there."""
+    bookkeeping costs as much as the ops. Values are freed after their last use, as there.
+    Autograd stays on (as for ``count_flops``: fused inference paths, which the counter cannot
+    see into, are not taken) unless every op is known, when it cannot change a count."""
     root = gm.root if isinstance(gm, _FxCapture) else gm
     nodes = list(gm.graph.nodes)
+    modules = dict(root.named_modules(remove_duplicate=False))
+    known = all(_known(n, modules) for n in nodes)
+    with torch.set_grad_enabled(not known):
+        info, out = _run_nodes(gm, root, nodes, inputs, modules)
+    return info, out, modules, known
+
+
+def _known(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if n.op == "call_function":
+        return _hashable(n.target) and n.target in _ZERO_FLOP_FUNCTIONS
+    if n.op == "call_method":
+        return n.target in _ZERO_FLOP_METHODS
+    if n.op == "call_module":
+        kind = type(modules[n.target])
+        return kind in _ZERO_FLOP_MODULES or kind is nn.Linear or kind in _CONVS
+    return True
+
+
+def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list,
+               modules: dict[str, nn.Module]) -> tuple[dict[str, NodeInfo], Any]:
     free: dict[fx.Node, list[fx.Node]] = {}
     seen: set[fx.Node] = set()
     for n in reversed(nodes):
@@ -211,7 +237,6 @@ def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any]:
             if a not in seen:
                 seen.add(a)
                 free.setdefault(n, []).append(a)
-    modules: dict[str, nn.Module] | None = None
     env: dict[fx.Node, Any] = {}
     info: dict[str, NodeInfo] = {}
     look = env.__getitem__
@@ -238,7 +263,8 @@ def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any]:
             out = graph.process_outputs(out)
             break
         else:
-            args, kwargs = fx.node.map_arg(n.args, look), fx.node.map_arg(n.kwargs, look)
+            args = fx.node.map_arg(n.args, look)
+            kwargs = fx.node.map_arg(n.kwargs, look) if n.kwargs else {}
             if op == "call_function":
                 fn = n.target
                 if _hashable(fn) and fn in _ZERO_FLOP_FUNCTIONS:
@@ -253,8 +279,6 @@ def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any]:
                     with tally:
                         value = getattr(args[0], n.target)(*args[1:], **kwargs)
             else:
-                if modules is None:
-                    modules = dict(root.named_modules(remove_duplicate=False))
                 mod = modules[n.target]
                 formula = _module_formula(mod, args, kwargs)
                 if formula is None:
@@ -370,6 +394,18 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return not isinstance(m, self._COMPOSITE) and super().is_leaf_module(m, qualname)
 
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
+        """``TracerBase.create_node`` for plain symbolic tracing, without what only other uses need
+        (mutation checks, preserved export metadata, recorded stack traces, the deprecated scope
+        table) and with the module stack copied as a plain dict (``copy.copy`` of an OrderedDict
+        goes through ``__reduce_ex__``, a third of the cost of a node on deep models)."""
+        if self.check_mutable_operations or self.record_stack_traces or fx_traceback.has_preserved_node_meta():
+            return super().create_node(kind, target, args, kwargs, name, type_expr)
+        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
+        if self.module_stack:
+            node.meta["nn_module_stack"] = dict(self.module_stack)
+        return node
+
 
 def _fx_capture(model: nn.Module, args: tuple, kwargs: dict) -> _FxCapture:
     sig = inspect.signature(model.forward)
@@ -443,14 +479,14 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
             try:
                 gm = capture(model, args, kwargs)
                 flat = list(args) + [kwargs[k] for k in _placeholder_kwargs(gm, args, kwargs)]
-                info, out = _propagate(gm, flat)
+                info, out, modules, known = _propagate(gm, flat)
             except Exception as exc:  # noqa: BLE001 - any failure means "try the next capture"
                 site = _failure_site(exc, model)
                 errors.append(f"{mode}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                               + (f" (at {site})" if site else ""))
                 continue
             return Traced(model=model, gm=gm, mode=mode, info=info, output_shape=_describe(out),
-                          reference_shapes=shapes_of(out))
+                          reference_shapes=shapes_of(out), plain=known, _modules=modules)
         _check_runs(model, args, kwargs)  # is it the input, rather than the capture, that fails?
     raise TraceError(
         f"could not capture {type(model).__name__} as a graph.\n  " + "\n  ".join(errors) +
