@@ -131,7 +131,7 @@ def couple(traced) -> Coupling:
                     c.freeze(key, "model output")
         elif info.shape is not None:
             _apply_rule(c, traced, node, refs, memo)
-    _tie_aliases(c, traced.gm)
+    _tie_aliases(c, traced.tensors())
     if traced.mode == "export":
         _tie_multihead_attention(c, traced.model)
     return c
@@ -151,12 +151,11 @@ def _tie_multihead_attention(c: Coupling, model: nn.Module) -> None:
             c.mark_inexact(inner, "the attention scale depends on head_dim")
 
 
-def _tie_aliases(c: Coupling, root) -> None:
+def _tie_aliases(c: Coupling, tensors: dict[str, torch.Tensor]) -> None:
     """One tensor under several names (tied input and output embeddings, shared layers) is one
     set of dims: what prunes one name prunes them all, and what freezes one freezes them all."""
     names: dict[int, list[tuple[str, torch.Tensor]]] = defaultdict(list)
-    for n, t in list(root.named_parameters(remove_duplicate=False)) + \
-            list(root.named_buffers(remove_duplicate=False)):
+    for n, t in tensors.items():
         names[id(t)].append((n, t))
     for aliases in names.values():
         if len(aliases) < 2:

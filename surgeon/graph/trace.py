@@ -105,6 +105,7 @@ class Traced:
     # every op is one whose FLOPs are known without a counter (so grad mode cannot change them)
     plain: bool = False
     _modules: dict | None = field(default=None, repr=False)
+    _shapes: dict = field(default_factory=dict, repr=False)
 
     @property
     def graph(self) -> fx.Graph:
@@ -113,8 +114,13 @@ class Traced:
     def shape(self, node: Any) -> tuple[int, ...] | None:
         if not isinstance(node, fx.Node):
             return None
-        s = self.info[node.name].shape
-        return tuple(s) if isinstance(s, torch.Size) else None
+        name = node.name
+        try:
+            return self._shapes[name]  # read by every rule several times: converted once
+        except KeyError:
+            s = self.info[name].shape
+            s = self._shapes[name] = tuple(s) if isinstance(s, torch.Size) else None
+            return s
 
     def total_flops(self) -> int:
         return sum(i.flops for i in self.info.values())
@@ -130,10 +136,15 @@ class Traced:
 
     def tensor(self, qualname: str) -> torch.Tensor:
         """A parameter or buffer of the captured graph's root by qualified name (KeyError if none)."""
+        return self.tensors()[qualname]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of the captured graph's root by qualified name, aliases
+        (one tensor under several names) included. Built once; do not modify."""
         if self._tensors is None:
             self._tensors = dict(self.gm.named_parameters(remove_duplicate=False))
             self._tensors.update(self.gm.named_buffers(remove_duplicate=False))
-        return self._tensors[qualname]
+        return self._tensors
 
 
 class FlopTally(TorchDispatchMode):
