@@ -393,6 +393,9 @@ class _FxCapture:
         return getattr(self.root, name)
 
 
+_PLAIN_ARGS = frozenset({int, float, bool, str, type(None)})
+
+
 class _Tracer(fx.Tracer):
     """The default fx tracer, keeping torch.nn modules (but not containers) as leaves. The
     torch.nn transformer blocks are made of other modules, so they are traced through (or, where
@@ -404,6 +407,19 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return not isinstance(m, self._COMPOSITE) and super().is_leaf_module(m, qualname)
+
+    def create_arg(self, a: Any) -> Any:
+        """Proxies, and flat tuples/lists of proxies and plain constants (nearly every argument of
+        a module call), lowered directly; everything else as fx does it."""
+        kind = type(a)
+        if kind is fx.Proxy:
+            return a.node
+        if kind is tuple or kind is list:
+            if all(type(e) is fx.Proxy or type(e) in _PLAIN_ARGS for e in a):
+                return kind(e.node if type(e) is fx.Proxy else e for e in a)
+        elif kind is dict and not a:
+            return {}
+        return super().create_arg(a)
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
         """``TracerBase.create_node`` for plain symbolic tracing, without what only other uses need
