@@ -72,7 +72,10 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
         resolve_probes(model, example_input, traced, c)
     groups = build_groups(c)
     _mark_ignored(model, groups, ignore)
-    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    if traced.mode == "fx":  # the traced root is the model itself: its tensor table is at hand
+        params = {n for n, t in traced.tensors().items() if isinstance(t, nn.Parameter)}
+    else:
+        params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     for g in groups:
         if g.reason is None and not any(m.name in params for m in g.tensors):
             g.reason = "only buffers, no parameters, in this group"
