@@ -15,9 +15,10 @@ Each result is checked: it runs, keeps the output shape, keeps 0.50 +- 0.01 of t
 Torch-Pruning's single-run time (one graph build + prune at the final ratio), not its search.
 Both are timed warm: Torch-Pruning's single run comes after its search ran on the same model
 (so one-off costs such as oneDNN kernel set-up for each layer shape are paid), and ours after
-one untimed ``shrink`` of the same model.
+one untimed ``shrink`` of the same model. Each engine's time is the median of ``--repeats``
+runs (default 3; Torch-Pruning's on a fresh deepcopy each, the copy not timed).
 
-    PYTHONPATH=. python benchmarks/zoo.py [--models a,b] [--peer-timeout 120] [--no-peer]
+    PYTHONPATH=. python benchmarks/zoo.py [--models a,b] [--repeats 3] [--peer-timeout 120] [--no-peer]
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def warm_up(engine: str) -> None:
 
 # ----------------------------------------------------------------------------- the two engines
 
-def run_ours(name: str) -> dict:
+def run_ours(name: str, repeats: int = 1) -> dict:
     import surgeon
     from surgeon.verify import count_flops
 
@@ -150,12 +151,15 @@ def run_ours(name: str) -> dict:
         surgeon.shrink(model, x, target=TARGET)
     except Exception:  # noqa: BLE001 - reported by the timed run below
         pass
-    t0 = time.perf_counter()
-    try:
-        small = surgeon.shrink(model, x, target=TARGET)
-    except Exception as exc:  # noqa: BLE001
-        return {"ok": False, "reason": f"error: {short(exc)}", "time": None}
-    seconds = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        try:
+            small = surgeon.shrink(model, x, target=TARGET)
+        except Exception as exc:  # noqa: BLE001
+            return {"ok": False, "reason": f"error: {short(exc)}", "time": None}
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
     ok, reason, ratio = check(model, snap, small, x, base, shape)
     return {"ok": ok, "reason": reason, "time": seconds, "flops": ratio}
 
@@ -218,7 +222,7 @@ def tp_search(model, x, base: int, ignored: list, steps: int, limit: float, **op
     return best[0], time.perf_counter() - t0
 
 
-def run_theirs(name: str, steps: int, limit: float) -> dict:
+def run_theirs(name: str, steps: int, limit: float, repeats: int = 1) -> dict:
     from surgeon.verify import count_flops
 
     model, x = build(name)
@@ -226,7 +230,11 @@ def run_theirs(name: str, steps: int, limit: float) -> dict:
     ignored = [head_of(name, model)]
     try:
         ratio, search = tp_search(model, x, base, ignored, steps, limit)
-        net, single = timed_step(lambda: tp_prune(model, x, ratio, ignored), limit)
+        singles = []
+        for _ in range(repeats):
+            net, single = timed_step(lambda: tp_prune(model, x, ratio, ignored), limit)
+            singles.append(single)
+        single = statistics.median(singles)
     except StepTimeout:
         return {"ok": False, "reason": f"timeout >{limit:g}s", "time": None}
     except StepError as exc:
@@ -245,15 +253,16 @@ def worker(args) -> None:
     warnings.simplefilter("ignore")
     warm_up(args.worker)
     name = args.models
-    res = run_ours(name) if args.worker == "ours" else run_theirs(name, args.tp_steps,
-                                                                   args.peer_timeout)
+    res = run_ours(name, args.repeats) if args.worker == "ours" else run_theirs(
+        name, args.tp_steps, args.peer_timeout, args.repeats)
     print(RESULT + json.dumps(res), flush=True)
 
 
 def spawn(engine: str, name: str, args, limit: float) -> dict:
     """Run one engine on one model in a fresh interpreter; a hard wall-clock backstop of ``limit``."""
     cmd = [sys.executable, __file__, "--worker", engine, "--models", name,
-           "--peer-timeout", str(args.peer_timeout), "--tp-steps", str(args.tp_steps)]
+           "--peer-timeout", str(args.peer_timeout), "--tp-steps", str(args.tp_steps),
+           "--repeats", str(args.repeats)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -334,6 +343,9 @@ def parse_args(argv=None):
     ap.add_argument("--tp-steps", type=int, default=10, help="bisection steps for Torch-Pruning's ratio")
     ap.add_argument("--ours-timeout", type=float, default=900.0,
                     help="backstop seconds for one surgeon run (default 900)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed runs per engine and model (median; default 3): one run is noisy "
+                         "on a shared machine")
     ap.add_argument("--worker", choices=["ours", "theirs"], help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -346,8 +358,9 @@ def main(argv=None) -> None:
     print(f"{len(names)} models, target {TARGET} +- {TOL} of FLOPs, 1 thread, engines interleaved; "
           f"TP: local GroupMagnitudeImportance(p=2), classifier ignored, {args.tp_steps}-step "
           f"bisection, --peer-timeout {args.peer_timeout:g}s per build+prune\n"
-          f"times: ours = surgeon.shrink (incl. its own checks); TP single = one graph build + "
-          f"prune at the final ratio; TP search = whole bisection; ratio = ours / TP single\n",
+          f"times (median of {args.repeats} runs each): ours = surgeon.shrink (incl. its own "
+          f"checks); TP single = one graph build + prune at the final ratio; TP search = whole "
+          f"bisection; ratio = ours / TP single\n",
           flush=True)
     print(HEADER, flush=True)
     summarize(run_all(names, args), peer=not args.no_peer)
