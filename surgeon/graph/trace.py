@@ -28,7 +28,7 @@ from torch.utils.flop_counter import conv_flop_count, flop_registry
 
 from ..errors import TraceError
 
-__all__ = ["Traced", "trace", "normalize_inputs", "run_model", "shapes_of", "FlopTally"]
+__all__ = ["Traced", "trace", "normalize_inputs", "run_model", "shapes_of", "FlopTally", "count_known"]
 
 
 def normalize_inputs(example_input: Any) -> tuple[tuple, dict]:
@@ -230,7 +230,7 @@ def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any, dict[st
 
 def _known(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if n.op == "call_function":
-        return _hashable(n.target) and n.target in _ZERO_FLOP_FUNCTIONS
+        return _zero_flop_function(n.target)
     if n.op == "call_method":
         return n.target in _ZERO_FLOP_METHODS
     if n.op == "call_module":
@@ -278,7 +278,7 @@ def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list,
             kwargs = fx.node.map_arg(n.kwargs, look) if n.kwargs else {}
             if op == "call_function":
                 fn = n.target
-                if _hashable(fn) and fn in _ZERO_FLOP_FUNCTIONS:
+                if _zero_flop_function(fn):
                     value = fn(*args, **kwargs)
                 else:
                     with tally:
@@ -330,6 +330,19 @@ _ZERO_FLOP_FUNCTIONS = frozenset({
     F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.hardswish, F.hardsigmoid, F.dropout, F.softmax,
     F.layer_norm, F.batch_norm, F.group_norm, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.pad,
 })
+# functions of optional packages, by qualified name (stochastic depth is the identity in eval
+# mode and an elementwise mask in training)
+_ZERO_FLOP_NAMES = frozenset({"torchvision.ops.stochastic_depth.stochastic_depth"})
+
+
+def _zero_flop_function(fn: Any) -> bool:
+    if not _hashable(fn):
+        return False
+    if fn in _ZERO_FLOP_FUNCTIONS:
+        return True
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}" in _ZERO_FLOP_NAMES
+
+
 _ZERO_FLOP_METHODS = frozenset({
     "view", "reshape", "permute", "transpose", "flatten", "contiguous", "size", "chunk", "split",
     "mean", "sum", "add", "sub", "mul", "div", "unsqueeze", "squeeze", "expand", "softmax", "sigmoid",
@@ -363,6 +376,36 @@ def _module_formula(mod: nn.Module, args: tuple, kwargs: dict) -> Callable | Non
 
 
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+def count_known(model: nn.Module, example_input: Any) -> tuple[int, Any] | None:
+    """Run ``model`` once (eval mode, no autograd) and count the FLOPs of its Linear and Conv
+    modules by the formulas above; returns (FLOPs, output), or None when a call did not fit them.
+
+    This equals what :class:`FlopTally` (and ``FlopCounterMode``) count only for a model whose
+    capture was :attr:`Traced.plain` -- every other op it runs has no FLOP formula, and autograd
+    cannot change a count -- such as the same model after surgery. It skips the dispatch mode's
+    few microseconds per op and autograd's bookkeeping, which on deep models of small layers
+    cost more than the ops."""
+    count, fits = 0, True
+
+    def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        nonlocal count, fits
+        formula = _module_formula(mod, args, kwargs)
+        if formula is None:
+            fits = False
+        else:
+            count += formula(mod, args[0], out)
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules()
+               if type(m) is nn.Linear or type(m) in _CONVS]
+    try:
+        with eval_mode(model), torch.no_grad():
+            out = run_model(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return (count, out) if fits else None
 
 
 def _hashable(x: Any) -> bool:
