@@ -90,3 +90,36 @@ def test_inplace_apply_keeps_ties():
     assert model.out2.weight is model.out.weight and model.blocks[0] is model.shared
     assert model.scale.s.shape == (model.fc1.out_features,)
     assert model(x).shape == (4, 8)
+
+
+class _Attention(nn.Module):
+    """Eval-mode, batch-first attention layers: the ones torch.nn runs through a fused fast path."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+    def forward(self, x):
+        return self.encoder(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_measure_counts_what_count_flops_counts_and_runs_the_model():
+    from surgeon.verify import count_flops, measure, output_shapes
+
+    torch.manual_seed(0)
+    for model, x in [(_Attention().eval(), torch.randn(2, 6, 32)), (Tied().eval(), torch.randn(4, 16))]:
+        flops, shapes = measure(model, x)
+        assert flops == count_flops(model, x) > 0
+        assert shapes == output_shapes(model, x)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+    broken = Tied().eval()
+    broken.fc2.weight.data = broken.fc2.weight.data[:, :32]  # the run itself must fail
+    try:
+        measure(broken, torch.randn(4, 16))
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("measure did not run the model")
+    assert torch.backends.mha.get_fastpath_enabled()
