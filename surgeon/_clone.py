@@ -23,7 +23,8 @@ from torch import nn
 
 __all__ = ["clone_module"]
 
-_ATOMIC = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
+_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size})
+_EMPTY = frozenset({dict, OrderedDict, set})  # a fresh empty one is the copy
 
 
 def _plain_pickling(cls: type) -> bool:
@@ -38,8 +39,12 @@ def _plain_pickling(cls: type) -> bool:
 _PLAIN: dict[type, bool] = {}
 
 
-def clone_module(model: nn.Module, replace: Iterable[torch.Tensor] = ()) -> nn.Module:
-    memo: dict[int, Any] = {id(t): t for t in replace}
+def clone_module(model: nn.Module, replace: Iterable[torch.Tensor] = (),
+                 memo: dict[int, Any] | None = None) -> nn.Module:
+    """A deep copy of ``model`` sharing the tensors in ``replace``. ``memo`` (optional, empty)
+    receives deepcopy's memo: ``memo[id(x)]`` is the copy of each module and tensor copied."""
+    memo = {} if memo is None else memo
+    memo.update((id(t), t) for t in replace)
     return _clone(model, memo)
 
 
@@ -55,19 +60,34 @@ def _clone(m: nn.Module, memo: dict[int, Any]) -> nn.Module:
         return copy.deepcopy(m, memo)
     new = cls.__new__(cls)
     memo[id(m)] = new
-    state = {}
+    state = new.__dict__
     for k, v in m.__dict__.items():
-        if k == "_compiled_call_impl":
-            continue
-        if k == "_modules":
-            state[k] = type(v)((n, None if c is None else _clone(c, memo)) for n, c in v.items())
-        elif type(v) in _ATOMIC:
+        kind = type(v)
+        if kind in _EMPTY and not v:  # hook dicts, a leaf's registries: most entries
+            state[k] = kind()
+        elif kind in _ATOMIC:
             state[k] = v
-        elif type(v) in (dict, OrderedDict) and not v:
-            state[k] = type(v)()
-        elif type(v) is set and not v:
-            state[k] = set()
-        else:
+        elif k == "_modules":
+            state[k] = type(v)((n, None if c is None else _clone(c, memo)) for n, c in v.items())
+        elif (k == "_parameters" or k == "_buffers") and kind is dict:
+            state[k] = memo[id(v)] = {n: _tensor(t, memo) for n, t in v.items()}
+        elif kind is tuple and all(type(e) in _ATOMIC for e in v):
+            state[k] = v  # what deepcopy returns for it
+        elif k != "_compiled_call_impl":
             state[k] = copy.deepcopy(v, memo)
-    new.__dict__.update(state)
+    state.pop("_compiled_call_impl", None)  # nn.Module.__getstate__ drops it too
     return new
+
+
+def _tensor(t: Any, memo: dict[int, Any]) -> Any:
+    """``copy.deepcopy(t, memo)`` for a parameter or buffer entry (None, shared or copied);
+    a plain ``nn.Parameter`` is copied by its own ``__deepcopy__`` directly, which records
+    itself in ``memo`` (the originals stay alive in the model, so no keep-alive list is needed)."""
+    if t is None:
+        return None
+    hit = memo.get(id(t))
+    if hit is not None:
+        return hit
+    if type(t) is nn.Parameter:
+        return t.__deepcopy__(memo)  # records itself in memo
+    return copy.deepcopy(t, memo)

@@ -8,8 +8,9 @@ passes ``inplace=True``. The result keeps the user's own classes, so its methods
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,11 +21,26 @@ from .plan import Plan
 __all__ = ["apply", "FIXERS", "NAMED_FIXERS", "register_fixer", "has_fixer"]
 
 
+_REQUIRED = object()
+
+
 class _Modules(dict):
     """Qualified name -> submodule of one model, resolved once (deep models have thousands)."""
 
-    def __init__(self, model: nn.Module):
-        super().__init__(model.named_modules(remove_duplicate=False))
+    def __init__(self, model: nn.Module | None = None):
+        super().__init__(() if model is None else model.named_modules(remove_duplicate=False))
+
+    @classmethod
+    def of_copy(cls, source: "_Modules", copy: nn.Module, memo: dict[int, Any]) -> "_Modules":
+        """The modules of ``copy``, a clone of ``source``'s model made with ``memo``: each name
+        maps to the copy of the module it names there, without walking the copy again."""
+        mods = cls()
+        for name, mod in source.items():
+            new = memo.get(id(mod))
+            if new is None:  # a module that copies itself without the memo: walk the copy
+                return cls(copy)
+            mods[name] = new
+        return mods
 
     def owner(self, qualname: str) -> tuple[nn.Module, str]:
         mod_name, _, leaf = qualname.rpartition(".")
@@ -33,24 +49,37 @@ class _Modules(dict):
             raise PlanError(f"the plan slices '{qualname}' but the model has no module '{mod_name}'")
         return mod, leaf
 
+    def tensor(self, qualname: str, default: Any = _REQUIRED) -> Any:
+        """The parameter, buffer or attribute ``qualname`` (read from the registries first:
+        ``getattr`` on a module goes through ``nn.Module.__getattr__``)."""
+        mod, leaf = self.owner(qualname)
+        t = mod._parameters.get(leaf)
+        if t is None:
+            t = mod._buffers.get(leaf)
+        if t is not None:
+            return t
+        return getattr(mod, leaf) if default is _REQUIRED else getattr(mod, leaf, default)
 
-def _aliases(model: nn.Module) -> dict[int, list[str]]:
-    names: dict[int, list[str]] = defaultdict(list)
-    for n, p in model.named_parameters(remove_duplicate=False):
-        names[id(p)].append(n)
-    for n, b in model.named_buffers(remove_duplicate=False):
-        names[id(b)].append(n)
-    return names
+
+def _aliases(mods: _Modules, tensors: set[int]) -> dict[int, list[tuple[nn.Module, dict, str]]]:
+    """Every place a parameter or buffer registry of ``mods`` holds one of ``tensors`` (by id):
+    (module, its ``_parameters`` or ``_buffers`` dict, key). Tied weights have several."""
+    where: dict[int, list] = defaultdict(list)
+    for mod in mods.values():
+        for store in (mod._parameters, mod._buffers):
+            for leaf, t in store.items():
+                if id(t) in tensors:
+                    where[id(t)].append((mod, store, leaf))
+    return where
 
 
-def _set(mods: _Modules, qualname: str, new: torch.Tensor) -> None:
-    mod, leaf = mods.owner(qualname)
-    if leaf in mod._parameters:
-        mod._parameters[leaf] = new
-    elif leaf in mod._buffers:
-        mod._buffers[leaf] = new
-    else:
-        setattr(mod, leaf, new)
+def _index(keep: tuple[int, ...], device: torch.device, cache: dict) -> torch.Tensor:
+    """The index tensor of ``keep`` (made once per distinct keep list: a group's members share it)."""
+    key = (tuple(keep), device)
+    index = cache.get(key)
+    if index is None:
+        index = cache[key] = torch.from_numpy(np.asarray(key[0], dtype=np.int64)).to(device)
+    return index
 
 
 def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
@@ -68,9 +97,9 @@ def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a surgeon.Plan, got {type(plan).__name__}")
     source = _Modules(model)
+    found: dict[str, Any] = {}
     for name, shape in plan.shapes:
-        mod, leaf = source.owner(name)
-        t = getattr(mod, leaf, None)
+        t = found[name] = source.tensor(name, None)
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else None
             raise PlanError(f"the plan was made for a model where '{name}' has shape {tuple(shape)}, "
@@ -79,39 +108,49 @@ def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     for s in plan.slices:
         by_tensor[s.tensor].append(s)
     # the copy shares the tensors about to be sliced (each is replaced, with all its aliases)
-    sliced = [getattr(*source.owner(name)) for name in by_tensor]
-    target = model if inplace else clone_module(model, replace=sliced)
-    mods = source if inplace else _Modules(target)
-    aliases = _aliases(target)
-    touched: set[int] = set()
+    sliced = [found[name] if name in found else source.tensor(name) for name in by_tensor]
+    if inplace:
+        target, mods = model, source
+    else:
+        memo: dict[int, Any] = {}
+        target = clone_module(model, replace=sliced, memo=memo)
+        mods = _Modules.of_copy(source, target, memo)
+    olds = sliced if inplace else [mods.tensor(name) for name in by_tensor]
+    aliases = _aliases(mods, {id(t) for t in olds})
+    touched: dict[int, nn.Module] = {}
     done: set[int] = set()
-    for name, slices in by_tensor.items():
-        mod, leaf = mods.owner(name)
-        old = getattr(mod, leaf)
-        if id(old) in done:
+    indices: dict = {}
+    for (name, slices), old in zip(by_tensor.items(), olds):
+        if id(old) in done:  # another name of a tensor already replaced
             continue
         new = old.detach()
-        for s in sorted(slices, key=lambda s: s.dim):
-            index = torch.as_tensor(s.keep, dtype=torch.long, device=new.device)
-            new = new.index_select(s.dim, index)
-        new = new.clone()
+        for s in slices if len(slices) == 1 else sorted(slices, key=lambda s: s.dim):
+            # index_select copies: new shares no memory with old
+            new = new.index_select(s.dim, _index(s.keep, new.device, indices))
         if isinstance(old, nn.Parameter):  # one object for every alias, so tied weights stay tied
             new = nn.Parameter(new, requires_grad=old.requires_grad)
-        for alias in aliases.get(id(old), [name]):
-            _set(mods, alias, new)
-            touched.add(id(mods.owner(alias)[0]))
-        done.update((id(old), id(new)))  # a later alias name now finds the new tensor
+        places = aliases.get(id(old))
+        if places:
+            for mod, store, leaf in places:
+                store[leaf] = new
+                touched[id(mod)] = mod
+        else:  # a plain tensor attribute
+            mod, leaf = mods.owner(name)
+            setattr(mod, leaf, new)
+            touched[id(mod)] = mod
+        done.add(id(old))
     for a in plan.attrs:
         mod = mods[a.module] if a.module in mods else target.get_submodule(a.module)
         setattr(mod, a.attr, tuple(a.new) if isinstance(a.new, list) else a.new)
     _drop_layers(target, mods, plan.drops)
     for a in plan.config:  # the copy's own config object (deep-copied with the model)
         setattr(getattr(target, a.module), a.attr, a.new)
-    for mod in target.modules():
-        if id(mod) in touched:
-            fix = _fixer(type(mod))
-            if fix is not None:
-                fix(mod)
+    fixers: dict[type, Any] = {}
+    for mod in touched.values():
+        cls = type(mod)
+        fix = fixers[cls] if cls in fixers else fixers.setdefault(cls, _fixer(cls))
+        if fix is not None:
+            fix(mod)
     return target
 
 
