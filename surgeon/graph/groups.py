@@ -130,16 +130,18 @@ def build_groups(c: Coupling) -> list[PruneGroup]:
         keys = [k for ci in cls for k in classes[roots[ci]]]
         if not any(k[0] == "p" for k in keys):
             continue
-        unit_of_class = _units(c, roots, classes, cls, rels_of.get(g, []), index)
-        groups.append(_make_group(c, len(groups), classes, roots, cls, unit_of_class))
+        unit_of_class, n_units = _units(c, roots, classes, cls, rels_of.get(g, []), index)
+        groups.append(_make_group(c, len(groups), classes, roots, cls, unit_of_class, n_units))
     return groups
 
 
-def _units(c: Coupling, roots, classes, cls: list[int], rel_ids: list[int], index) -> dict[int, np.ndarray]:
+def _units(c: Coupling, roots, classes, cls: list[int], rel_ids: list[int],
+           index) -> tuple[dict[int, np.ndarray], int]:
+    """Each class's unit per index, and the number of units."""
     sizes = {ci: c.sizes[classes[roots[ci]][0]] for ci in cls}
     if not rel_ids:
         (ci,) = cls
-        return {ci: np.arange(sizes[ci], dtype=np.int64)}
+        return {ci: np.arange(sizes[ci], dtype=np.int64)}, sizes[ci]
     offset, total = {}, 0
     for ci in cls:
         offset[ci] = total
@@ -150,12 +152,11 @@ def _units(c: Coupling, roots, classes, cls: list[int], rel_ids: list[int], inde
         ea.append(offset[index[c.uf.find(a)]] + ia)
         eb.append(offset[index[c.uf.find(b)]] + ib)
     labels = components(total, np.concatenate(ea), np.concatenate(eb))
-    _, units = np.unique(labels, return_inverse=True)
-    return {ci: units[offset[ci]: offset[ci] + sizes[ci]] for ci in cls}
+    uniq, units = np.unique(labels, return_inverse=True)
+    return {ci: units[offset[ci]: offset[ci] + sizes[ci]] for ci in cls}, len(uniq)
 
 
-def _make_group(c: Coupling, gid: int, classes, roots, cls, unit_of_class) -> PruneGroup:
-    n_units = int(max(u.max() for u in unit_of_class.values()) + 1)
+def _make_group(c: Coupling, gid: int, classes, roots, cls, unit_of_class, n_units: int) -> PruneGroup:
     members, frozen, has_tensor = [], np.zeros(n_units, bool), np.zeros(n_units, bool)
     reason = inexact = None
     where = []

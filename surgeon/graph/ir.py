@@ -102,6 +102,7 @@ class Coupling:
     _channel_like: set = field(default_factory=set)  # roots of classes that carry channels
 
     eqs: list[tuple[DimKey, DimKey]] = field(default_factory=list)
+    dim_keys: dict = field(default_factory=dict, repr=False)  # (node or (node, i), dim) -> key, for rules
 
     # -- building -----------------------------------------------------------------------------
     def add(self, key: DimKey, size: int) -> DimKey:
