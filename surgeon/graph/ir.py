@@ -120,15 +120,15 @@ class Coupling:
         if self.sizes[a] != self.sizes[b]:
             raise AssertionError(f"eq between {a} ({self.sizes[a]}) and {b} ({self.sizes[b]})")
         self.eqs.append((a, b))
-        ra, rb = self.uf.find(a), self.uf.find(b)
+        find = self.uf.find
+        ra, rb = find(a), find(b)
         if ra == rb:
             return
-        like = ra in self._channel_like or rb in self._channel_like
-        root = self.uf.union(ra, rb)
-        self._channel_like.discard(ra)
-        self._channel_like.discard(rb)
-        if like:
-            self._channel_like.add(root)
+        self.uf.parent[rb] = ra  # the union of two roots: ra stays the root, as _UnionFind.union does
+        like = self._channel_like
+        if rb in like:
+            like.discard(rb)
+            like.add(ra)
 
     def rel(self, a: DimKey, b: DimKey, ia: Iterable[int], ib: Iterable[int]) -> None:
         ia = np.asarray(ia, dtype=np.int64)
