@@ -65,11 +65,18 @@ def _tensor(model: nn.Module, qualname: str) -> torch.Tensor | None:
 
 def per_index(t: torch.Tensor, dim: int, p: int) -> np.ndarray:
     """``sum |t|^p`` over every dim but ``dim``."""
-    x = t.float().abs()
-    if p == 2:
-        x = x * x
-    dims = [d for d in range(t.dim()) if d != dim]
-    return (x.sum(dim=dims) if dims else x).cpu().numpy().astype(np.float64)
+    return _sum_but(_powered(t, p), dim).cpu().numpy().astype(np.float64)
+
+
+def _powered(t: torch.Tensor, p: int) -> torch.Tensor:
+    """``|t|^p`` in float32, p = 1 or 2 (``t * t`` equals ``|t| * |t|``), as a new tensor."""
+    x = t.float()
+    return x * x if p == 2 else x.abs()
+
+
+def _sum_but(x: torch.Tensor, dim: int) -> torch.Tensor:
+    dims = [d for d in range(x.dim()) if d != dim]
+    return x.sum(dim=dims) if dims else x
 
 
 def layer_rms(model: nn.Module, layers: list[str]) -> np.ndarray:
@@ -84,13 +91,69 @@ def layer_rms(model: nn.Module, layers: list[str]) -> np.ndarray:
 
 def combine(group: PruneGroup, member_scores: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Sum of mean-normalised per-unit scores. ``member_scores``: (unit_of, per-index score)."""
-    total = np.zeros(group.n_units)
-    for unit_of, s in member_scores:
-        per_unit = np.bincount(unit_of, weights=s, minlength=group.n_units)
-        mean = per_unit.mean()
-        if mean > 0:
-            total += per_unit / mean
-    return total
+    return _combine([group], [0] * len(member_scores), [u for u, _ in member_scores],
+                    [s for _, s in member_scores])[0]
+
+
+def combine_groups(groups: list[PruneGroup], member_scores: list[tuple[int, np.ndarray, np.ndarray]]
+                   ) -> list[np.ndarray]:
+    """:func:`combine` for many groups at once. ``member_scores``: (group index, unit_of,
+    per-index score) per member; each group's members are added up in the order given."""
+    return _combine(groups, [g for g, _, _ in member_scores], [u for _, u, _ in member_scores],
+                    [s for _, _, s in member_scores])
+
+
+def _combine(groups: list[PruneGroup], group_of: list[int], unit_of: list[np.ndarray], scores: list) -> list[np.ndarray]:
+    n_units = np.array([g.n_units for g in groups], dtype=np.int64)
+    total = np.zeros(int(n_units.sum()))
+    offsets = np.cumsum(n_units) - n_units
+    if group_of:
+        gi = np.array(group_of, dtype=np.int64)
+        # Per-unit sums, one block per member. Groups with as many units and members are handled
+        # together: their blocks lie one after another, group by group, each in member order.
+        n, count = n_units[gi], np.bincount(gi, minlength=len(groups))[gi]
+        order = np.lexsort((gi, count, n))
+        identity: dict[int, bool] = {}  # id(unit_of) -> each index is its own unit
+        ramp = np.arange(int(n.max()))
+        blocks = []
+        for k in order.tolist():
+            u, size, s = unit_of[k], n_units[group_of[k]], scores[k]
+            if id(u) not in identity:
+                identity[id(u)] = len(u) == size and bool((u == ramp[:size]).all())
+            if identity[id(u)] and len(s) == size:
+                blocks.append(s)
+            else:
+                blocks.append(np.bincount(u, weights=s, minlength=size))
+        per_unit = np.concatenate(blocks, dtype=np.float64, casting="same_kind")
+        per_unit += 0.0  # as a sum from zero: -0.0 becomes 0.0
+        at = first = 0  # where the run starts in per_unit and in order
+        for size, members, length in _runs(n[order], count[order]):
+            rows = per_unit[at: at + size * length].reshape(length, size)
+            heads = gi[order[first: first + length: members]]  # the run's groups
+            at, first = at + size * length, first + length
+            if size == 0:
+                continue
+            mean = rows.mean(axis=1)  # each block summed as alone
+            used = mean > 0  # a member whose scores are all zero adds nothing
+            np.divide(rows, mean[:, None], out=rows, where=used[:, None])
+            rows[~used] = 0.0
+            part = rows.reshape(-1, members, size)
+            # each group's members added one after another, as a running sum from zero would
+            if members <= 16:
+                summed = np.zeros((len(part), size))
+                for j in range(members):
+                    summed += part[:, j]
+            else:  # no value is -0.0, so starting from the first member is the same
+                summed = np.add.accumulate(part, axis=1)[:, -1]
+            total[offsets[heads][:, None] + np.arange(size)] = summed
+    return np.split(total, np.cumsum(n_units)[:-1])
+
+
+def _runs(sizes: np.ndarray, counts: np.ndarray) -> list[tuple[int, int, int]]:
+    """(size, count, length) of each run of equal (size, count) pairs."""
+    cut = np.flatnonzero(np.diff(sizes) | np.diff(counts)) + 1
+    first = np.r_[0, cut]
+    return list(zip(sizes[first].tolist(), counts[first].tolist(), np.diff(np.r_[first, len(sizes)]).tolist()))
 
 
 class Magnitude:
@@ -102,15 +165,52 @@ class Magnitude:
         self.name = f"l{p}"
 
     def score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]:
-        out = []
-        for g in groups:
-            parts = []
-            for m in g.tensors:
-                t = _tensor(model, m.name)
-                if t is not None and t.dim() > m.dim:
-                    parts.append((m.unit_of, per_index(t, m.dim, self.p)))
-            out.append(combine(g, parts))
-        return out
+        params = dict(model.named_parameters(remove_duplicate=False))
+        tensors: dict[str, torch.Tensor | None] = {}
+        dims_of: dict[str, list[int]] = {}  # tensor -> its member dims, in first-use order
+        parts = []  # (group index, tensor name, dim, unit_of) of every member with a slice to score
+        for gi, g in enumerate(groups):
+            for m in g.members:
+                key = m.key
+                if key[0] != "p":
+                    continue
+                name, dim = key[1], key[2]
+                if name in tensors:
+                    t = tensors[name]
+                else:
+                    t = params.get(name)
+                    t = tensors[name] = t.detach() if t is not None else _tensor(model, name)
+                if t is not None and t.dim() > dim:
+                    parts.append((gi, name, dim, m.unit_of))
+                    dims = dims_of.setdefault(name, [])
+                    if dim not in dims:
+                        dims.append(dim)
+        if not parts:
+            return [np.zeros(g.n_units) for g in groups]
+        # Per-index scores: sum |t|^p over every dim but the member's, |t|^p once per tensor. A
+        # vector needs no sum: all of them are powered at once.
+        vectors = [n for n in dims_of if tensors[n].dim() == 1]
+        if len({tensors[n].device for n in vectors}) > 1:
+            vectors = []
+        found = []  # float32 score vectors, one after another
+        span: dict[tuple[str, int], tuple[int, int]] = {}  # (tensor, dim) -> its scores' start, end
+        at = 0
+        if vectors:
+            found.append(_powered(torch.cat([tensors[n].float() for n in vectors]), self.p).cpu())
+            for n in vectors:
+                span[n, 0] = at, at + tensors[n].shape[0]
+                at += tensors[n].shape[0]
+        for name, dims in dims_of.items():
+            if (name, dims[0]) in span:
+                continue
+            x = _powered(tensors[name], self.p)
+            for d in dims:
+                found.append(_sum_but(x, d).cpu())
+                span[name, d] = at, at + x.shape[d]
+                at += x.shape[d]
+        flat = torch.cat(found).numpy()
+        scores = [flat[slice(*span[name, dim])] for _, name, dim, _ in parts]
+        return _combine(groups, [gi for gi, _, _, _ in parts], [u for _, _, _, u in parts], scores)
 
 
 class BNScale:
