@@ -73,7 +73,29 @@ class CostModel:
         self._counts = counts[nz]
         self._vals = self._counts / self._sizes[self._rows]
         self._nnz = np.bincount(self._rows, minlength=one)
-        self._slot_units = n
+        self._start = np.cumsum(self._nnz) - self._nnz  # each slot's first entry
+        # A slot is even when every unit of its group holds the same, non-zero, number of its
+        # indices. Its kept ratio, a running sum of one value per kept unit (a removed unit adds
+        # 0.0), depends only on how many units are kept: it is read from a table of running sums.
+        held = self._nnz > 0
+        self._even = self._nnz == n
+        if held.any():
+            self._even[held] &= (np.minimum.reduceat(self._counts, self._start[held])
+                                 == np.maximum.reduceat(self._counts, self._start[held]))
+        self._even_slots = np.flatnonzero(self._even & held)
+        tables: dict[tuple[float, int], int] = {}  # (value, units) -> where its running sums start
+        parts, size = [], 0
+        self._table_at = np.zeros(len(self._even_slots), dtype=np.int64)
+        for i, si in enumerate(self._even_slots.tolist()):
+            key = (float(self._vals[self._start[si]]), int(n[si]))
+            if key not in tables:
+                tables[key] = size
+                parts.append(np.cumsum(np.full(key[1], key[0])))
+                size += key[1]
+            self._table_at[i] = tables[key]
+        self._tables = np.concatenate(parts) if parts else np.zeros(0)
+        uneven = ~self._even[self._rows] | ~held[self._rows]
+        self._uneven = self._rows[uneven], self._cols[uneven], self._vals[uneven]
         self._marginal: np.ndarray | None = None  # per unit, all groups concatenated
 
     def total(self, keep: list[np.ndarray]) -> float:
@@ -83,7 +105,14 @@ class CostModel:
     def total_flat(self, flat: np.ndarray) -> float:
         """Cost with the keep-masks of all groups concatenated."""
         r = np.ones(self.n_slots + 1)
-        r[:-1] = np.bincount(self._rows, weights=self._vals * flat[self._cols], minlength=self.n_slots)
+        if flat.dtype == bool:
+            rows, cols, vals = self._uneven
+            r[:-1] = np.bincount(rows, weights=vals * flat[cols], minlength=self.n_slots)
+            kept = np.cumsum(np.r_[0, flat], dtype=np.int64)[self._offsets]
+            kept = (kept[1:] - kept[:-1])[self._slot_group[self._even_slots]]  # units kept per slot
+            r[self._even_slots] = np.where(kept > 0, self._tables[self._table_at + np.maximum(kept - 1, 0)], 0.0)
+        else:
+            r[:-1] = np.bincount(self._rows, weights=self._vals * flat[self._cols], minlength=self.n_slots)
         per_term = r[self.idx[:, 0]]
         for j in range(1, self.idx.shape[1]):  # each row's ratios multiplied left to right
             per_term = per_term * r[self.idx[:, j]]
@@ -116,19 +145,13 @@ class CostModel:
         groups = self.groups
         term, pos = np.nonzero(self.idx < self.n_slots)
         slot = self.idx[term, pos]
-        # a slot is even when every unit of its group holds the same, non-zero, number of its
-        # indices; in a group of even slots every unit adds the same numbers: sum them once
-        start = np.cumsum(self._nnz) - self._nnz  # first sparse entry of each slot
-        held = self._nnz > 0
-        lo = np.minimum.reduceat(self._counts, start[held]) if held.any() else np.zeros(0, np.int64)
-        hi = np.maximum.reduceat(self._counts, start[held]) if held.any() else np.zeros(0, np.int64)
-        even = self._nnz == self._slot_units
-        even[held] &= lo == hi
+        # in a group of even slots every unit adds the same numbers: sum them once
+        start = self._start
         even_group = np.ones(len(groups), dtype=bool)
-        even_group[self._slot_group[~even]] = False
+        even_group[self._slot_group[~self._even]] = False
         flat_group = np.repeat(np.arange(len(groups)), np.diff(self._offsets))
-        one = even_group[self._slot_group[slot]]
-        s1 = slot[one]  # slots of even groups hold every unit: start[s1] is a valid entry
+        one = even_group[self._slot_group[slot]] & (self._nnz[slot] > 0)
+        s1 = slot[one]
         per_group = np.bincount(self._slot_group[s1], weights=self.flops[term[one]] * self._counts[start[s1]]
                                 / self._sizes[s1], minlength=len(groups))
         flat = per_group[flat_group]
