@@ -146,7 +146,8 @@ def _combine(groups: list[PruneGroup], group_of: list[int], unit_of: list[np.nda
             else:  # no value is -0.0, so starting from the first member is the same
                 summed = np.add.accumulate(part, axis=1)[:, -1]
             total[offsets[heads][:, None] + np.arange(size)] = summed
-    return np.split(total, np.cumsum(n_units)[:-1])
+    ends = np.cumsum(n_units).tolist()
+    return [total[e - n: e] for e, n in zip(ends, n_units.tolist())]  # (np.split is slower)
 
 
 def _runs(sizes: np.ndarray, counts: np.ndarray) -> list[tuple[int, int, int]]:
@@ -165,8 +166,13 @@ class Magnitude:
         self.name = f"l{p}"
 
     def score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]:
+        with torch.no_grad():
+            return self._score(model, groups)
+
+    def _score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]:
         params = dict(model.named_parameters(remove_duplicate=False))
         tensors: dict[str, torch.Tensor | None] = {}
+        ndim: dict[str, int] = {}
         dims_of: dict[str, list[int]] = {}  # tensor -> its member dims, in first-use order
         parts = []  # (group index, tensor name, dim, unit_of) of every member with a slice to score
         for gi, g in enumerate(groups):
@@ -174,43 +180,54 @@ class Magnitude:
                 key = m.key
                 if key[0] != "p":
                     continue
-                name, dim = key[1], key[2]
-                if name in tensors:
-                    t = tensors[name]
-                else:
-                    t = params.get(name)
-                    t = tensors[name] = t.detach() if t is not None else _tensor(model, name)
-                if t is not None and t.dim() > dim:
+                _, name, dim = key
+                nd = ndim.get(name)
+                if nd is None:
+                    t = tensors[name] = params[name] if name in params else _tensor(model, name)
+                    nd = ndim[name] = -1 if t is None else t.dim()
+                if nd > dim:
                     parts.append((gi, name, dim, m.unit_of))
-                    dims = dims_of.setdefault(name, [])
-                    if dim not in dims:
+                    dims = dims_of.get(name)
+                    if dims is None:
+                        dims_of[name] = [dim]
+                    elif dim not in dims:
                         dims.append(dim)
         if not parts:
             return [np.zeros(g.n_units) for g in groups]
         # Per-index scores: sum |t|^p over every dim but the member's, |t|^p once per tensor. A
         # vector needs no sum: all of them are powered at once.
-        vectors = [n for n in dims_of if tensors[n].dim() == 1]
+        vectors = [n for n in dims_of if ndim[n] == 1]
+        devices = {tensors[n].device for n in dims_of}
         if len({tensors[n].device for n in vectors}) > 1:
             vectors = []
         found = []  # float32 score vectors, one after another
-        span: dict[tuple[str, int], tuple[int, int]] = {}  # (tensor, dim) -> its scores' start, end
+        span: dict[tuple[str, int], slice] = {}  # (tensor, dim) -> where its scores lie in ``found``
         at = 0
         if vectors:
-            found.append(_powered(torch.cat([tensors[n].float() for n in vectors]), self.p).cpu())
+            found.append(_powered(torch.cat([tensors[n].float() for n in vectors]), self.p))
             for n in vectors:
-                span[n, 0] = at, at + tensors[n].shape[0]
-                at += tensors[n].shape[0]
+                size = tensors[n].shape[0]
+                span[n, 0] = slice(at, at + size)
+                at += size
+        others: dict[tuple[int, int], list[int]] = {}  # (ndim, dim) -> the other dims
         for name, dims in dims_of.items():
-            if (name, dims[0]) in span:
+            nd = ndim[name]
+            if nd == 1 and vectors:
                 continue
             x = _powered(tensors[name], self.p)
             for d in dims:
-                found.append(_sum_but(x, d).cpu())
-                span[name, d] = at, at + x.shape[d]
-                at += x.shape[d]
+                rest = others.get((nd, d))
+                if rest is None:
+                    rest = others[nd, d] = [e for e in range(nd) if e != d]
+                found.append(x.sum(dim=rest) if rest else x)
+                size = x.shape[d]
+                span[name, d] = slice(at, at + size)
+                at += size
+        if devices != {torch.device("cpu")}:
+            found = [f.cpu() for f in found]
         flat = torch.cat(found).numpy()
-        scores = [flat[slice(*span[name, dim])] for _, name, dim, _ in parts]
-        return _combine(groups, [gi for gi, _, _, _ in parts], [u for _, _, _, u in parts], scores)
+        return _combine(groups, [p[0] for p in parts], [p[3] for p in parts],
+                        [flat[span[name, dim]] for _, name, dim, _ in parts])
 
 
 class BNScale:
