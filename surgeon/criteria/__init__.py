@@ -95,15 +95,9 @@ def combine(group: PruneGroup, member_scores: list[tuple[np.ndarray, np.ndarray]
                     [s for _, s in member_scores])[0]
 
 
-def combine_groups(groups: list[PruneGroup], member_scores: list[tuple[int, np.ndarray, np.ndarray]]
-                   ) -> list[np.ndarray]:
-    """:func:`combine` for many groups at once. ``member_scores``: (group index, unit_of,
-    per-index score) per member; each group's members are added up in the order given."""
-    return _combine(groups, [g for g, _, _ in member_scores], [u for _, u, _ in member_scores],
-                    [s for _, _, s in member_scores])
-
-
 def _combine(groups: list[PruneGroup], group_of: list[int], unit_of: list[np.ndarray], scores: list) -> list[np.ndarray]:
+    """:func:`combine` for many groups at once: member k of group ``group_of[k]`` has units
+    ``unit_of[k]`` and per-index ``scores[k]``; each group's members are added in the order given."""
     n_units = np.array([g.n_units for g in groups], dtype=np.int64)
     total = np.zeros(int(n_units.sum()))
     offsets = np.cumsum(n_units) - n_units
@@ -124,6 +118,8 @@ def _combine(groups: list[PruneGroup], group_of: list[int], unit_of: list[np.nda
                 blocks.append(s)
             else:
                 blocks.append(np.bincount(u, weights=s, minlength=size))
+                if len(blocks[-1]) != size:
+                    raise ValueError(f"unit_of names unit {len(blocks[-1]) - 1} of a group of {size} units")
         per_unit = np.concatenate(blocks, dtype=np.float64, casting="same_kind")
         per_unit += 0.0  # as a sum from zero: -0.0 becomes 0.0
         at = first = 0  # where the run starts in per_unit and in order
@@ -143,7 +139,8 @@ def _combine(groups: list[PruneGroup], group_of: list[int], unit_of: list[np.nda
                 summed = np.zeros((len(part), size))
                 for j in range(members):
                     summed += part[:, j]
-            else:  # no value is -0.0, so starting from the first member is the same
+            else:
+                part[:, 0] += 0.0  # the first addition, to zero (-0.0 becomes 0.0)
                 summed = np.add.accumulate(part, axis=1)[:, -1]
             total[offsets[heads][:, None] + np.arange(size)] = summed
     ends = np.cumsum(n_units).tolist()
