@@ -56,7 +56,9 @@ class _Leftover:
                 seen.add(id(m.unit_of))
                 rows.append(np.bincount(m.unit_of, minlength=group.n_units))
         self.counts = np.stack(rows)
-        self.left = self.counts.sum(axis=1)
+        self.left = self.counts.sum(axis=1).tolist()
+        # per unit, (dim, count) of the dims it holds indices of: take() is a few integer steps
+        self.holds = [[(r, c) for r, c in enumerate(col) if c] for col in self.counts.T.tolist()]
 
     @staticmethod
     def needed(group) -> bool:
@@ -66,10 +68,11 @@ class _Leftover:
                    for u in arrays.values())
 
     def take(self, u: int) -> bool:
-        after = self.left - self.counts[:, u]
-        if (after[self.counts[:, u] > 0] < 1).any():
+        holds, left = self.holds[u], self.left
+        if any(left[r] - c < 1 for r, c in holds):
             return False
-        self.left = after
+        for r, c in holds:
+            left[r] -= c
         return True
 
 
