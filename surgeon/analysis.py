@@ -87,9 +87,8 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
         if a.config_model is not None:
             a.bundles = constrain(a, a.config_model)
     for metric, attr in (("flops", "flops_per_unit"), ("params", "params_per_unit")):
-        marg = a.cost(metric).marginal()
-        for g, m in zip(groups, marg):
-            setattr(g, attr, float(m.mean()) if m.size else 0.0)
+        for g, m in zip(groups, a.cost(metric).mean_marginal()):
+            setattr(g, attr, float(m))
     return a
 
 

@@ -56,19 +56,23 @@ class _Leftover:
                 seen.add(id(m.unit_of))
                 rows.append(np.bincount(m.unit_of, minlength=group.n_units))
         self.counts = np.stack(rows)
-        self.left = self.counts.sum(axis=1)
+        self.left = self.counts.sum(axis=1).tolist()
+        # per unit, (dim, count) of the dims it holds indices of: take() is a few integer steps
+        self.holds = [[(r, c) for r, c in enumerate(col) if c] for col in self.counts.T.tolist()]
 
     @staticmethod
     def needed(group) -> bool:
         """Only groups where some member does not hold every unit can lose a member early."""
-        return any(m.unit_of.size != group.n_units or
-                   np.bincount(m.unit_of, minlength=group.n_units).min() == 0 for m in group.members)
+        arrays = {id(m.unit_of): m.unit_of for m in group.members}  # members of a class share one
+        return any(u.size != group.n_units or np.bincount(u, minlength=group.n_units).min() == 0
+                   for u in arrays.values())
 
     def take(self, u: int) -> bool:
-        after = self.left - self.counts[:, u]
-        if (after[self.counts[:, u] > 0] < 1).any():
+        holds, left = self.holds[u], self.left
+        if any(left[r] - c < 1 for r, c in holds):
             return False
-        self.left = after
+        for r, c in holds:
+            left[r] -= c
         return True
 
 
@@ -89,38 +93,43 @@ class _Order:
         mean_cost = np.mean(np.concatenate([marg[gi] for gi in live])) if live else 1.0
         self.steps = np.ones(len(groups), dtype=np.int64)
         self.floor = np.zeros(len(groups), dtype=np.int64)
-        prio_l, g_l, u_l = [], [], []
+        cap = np.zeros(len(groups), dtype=np.int64)
         for gi in live:
             g = groups[gi]
             self.steps[gi] = _step(g, round_to)
             self.floor[gi] = max(_min_units(g.n_units, min_keep), self.steps[gi])
-            s = np.asarray(scores[gi], dtype=np.float64)
-            s = s / s.mean() if s.mean() > 0 else np.ones_like(s)
-            c = marg[gi] / mean_cost if mean_cost > 0 else np.ones(g.n_units)
-            c = np.where(c > 0, np.abs(c) ** cost_weight, 0.0)  # a unit that saves nothing stays
-            if g.kind.value == "layer":  # a layer is not cheap to lose because it is big: rank by score
-                c = np.ones(g.n_units)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                prio = np.where(c > 0, s / np.maximum(c, 1e-300), np.inf)
-            units = np.nonzero(~g.frozen_units & np.isfinite(prio))[0]
-            prio_l.append(prio[units])
-            g_l.append(np.full(len(units), gi))
-            u_l.append(units)
-        cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0))
-        prio, gs, us = cat(prio_l), cat(g_l).astype(np.int64), cat(u_l).astype(np.int64)
-        idx = np.lexsort((us, gs, prio))
-        gs, us, prio = gs[idx], us[idx], prio[idx]
-        cap = np.zeros(len(groups), dtype=np.int64)
-        for gi in live:
-            cap[gi] = groups[gi].n_units - max(self.floor[gi], int(groups[gi].frozen_units.sum()))
+            cap[gi] = g.n_units - max(self.floor[gi], int(g.frozen_units.sum()))
+        # the priority of every unit of the live groups, concatenated in group order
+        sizes = np.array([groups[gi].n_units for gi in live], dtype=np.int64)
+        s = _normalised([scores[gi] for gi in live], sizes)
+        if mean_cost > 0:
+            c = np.concatenate([marg[gi] for gi in live]) / mean_cost if live else np.zeros(0)
+        else:
+            c = np.ones(int(sizes.sum()))
+        c = np.where(c > 0, np.abs(c) ** cost_weight, 0.0)  # a unit that saves nothing stays
+        # a layer is not cheap to lose because it is big: rank by score
+        c[np.repeat([groups[gi].kind.value == "layer" for gi in live], sizes).astype(bool)] = 1.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            prio = np.where(c > 0, s / np.maximum(c, 1e-300), np.inf)
+        frozen = np.concatenate([groups[gi].frozen_units for gi in live]) if live else np.zeros(0, bool)
+        at = np.flatnonzero(~frozen & np.isfinite(prio))
+        first = np.cumsum(sizes) - sizes
+        group_of = np.repeat(np.arange(len(live)), sizes)[at]
+        # entries are in (group, unit) order, so a stable sort by priority breaks ties by group, unit
+        gs = np.asarray(live, dtype=np.int64)[group_of]
+        us = at - first[group_of]
+        idx = _stable_argsort(prio[at])
+        gs, us, prio = gs[idx], us[idx], prio[at][idx]
         # rank of each entry within its group; drop entries beyond the cap
         rank = _rank_in_group(gs)
         ok = rank < cap[gs]
         gs, us, prio = gs[ok], us[ok], prio[ok]
-        guarded = [gi for gi in live if _Leftover.needed(groups[gi]) and not groups[gi].layers]
+        guarded = [gi for gi in live if not groups[gi].layers and _Leftover.needed(groups[gi])]
         if guarded:  # drop units whose removal would empty a member, in order
             left = {gi: _Leftover(groups[gi]) for gi in guarded}
-            keep_entry = np.array([gi not in left or left[gi].take(u) for gi, u in zip(gs, us)], dtype=bool)
+            keep_entry = np.ones(len(gs), dtype=bool)
+            for e in np.flatnonzero(np.isin(gs, guarded)).tolist():
+                keep_entry[e] = left[int(gs[e])].take(int(us[e]))
             gs, us, prio = gs[keep_entry], us[keep_entry], prio[keep_entry]
             rank = _rank_in_group(gs)
             ok = rank < cap[gs]
@@ -155,7 +164,8 @@ class _Order:
         return self.flat_rank >= n[self.flat_group]
 
     def keep(self, n: np.ndarray) -> list[np.ndarray]:
-        return np.split(self.flat_keep(n), self.offsets[1:-1])
+        flat = self.flat_keep(n)  # one slice per group (np.split is slower)
+        return [flat[a:b] for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
 
 
 def _bundled(gs: np.ndarray, us: np.ndarray, prio: np.ndarray, bundles) -> tuple[np.ndarray, np.ndarray]:
@@ -195,9 +205,42 @@ def _describe_min(min_keep: int | float) -> str:
     return f"{max(min_keep, 1)} unit(s)"
 
 
+def _normalised(scores: Sequence, sizes: np.ndarray) -> np.ndarray:
+    """Each group's scores divided by their mean (all ones where that is not positive), concatenated."""
+    scores = [np.asarray(s, dtype=np.float64) for s in scores]
+    out = np.empty(int(sizes.sum()))
+    first = np.cumsum(sizes) - sizes
+    by_size: dict[int, list[int]] = {}  # groups with one score per unit, by size
+    for k, (s, n) in enumerate(zip(scores, sizes.tolist())):
+        if s.shape == (n,):
+            by_size.setdefault(n, []).append(k)
+        else:  # a score to broadcast
+            s = s / s.mean() if s.mean() > 0 else np.ones_like(s)
+            out[first[k]: first[k] + n] = np.broadcast_to(s, (n,))
+    for n, ks in by_size.items():  # groups of one size at once, each mean summed as alone
+        rows = np.stack([scores[k] for k in ks])
+        mean = rows.mean(axis=1)[:, None]
+        out[first[ks][:, None] + np.arange(n)] = np.divide(rows, mean, out=np.ones_like(rows), where=mean > 0)
+    return out
+
+
+def _stable_argsort(x: np.ndarray) -> np.ndarray:
+    """``np.argsort(x, kind="stable")``: a faster unstable sort, then each run of equal values
+    (NaNs included) put back in index order."""
+    idx = np.argsort(x)
+    v = x[idx]
+    tie = (v[1:] == v[:-1]) | (np.isnan(v[1:]) & np.isnan(v[:-1]))
+    if tie.any():
+        run = np.cumsum(np.r_[True, ~tie])  # the run of equal values of each sorted position
+        tied = np.flatnonzero(np.r_[tie, False] | np.r_[False, tie])
+        idx[tied] = idx[tied][np.lexsort((idx[tied], run[tied]))]
+    return idx
+
+
 def _rank_in_group(gs: np.ndarray) -> np.ndarray:
     """For a sequence of group ids, how many earlier entries share each entry's group."""
-    order = np.argsort(gs, kind="stable")
+    # a stable sort of small unsigned keys is a radix sort
+    order = np.argsort(gs.astype(np.uint16) if gs.size and gs.max() < 2 ** 16 else gs, kind="stable")
     sorted_g = gs[order]
     starts = np.r_[0, np.nonzero(np.diff(sorted_g))[0] + 1]
     first = np.repeat(starts, np.diff(np.r_[starts, len(gs)]))
@@ -227,8 +270,13 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
                         f"graph counts 0): the lowest reachable {metric} ratio is 1.0000. "
                         f"Ask for target >= 1.0, or pass an input that exercises the model.")
 
+    totals: dict[bytes, float] = {}  # the search asks for some removal counts more than once
+
     def total(counts: np.ndarray) -> float:
-        return cost.total_flat(order.flat_keep(counts))
+        key = np.asarray(counts, dtype=np.int64).tobytes()
+        if key not in totals:
+            totals[key] = cost.total_flat(order.flat_keep(counts))
+        return totals[key]
 
     floor = total(order.counts(n))  # everything removable removed (nothing, if n == 0)
     if goal < floor * (1 - 1e-9) - 0.5:
@@ -325,18 +373,24 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
     slices, decisions, shapes = [], [], {}
     for gi, g in enumerate(a.groups):
         mask = keep[gi]
+        tensors = g.tensors
         decisions.append(Decision(g.id, g.kind.value, g.n_units, int(mask.sum()),
-                                  tuple(sorted({m.name for m in g.tensors})), g.reason))
+                                  tuple(sorted({m.name for m in tensors})), g.reason))
         if mask.all():
             continue
-        for m in g.tensors:
-            idx = np.nonzero(mask[m.unit_of])[0]
-            if len(idx) == len(m.unit_of):
+        kept: dict[int, tuple[int, ...] | None] = {}  # id(unit_of) -> indices kept (None: all)
+        for m in tensors:
+            if id(m.unit_of) not in kept:  # the members of one class share their unit_of
+                idx = np.flatnonzero(mask[m.unit_of])
+                kept[id(m.unit_of)] = None if len(idx) == len(m.unit_of) else tuple(idx.tolist())
+            idx = kept[id(m.unit_of)]
+            if idx is None:
                 continue
             if len(idx) == 0:
                 raise PlanError(f"plan would empty dim {m.dim} of '{m.name}' (group {g.id})")
-            slices.append(Slice(m.name, m.dim, len(m.unit_of), tuple(idx.tolist())))
-            shapes[m.name] = tuple(a.traced.tensor(m.name).shape)
+            slices.append(Slice(m.name, m.dim, len(m.unit_of), idx))
+            if m.name not in shapes:
+                shapes[m.name] = tuple(a.traced.tensor(m.name).shape)
     attrs = []
     seen = set()
     pending: dict[tuple[str, str], tuple] = {}
@@ -358,8 +412,9 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
         if tuple(new) != tuple(old):
             attrs.append(AttrUpdate(module, attr, list(old), list(new)))
     flops, params = a.cost("flops"), a.cost("params")
-    extra = (("flops_before", flops.base), ("flops_after", flops.total(keep)),
-             ("params_before", params.base), ("params_after", params.total(keep)))
+    after = {"flops": flops.total(keep), "params": params.total(keep)}
+    extra = (("flops_before", flops.base), ("flops_after", after["flops"]),
+             ("params_before", params.base), ("params_after", after["params"]))
     c = a.cost(metric)
     drops = tuple(name for gi, g in enumerate(a.groups) if g.layers
                   for u, name in enumerate(g.layers) if not keep[gi][u])
@@ -371,7 +426,8 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
         if problem:
             raise PlanError(f"the pruned widths would not make a valid {type(a.config_model.config).__name__} "
                             f"({problem}); try another target or uniform=False")
-    return Plan(type(model).__name__, float(target), metric, criterion, round_to, c.base, c.total(keep),
+    return Plan(type(model).__name__, float(target), metric, criterion, round_to, c.base,
+                after[metric] if metric in after else c.total(keep),
                 tuple(slices), tuple(attrs), tuple(decisions), tuple(sorted(shapes.items())), extra, config,
                 drops)
 
