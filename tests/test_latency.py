@@ -223,8 +223,56 @@ def test_counted_target_on_a_runtime_takes_the_order_predicted_faster(fake, net)
 
 
 def test_round_to_auto_steps():
-    r = AutoRound(16)
-    assert [r.for_group(n) for n in (8, 16, 32, 64, 256)] == [1, 4, 8, 16, 16]
+    r = AutoRound(16)  # whole blocks of 16 channels; a group narrower than a block keeps its width
+    assert [r.for_group(n) for n in (8, 12, 16, 24, 32, 64, 256)] == [8, 12, 16, 16, 16, 16, 16]
+
+
+class Inverted(nn.Module):
+    """MobileNet-V2's narrow high-resolution stages in miniature: 32-, 16- and 24-channel groups,
+    an 8-channel squeeze, depthwise convs, wide groups further on and a residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, 2, 1)
+        self.dw1 = nn.Conv2d(32, 32, 3, 1, 1, groups=32)
+        self.pw1 = nn.Conv2d(32, 16, 1)
+        self.ex2 = nn.Conv2d(16, 96, 1)
+        self.dw2 = nn.Conv2d(96, 96, 3, 2, 1, groups=96)
+        self.se1, self.se2 = nn.Conv2d(96, 8, 1), nn.Conv2d(8, 96, 1)
+        self.pw2 = nn.Conv2d(96, 24, 1)
+        self.ex3, self.dw3, self.pw3 = nn.Conv2d(24, 144, 1), nn.Conv2d(144, 144, 3, 1, 1, groups=144), \
+            nn.Conv2d(144, 24, 1)
+        self.head = nn.Conv2d(24, 256, 1)
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = self.pw1(torch.relu(self.dw1(x)))
+        x = torch.relu(self.dw2(torch.relu(self.ex2(x))))
+        x = x * torch.sigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3), keepdim=True)))))
+        x = self.pw2(x)
+        x = x + self.pw3(torch.relu(self.dw3(torch.relu(self.ex3(x)))))
+        return self.fc(torch.relu(self.head(x)).mean((2, 3)))
+
+
+def test_auto_rounding_keeps_whole_blocks_in_narrow_groups():
+    """Widths off the 16-channel block made MobileNet-V2's early stages slower than dense on
+    onnxruntime (32->24 and 16->8): narrow groups keep a multiple of 16 or their full width."""
+    torch.manual_seed(0)
+    model, x = Inverted().eval(), torch.randn(1, 3, 64, 64)
+    p = surgeon.plan(model, x, 0.5)
+    assert p.round_to == "auto" and abs(p.ratio - 0.5) <= 0.002
+    small = surgeon.apply(model, p)
+    assert abs(count_flops(small, x) / count_flops(model, x) - 0.5) <= 0.01
+    narrow = {"stem": 32, "pw1": 16, "se1": 8, "pw2": 24}
+    kept = {name: getattr(small, name).out_channels for name in narrow}
+    assert kept["pw1"] == 16 and kept["se1"] == 8  # a block or less: never pruned
+    assert all(kept[n] == w or kept[n] % 16 == 0 for n, w in narrow.items()), kept
+    assert kept["stem"] < 32 or kept["pw2"] < 24  # the narrow groups still take part
+    assert all(small.get_submodule(n).out_channels % 16 == 0 for n in ("ex2", "ex3", "head")
+               if small.get_submodule(n).out_channels < model.get_submodule(n).out_channels)
+    free = surgeon.plan(model, x, 0.5, round_to=None)  # premise: unrounded, the narrow groups move off the block
+    assert any(d.kept % 16 and d.kept < d.units for d in free.decisions)
 
 
 def test_runtime_rounds_flops_target():

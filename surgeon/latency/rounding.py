@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 __all__ = ["AutoRound", "preferred_multiple", "resolve"]
 
-MIN_STEPS = 4  # a group rounds to a step only if it holds at least this many of them
 AUTO_SLACK = 0.002  # "auto" plans that land further than this from a counted target are not rounded
 
 
@@ -49,17 +48,15 @@ def preferred_multiple(runtime: str | None) -> int:
 
 @dataclass(frozen=True)
 class AutoRound:
-    """Per-group rounding: ``multiple`` for groups large enough, smaller powers of two (down to
-    ``least``) for small groups."""
+    """Per-group rounding to whole blocks of ``multiple`` channels: a group at least one block
+    wide keeps a multiple of the block (or its full width); a narrower group is not pruned."""
 
     multiple: int
-    least: int = 4
 
-    def for_group(self, n_units: int) -> int:
-        step = self.multiple
-        while step > self.least and n_units < MIN_STEPS * step:
-            step //= 2
-        return step if n_units >= MIN_STEPS * step else 1
+    def for_group(self, width: int) -> int:
+        """The channel step of a group ``width`` channels wide (its units times their channels);
+        a step of the whole width leaves the group as it is."""
+        return self.multiple if width >= self.multiple else max(int(width), 1)
 
     def __str__(self) -> str:
         return f"auto({self.multiple})"
