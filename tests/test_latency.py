@@ -21,6 +21,7 @@ import surgeon
 from surgeon import latency
 from surgeon.latency import Backend
 from surgeon.latency.rounding import AutoRound, preferred_multiple
+from surgeon.latency.runtime import interleaved
 from surgeon.latency.table import GRID, LayerSig, Table, TableCache, interp2
 from surgeon.verify import count_flops, count_params, output_shapes
 
@@ -352,3 +353,25 @@ def test_ort_backend_measures_and_caches(tmp_path, monkeypatch):
     assert all(t.table is not None for t in cost.terms if not t.elementwise)
     r = latency.measured_ratio(model, model, x, "ort-cpu")
     assert 0.3 < r < 3.0
+
+
+# -- landing metric="latency" ----------------------------------------------------------------------
+def test_reaim_scales_then_takes_the_secant():
+    want = 0.5
+    measure = (lambda goal: 0.2 + 0.6 * goal)  # latency ratio linear in the planned goal, not proportional
+    tried = [(0.5, measure(0.5))]
+    second = latency.reaim(tried, want)
+    assert second == pytest.approx(0.5 * want / measure(0.5))  # first miss: scale by want / measured
+    tried.append((second, measure(second)))
+    assert measure(latency.reaim(tried, want)) == pytest.approx(want)  # then the line through two tries
+    noisy = [(0.5, 0.46), (0.54, 0.44)]  # noise made the line decreasing: scale the last try instead
+    assert latency.reaim(noisy, want) == pytest.approx(0.54 * want / 0.44)
+    assert latency.reaim([(0.9, 0.3)], want) == 1.0  # never past the whole model
+
+
+def test_interleaved_times_min_rounds_then_stops_at_the_budget():
+    calls = []
+    runs = [lambda: calls.append(0), lambda: calls.append(1)]
+    t = interleaved(runs, rounds=50, warmup=0, budget_s=0.0, min_rounds=9)
+    assert t.rounds == 9 and calls.count(0) == calls.count(1) == 9
+    assert interleaved(runs, rounds=6, warmup=0, budget_s=60.0, min_rounds=3).rounds == 6

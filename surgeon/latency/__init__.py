@@ -44,9 +44,11 @@ from .runtime import RUNTIMES, calibrated, interleaved, runner
 from .table import TableCache, machine_id
 
 __all__ = ["RUNTIMES", "LATENCY_TOL", "BACKENDS", "Backend", "LatencyCost", "AutoRound", "attach",
-           "fastest", "measured_ratio", "preferred_multiple", "check_runtime"]
+           "fastest", "measured_ratio", "reaim", "preferred_multiple", "check_runtime"]
 
-LATENCY_TOL = 0.05  # re-aim when the measured ratio is off the target by more than 5% of it
+LATENCY_TOL = 0.03  # re-aim when the measured ratio is off the target by more than 3% of it
+RATIO_BUDGET_S = 3.0  # seconds of interleaved timing behind each measured ratio (at least 21 pairs)
+MAX_ROUNDS = 201
 
 
 class Backend:
@@ -80,9 +82,12 @@ class Backend:
         return t.ratios[0], t.ms[0]
 
     def ratio(self, dense: nn.Module, small: nn.Module, example_input: Any) -> float:
-        """Median over interleaved pairs of small's time / dense's time."""
+        """Median over interleaved pairs of small's time / dense's time: at least ``rounds``
+        pairs, and more (up to ``MAX_ROUNDS``) until ``RATIO_BUDGET_S`` seconds are spent, so a
+        5 ms model is timed over a couple of hundred pairs rather than 21."""
         runs = [runner(m, example_input, self.runtime, self.threads) for m in (dense, small)]
-        return interleaved(runs, self.runtime, rounds=self.rounds, clock=self.clock).ratios[0]
+        return interleaved(runs, self.runtime, rounds=max(MAX_ROUNDS, self.rounds), clock=self.clock,
+                           budget_s=RATIO_BUDGET_S, min_rounds=self.rounds).ratios[0]
 
 
 BACKENDS: dict[str, Backend] = {"ort-cpu": Backend("ort-cpu"), "torch-cuda": Backend("torch-cuda")}
@@ -143,6 +148,23 @@ def fastest(a, runtime: str, candidates: list[list]) -> list:
     other within 3%."""
     cost = a.cost(f"latency:{runtime}")
     return min(candidates, key=cost.total)
+
+
+def reaim(tried: Sequence[tuple[float, float]], want: float) -> float:
+    """The next goal for the planner after ``tried`` (goal planned, ratio measured) missed ``want``.
+
+    The first miss scales the goal by want / measured; later ones take the secant through the
+    two tries nearest the target (measured latency is close to linear in the planned goal near
+    it), falling back to the scaling when noise makes that line flat or decreasing."""
+    goal, got = tried[-1]
+    nxt = goal * want / got
+    if len(tried) >= 2:
+        (g1, m1), (g2, m2) = sorted(tried, key=lambda t: abs(t[1] - want))[:2]
+        if g1 != g2 and (m1 - m2) / (g1 - g2) > 0:
+            secant = g1 + (want - m1) * (g1 - g2) / (m1 - m2)
+            if 0.5 * nxt <= secant <= 2.0 * nxt:
+                nxt = secant
+    return min(1.0, max(1e-6, nxt))
 
 
 def measured_ratio(dense: nn.Module, small: nn.Module, example_input: Any, runtime: str) -> float:
