@@ -160,8 +160,8 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
 
     ``round_to="auto"`` (the default) rounds widths to multiples that runtimes run fast: 16, or
     for ``runtime="ort-cpu"`` the CPU's block (16 with AVX-512, else 8), 8 for "torch-cuda";
-    smaller steps in small groups, and no rounding where it would cost the exact landing (see
-    :mod:`surgeon.latency.rounding`); an int rounds to it, None not at all. With
+    groups narrower than one block left whole, and no rounding where it would cost the exact
+    landing (see :mod:`surgeon.latency.rounding`); an int rounds to it, None not at all. With
     ``runtime="ort-cpu"`` or ``"torch-cuda"`` the layers are timed there (cached) and units are
     ranked by score per millisecond they save; ``metric="latency"`` then makes ``target`` a
     fraction of the dense model's latency on that runtime (see :mod:`surgeon.latency`).
