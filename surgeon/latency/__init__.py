@@ -155,13 +155,15 @@ def fastest(a, runtime: str, candidates: list[list]) -> list:
     the example input (an ``a`` that :func:`attach` did not see) the latency model predicts.
 
     A FLOPs target is planned twice: units ranked by score per millisecond saved, and by score
-    alone (every group thinned evenly, as Torch-Pruning's local pruning does). Neither wins
-    everywhere at half the FLOPs on onnxruntime CPU (thread CPU time, interleaved). The latency
-    model alone picked wrongly for MobileNet-V2 (ranked by latency 1.71-1.76x, by score 1.78-1.86x
-    faster than dense; predicted 0.49 and 0.58 of dense): its tables time each layer on its own,
-    which adds the NCHW <-> NCHWc reorders that the whole model does once, so the 112x112
-    depthwise layers measured 3.5x what they cost inside the model, and ranking by latency
-    crushed them (96 -> 16 channels). Timing both costs two surgeries and ~6 s of timing, once."""
+    alone (every group thinned evenly, as Torch-Pruning's local pruning does). With whole-block
+    rounding the score order was the faster one at half the FLOPs on onnxruntime CPU (thread CPU
+    time, interleaved) on ConvNeXt-T (1.88x against 1.70x faster than dense) and MobileNet-V2
+    (1.75-1.86x against 1.71-1.76x), but ranking by latency is what a runtime where the
+    counted and the timed cost disagree more needs, so both are tried. The latency model alone
+    picked wrongly for MobileNet-V2 (predicted 0.49 and 0.58 of dense): its tables time each layer
+    on its own, which adds the NCHW <-> NCHWc reorders that the whole model does once, so the
+    112x112 depthwise layers measured 3.5x what they cost inside the model, and ranking by latency
+    crushed them (96 -> 16 channels). Timing costs two surgeries and ~3 s, once per plan."""
     cost = a.cost(f"latency:{runtime}")
     distinct = [k for i, k in enumerate(candidates)
                 if not any(all((x == y).all() for x, y in zip(k, o)) for o in candidates[:i])]
