@@ -160,8 +160,8 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
 
     ``round_to="auto"`` (the default) rounds widths to multiples that runtimes run fast: 16, or
     for ``runtime="ort-cpu"`` the CPU's block (16 with AVX-512, else 8), 8 for "torch-cuda";
-    smaller steps in small groups, and no rounding where it would cost the exact landing (see
-    :mod:`surgeon.latency.rounding`); an int rounds to it, None not at all. With
+    groups narrower than one block left whole, and no rounding where it would cost the exact
+    landing (see :mod:`surgeon.latency.rounding`); an int rounds to it, None not at all. With
     ``runtime="ort-cpu"`` or ``"torch-cuda"`` the layers are timed there (cached) and units are
     ranked by score per millisecond they save; ``metric="latency"`` then makes ``target`` a
     fraction of the dense model's latency on that runtime (see :mod:`surgeon.latency`).
@@ -197,7 +197,7 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     base = a.cost(key).base  # the per-node counter uses flop_counter's own formulas
     want = float(target)
     goal = want
-    best = None
+    best, tried = None, []
     for attempt in range(4):  # re-aim if the independent counter disagrees with the cost model
         try:
             p = _plan(a, crit, scores, goal, key, round_to, min_keep, runtime)
@@ -211,7 +211,7 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
             break
         flops = _verify_runs(a, small, example_input, p)
         if metric == "latency":  # measured end to end, interleaved with the dense model
-            from .latency import LATENCY_TOL, measured_ratio
+            from .latency import LATENCY_TOL, measured_ratio, reaim
 
             got, tol = measured_ratio(model, small, example_input, runtime), LATENCY_TOL * want
         else:
@@ -220,7 +220,8 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
             best = (small, p, abs(got - want))
         if abs(got - want) <= tol or want >= 1.0 or got <= 0:
             break
-        goal = min(1.0, max(1e-6, goal * want / got))
+        tried.append((goal, got))
+        goal = reaim(tried, want) if metric == "latency" else min(1.0, max(1e-6, goal * want / got))
     small = best[0]
     _check_config(a, small, uniform)
     if compensate:

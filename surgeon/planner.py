@@ -32,17 +32,19 @@ def _step(group, round_to) -> int:
     if group.layers:
         return 1  # whole layers are never rounded
     if hasattr(round_to, "for_group"):  # round_to="auto": a step per group (surgeon.latency.rounding)
-        round_to = round_to.for_group(group.n_units)
+        round_to = round_to.for_group(group.n_units * _per_unit(group))  # the group's width in channels
     if not round_to:
         return group.step
     return math.lcm(group.step, _round_step(group, round_to))
 
 
+def _per_unit(group) -> int:
+    per_unit = max((len(m.unit_of) for m in group.tensors), default=group.n_units) / group.n_units
+    return max(1, int(round(per_unit)))
+
+
 def _round_step(group, round_to: int) -> int:
-    tensors = group.tensors
-    per_unit = max((len(m.unit_of) for m in tensors), default=group.n_units) / group.n_units
-    per_unit = max(1, int(round(per_unit)))
-    return round_to // math.gcd(round_to, per_unit)
+    return round_to // math.gcd(round_to, _per_unit(group))
 
 
 class _Leftover:

@@ -21,6 +21,7 @@ import surgeon
 from surgeon import latency
 from surgeon.latency import Backend
 from surgeon.latency.rounding import AutoRound, preferred_multiple
+from surgeon.latency.runtime import interleaved
 from surgeon.latency.table import GRID, LayerSig, Table, TableCache, interp2
 from surgeon.verify import count_flops, count_params, output_shapes
 
@@ -205,26 +206,92 @@ def test_latency_marginal_prefers_expensive_layers(fake, net):
             assert cost.total(keep) <= full + 1e-9
 
 
-def test_counted_target_on_a_runtime_takes_the_order_predicted_faster(fake, net):
+def _net_cost(model: nn.Module, x) -> float:
+    """Analytic latency of a whole model: the padded cost of each conv and linear layer."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda m, inp, out: calls.append((m, inp[0])))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(x)
+        for h in hooks:
+            h.remove()
+        return 5.0 + sum(_layer_cost(m, i) for m, i in calls)
+
+
+def test_counted_target_on_a_runtime_takes_the_order_timed_faster(fake, net, monkeypatch):
     from surgeon.criteria import get_criterion
-    from surgeon.planner import solve
+    from surgeon.planner import build_plan, solve
 
     model, x = net
+    # a runtime whose timings rank the models opposite to the padded-MAC model the tables follow
+    monkeypatch.setattr(fake, "ratio", lambda dense, small, x: _net_cost(dense, x) / _net_cost(small, x))
     a = surgeon.analyze(model, x)
     key = latency.attach(a, x, "ort-cpu")
     scores = get_criterion("l2").score(model, a.groups)
     cands = [solve(a, scores, "flops", 0.5, None, 0.1, key, w) for w in (1.0, 0.0)]
-    lat = a.cost(key)
     assert [int(k.sum()) for k in cands[0]] != [int(k.sum()) for k in cands[1]]  # two real choices
-    best = min(cands, key=lat.total)
+    timed = [1 / _net_cost(surgeon.apply(model, build_plan(a, k, target=0.5, metric="flops", criterion="l2",
+                                                           round_to=None)), x) for k in cands]
+    best = cands[int(np.argmin(timed))]
+    assert best is not min(cands, key=a.cost(key).total)  # premise: timing and prediction disagree
     p = surgeon.plan(model, x, 0.5, runtime="ort-cpu", round_to=None, analysis=a)
     assert [d.kept for d in p.decisions] == [int(k.sum()) for k in best]
     assert abs(p.ratio - 0.5) <= 0.01
+    a.cost(key).example_input = None  # nothing to time with: the latency model predicts
+    assert latency.fastest(a, "ort-cpu", cands) is min(cands, key=a.cost(key).total)
 
 
 def test_round_to_auto_steps():
-    r = AutoRound(16)
-    assert [r.for_group(n) for n in (8, 16, 32, 64, 256)] == [1, 4, 8, 16, 16]
+    r = AutoRound(16)  # whole blocks of 16 channels; a group narrower than a block keeps its width
+    assert [r.for_group(n) for n in (8, 12, 16, 24, 32, 64, 256)] == [8, 12, 16, 16, 16, 16, 16]
+
+
+class Inverted(nn.Module):
+    """MobileNet-V2's narrow high-resolution stages in miniature: 32-, 16- and 24-channel groups,
+    an 8-channel squeeze, depthwise convs, wide groups further on and a residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, 2, 1)
+        self.dw1 = nn.Conv2d(32, 32, 3, 1, 1, groups=32)
+        self.pw1 = nn.Conv2d(32, 16, 1)
+        self.ex2 = nn.Conv2d(16, 96, 1)
+        self.dw2 = nn.Conv2d(96, 96, 3, 2, 1, groups=96)
+        self.se1, self.se2 = nn.Conv2d(96, 8, 1), nn.Conv2d(8, 96, 1)
+        self.pw2 = nn.Conv2d(96, 24, 1)
+        self.ex3, self.dw3, self.pw3 = nn.Conv2d(24, 144, 1), nn.Conv2d(144, 144, 3, 1, 1, groups=144), \
+            nn.Conv2d(144, 24, 1)
+        self.head = nn.Conv2d(24, 256, 1)
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = self.pw1(torch.relu(self.dw1(x)))
+        x = torch.relu(self.dw2(torch.relu(self.ex2(x))))
+        x = x * torch.sigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3), keepdim=True)))))
+        x = self.pw2(x)
+        x = x + self.pw3(torch.relu(self.dw3(torch.relu(self.ex3(x)))))
+        return self.fc(torch.relu(self.head(x)).mean((2, 3)))
+
+
+def test_auto_rounding_keeps_whole_blocks_in_narrow_groups():
+    """Widths off the 16-channel block made MobileNet-V2's early stages slower than dense on
+    onnxruntime (32->24 and 16->8): narrow groups keep a multiple of 16 or their full width."""
+    torch.manual_seed(0)
+    model, x = Inverted().eval(), torch.randn(1, 3, 64, 64)
+    p = surgeon.plan(model, x, 0.5)
+    assert p.round_to == "auto" and abs(p.ratio - 0.5) <= 0.002
+    small = surgeon.apply(model, p)
+    assert abs(count_flops(small, x) / count_flops(model, x) - 0.5) <= 0.01
+    narrow = {"stem": 32, "pw1": 16, "se1": 8, "pw2": 24}
+    kept = {name: getattr(small, name).out_channels for name in narrow}
+    assert kept["pw1"] == 16 and kept["se1"] == 8  # a block or less: never pruned
+    assert all(kept[n] == w or kept[n] % 16 == 0 for n, w in narrow.items()), kept
+    assert kept["stem"] < 32 or kept["pw2"] < 24  # the narrow groups still take part
+    assert all(small.get_submodule(n).out_channels % 16 == 0 for n in ("ex2", "ex3", "head")
+               if small.get_submodule(n).out_channels < model.get_submodule(n).out_channels)
+    free = surgeon.plan(model, x, 0.5, round_to=None)  # premise: unrounded, the narrow groups move off the block
+    assert any(d.kept % 16 and d.kept < d.units for d in free.decisions)
 
 
 def test_runtime_rounds_flops_target():
@@ -304,3 +371,25 @@ def test_ort_backend_measures_and_caches(tmp_path, monkeypatch):
     assert all(t.table is not None for t in cost.terms if not t.elementwise)
     r = latency.measured_ratio(model, model, x, "ort-cpu")
     assert 0.3 < r < 3.0
+
+
+# -- landing metric="latency" ----------------------------------------------------------------------
+def test_reaim_scales_then_takes_the_secant():
+    want = 0.5
+    measure = (lambda goal: 0.2 + 0.6 * goal)  # latency ratio linear in the planned goal, not proportional
+    tried = [(0.5, measure(0.5))]
+    second = latency.reaim(tried, want)
+    assert second == pytest.approx(0.5 * want / measure(0.5))  # first miss: scale by want / measured
+    tried.append((second, measure(second)))
+    assert measure(latency.reaim(tried, want)) == pytest.approx(want)  # then the line through two tries
+    noisy = [(0.5, 0.46), (0.54, 0.44)]  # noise made the line decreasing: scale the last try instead
+    assert latency.reaim(noisy, want) == pytest.approx(0.54 * want / 0.44)
+    assert latency.reaim([(0.9, 0.3)], want) == 1.0  # never past the whole model
+
+
+def test_interleaved_times_min_rounds_then_stops_at_the_budget():
+    calls = []
+    runs = [lambda: calls.append(0), lambda: calls.append(1)]
+    t = interleaved(runs, rounds=50, warmup=0, budget_s=0.0, min_rounds=9)
+    assert t.rounds == 9 and calls.count(0) == calls.count(1) == 9
+    assert interleaved(runs, rounds=6, warmup=0, budget_s=60.0, min_rounds=3).rounds == 6

@@ -10,11 +10,14 @@ dense model's latency on onnxruntime CPU (1 thread). The steps:
    ops by the elements they write (:class:`~surgeon.latency.cost.LatencyCost`);
 2. the planner ranks units by score per unit of latency saved and bisects on that model, with
    widths rounded for the runtime (``round_to="auto"``, :mod:`surgeon.latency.rounding`);
-3. the result is timed interleaved with the dense model (median of per-pair ratios) and, when the
-   ratio is off the target by more than ``LATENCY_TOL`` of the target, re-aimed (up to 3 times).
+3. the result is timed interleaved with the dense model (median of per-pair ratios, over
+   ``RATIO_BUDGET_S`` seconds and at least 21 pairs) and, when the ratio is off the target by
+   more than ``LATENCY_TOL`` (3%) of the target, re-aimed (up to 3 times: the first re-aim scales
+   the goal, later ones follow the secant through the two nearest tries, :func:`reaim`); the
+   try measured nearest the target is kept.
 
 With ``runtime=`` and a FLOPs (or params) target, the same tables rank the units and
-:func:`fastest` picks between two removal orders; the target stays exact.
+:func:`fastest` times the two removal orders and keeps the faster; the target stays exact.
 
 Noise, and what "within 10%" means: the measured ratio (shrunk / dense, median over interleaved
 pairs) lies in ``target * (1 +- 0.1)``. With one onnxruntime thread, times are the calling
@@ -24,6 +27,14 @@ do not inflate them; cache and memory-bandwidth contention still do. Measured un
 ResNet-50 and ConvNeXt-T and 3-8% for MobileNet-V2 (5 ms runs); the median of 21 pairs moves
 much less. For a target of 0.5 the first plan measured 0.511-0.535 of dense on those three
 models, and after shrink's re-aiming 0.506-0.533 on the four models of benchmarks/latency.py.
+
+MobileNet-V2 (5 ms) is the hard case: one run of benchmarks/latency.py measured its
+``metric="latency"`` model at 0.579 of dense. Its first plan, predicted at 0.500, measured 0.463-0.469
+in four shrinks and 0.492 in a fifth minutes earlier (same widths: the ratio itself drifts a few
+percent with what else the machine runs), so a re-aim is the rule, and a 5% tolerance checked
+on 21 pairs (0.1 s of timing) let a landing 4-5% off pass on a noisy estimate. Timing each try
+over 3 s (~200 pairs), re-aiming past 3% and along the secant, the tries ended 0.496 and
+0.510, and timings repeated after shrink returned read 0.490-0.498 and 0.509-0.511.
 
 The timing backend of each runtime is ``BACKENDS[runtime]``: an object with ``machine()``,
 ``layers(cases) -> list[time]``, ``model(model, x) -> (time, ms per time unit)`` and
@@ -44,9 +55,11 @@ from .runtime import RUNTIMES, calibrated, interleaved, runner
 from .table import TableCache, machine_id
 
 __all__ = ["RUNTIMES", "LATENCY_TOL", "BACKENDS", "Backend", "LatencyCost", "AutoRound", "attach",
-           "fastest", "measured_ratio", "preferred_multiple", "check_runtime"]
+           "fastest", "measured_ratio", "reaim", "preferred_multiple", "check_runtime"]
 
-LATENCY_TOL = 0.05  # re-aim when the measured ratio is off the target by more than 5% of it
+LATENCY_TOL = 0.03  # re-aim when the measured ratio is off the target by more than 3% of it
+RATIO_BUDGET_S = 3.0  # seconds of interleaved timing behind each measured ratio (at least 21 pairs)
+MAX_ROUNDS = 201
 
 
 class Backend:
@@ -80,9 +93,12 @@ class Backend:
         return t.ratios[0], t.ms[0]
 
     def ratio(self, dense: nn.Module, small: nn.Module, example_input: Any) -> float:
-        """Median over interleaved pairs of small's time / dense's time."""
+        """Median over interleaved pairs of small's time / dense's time: at least ``rounds``
+        pairs, and more (up to ``MAX_ROUNDS``) until ``RATIO_BUDGET_S`` seconds are spent, so a
+        5 ms model is timed over a couple of hundred pairs rather than 21."""
         runs = [runner(m, example_input, self.runtime, self.threads) for m in (dense, small)]
-        return interleaved(runs, self.runtime, rounds=self.rounds, clock=self.clock).ratios[0]
+        return interleaved(runs, self.runtime, rounds=max(MAX_ROUNDS, self.rounds), clock=self.clock,
+                           budget_s=RATIO_BUDGET_S, min_rounds=self.rounds).ratios[0]
 
 
 BACKENDS: dict[str, Backend] = {"ort-cpu": Backend("ort-cpu"), "torch-cuda": Backend("torch-cuda")}
@@ -129,20 +145,62 @@ def attach(a, example_input: Any, runtime: str) -> str:
         cache.save()
     units, ref_ms = backend.model(a.model, example_input)
     a._costs[key] = LatencyCost(a.groups, terms, units, key, ms_per_unit=ref_ms)
+    a._costs[key].example_input = example_input  # for fastest(): candidates are timed, not only predicted
     return key
 
 
 def fastest(a, runtime: str, candidates: list[list]) -> list:
-    """The keep-masks that ``runtime``'s latency model (attached to ``a``) predicts fastest.
+    """Of the candidate keep-masks, the one that runs fastest on ``runtime``: each is applied to
+    a copy of the model and the copies are timed interleaved (:meth:`Backend.ratio`); without
+    the example input (an ``a`` that :func:`attach` did not see) the latency model predicts.
 
     A FLOPs target is planned twice: units ranked by score per millisecond saved, and by score
-    alone (every group thinned evenly, as Torch-Pruning's local pruning does). Neither wins
-    everywhere at half the FLOPs on onnxruntime CPU (thread CPU time, interleaved): MobileNet-V2
-    1.68x vs 1.55x, ConvNeXt-T 1.80x vs 1.93x, ResNet-50 1.85x vs 1.90x; the model predicted
-    1.88/1.71, 1.84/1.90 and 1.99/1.87, so it picks the faster one in two of three, and the
-    other within 3%."""
+    alone (every group thinned evenly, as Torch-Pruning's local pruning does). With whole-block
+    rounding the score order was the faster one at half the FLOPs on onnxruntime CPU (thread CPU
+    time, interleaved) on ConvNeXt-T (1.88x against 1.70x faster than dense) and MobileNet-V2
+    (1.75-1.86x against 1.71-1.76x), but ranking by latency is what a runtime where the
+    counted and the timed cost disagree more needs, so both are tried. The latency model alone
+    picked wrongly for MobileNet-V2 (predicted 0.49 and 0.58 of dense): its tables time each layer
+    on its own, which adds the NCHW <-> NCHWc reorders that the whole model does once, so the
+    112x112 depthwise layers measured 3.5x what they cost inside the model, and ranking by latency
+    crushed them (96 -> 16 channels). Timing costs two surgeries and ~3 s, once per plan."""
     cost = a.cost(f"latency:{runtime}")
-    return min(candidates, key=cost.total)
+    distinct = [k for i, k in enumerate(candidates)
+                if not any(all((x == y).all() for x, y in zip(k, o)) for o in candidates[:i])]
+    x = getattr(cost, "example_input", None)
+    if len(distinct) < 2 or x is None:
+        return min(distinct, key=cost.total)
+    from ..errors import PlanError
+    from ..planner import build_plan
+    from ..surgery import apply
+
+    try:
+        smalls = [apply(a.model, build_plan(a, k, target=0.0, metric="flops", criterion="", round_to=None))
+                  for k in distinct]
+    except PlanError:  # e.g. a config that one of them would break: predict instead
+        return min(distinct, key=cost.total)
+    best = 0
+    for i in range(1, len(distinct)):
+        if BACKENDS[runtime].ratio(smalls[best], smalls[i], x) < 1.0:
+            best = i
+    return distinct[best]
+
+
+def reaim(tried: Sequence[tuple[float, float]], want: float) -> float:
+    """The next goal for the planner after ``tried`` (goal planned, ratio measured) missed ``want``.
+
+    The first miss scales the goal by want / measured; later ones take the secant through the
+    two tries nearest the target (measured latency is close to linear in the planned goal near
+    it), falling back to the scaling when noise makes that line flat or decreasing."""
+    goal, got = tried[-1]
+    nxt = goal * want / got
+    if len(tried) >= 2:
+        (g1, m1), (g2, m2) = sorted(tried, key=lambda t: abs(t[1] - want))[:2]
+        if g1 != g2 and (m1 - m2) / (g1 - g2) > 0:
+            secant = g1 + (want - m1) * (g1 - g2) / (m1 - m2)
+            if 0.5 * nxt <= secant <= 2.0 * nxt:
+                nxt = secant
+    return min(1.0, max(1e-6, nxt))
 
 
 def measured_ratio(dense: nn.Module, small: nn.Module, example_input: Any, runtime: str) -> float:

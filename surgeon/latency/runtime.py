@@ -148,12 +148,13 @@ class Timing:
 
 
 def interleaved(runners: list[Runner], runtime: str = "ort-cpu", *, rounds: int = 20, warmup: int = 3,
-                inner: int | Sequence[int] = 1, budget_s: float | None = None, clock: str = "wall") -> Timing:
+                inner: int | Sequence[int] = 1, budget_s: float | None = None, clock: str = "wall",
+                min_rounds: int = 5) -> Timing:
     """Time runners in alternation (r0, r1, ..., r0, r1, ...); the order within a round rotates.
 
     ``inner`` runs per timing, one count for all or one per runner (layers that take
-    microseconds); ``budget_s`` stops early once at least five rounds ran and the time is spent;
-    ``clock`` is "wall" or "cpu" (this thread's CPU time: one onnxruntime thread only)."""
+    microseconds); ``budget_s`` stops early once at least ``min_rounds`` rounds ran and the time
+    is spent; ``clock`` is "wall" or "cpu" (this thread's CPU time: one onnxruntime thread only)."""
     start, stop = _clock(runtime, clock)
     inner = [inner] * len(runners) if isinstance(inner, int) else list(inner)
     for r in runners:
@@ -169,7 +170,7 @@ def interleaved(runners: list[Runner], runtime: str = "ort-cpu", *, rounds: int 
             for _ in range(inner[i]):
                 runners[i]()
             times[i].append(stop(tok) / inner[i])
-        if budget_s is not None and k >= 4 and time.perf_counter() - t_begin > budget_s:
+        if budget_s is not None and k + 1 >= min_rounds and time.perf_counter() - t_begin > budget_s:
             break
     arr = np.asarray(times)
     ratios = arr[1:] / arr[0]
