@@ -15,6 +15,7 @@ from torch import nn
 from .analysis import Analysis, analyze
 from .compensate import compensate as _compensate
 from .criteria import Criterion, get_criterion, layer_rms
+from . import _walks
 from .errors import PlanError, SurgeryError
 from .graph.cost import METRICS
 from .graph.trace import count_known, eval_mode, run_model, shapes_of
@@ -56,7 +57,8 @@ def _gc_paused(fn):
         was = gc.isenabled()
         gc.disable()
         try:
-            return fn(*args, **kwargs)
+            with _walks.shared():  # and each model's module tree walked once (see surgeon._walks)
+                return fn(*args, **kwargs)
         finally:
             if was:
                 gc.enable()

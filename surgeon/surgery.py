@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _walks
 from ._clone import clone_module
 from .errors import PlanError
 from .plan import Plan
@@ -28,7 +29,7 @@ class _Modules(dict):
     """Qualified name -> submodule of one model, resolved once (deep models have thousands)."""
 
     def __init__(self, model: nn.Module | None = None):
-        super().__init__(() if model is None else model.named_modules(remove_duplicate=False))
+        super().__init__(() if model is None else _walks.modules(model))
 
     @classmethod
     def of_copy(cls, source: "_Modules", copy: nn.Module, memo: dict[int, Any]) -> "_Modules":

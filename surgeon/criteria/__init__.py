@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _walks
 from ..graph.groups import PruneGroup
 
 __all__ = ["Criterion", "Magnitude", "BNScale", "Random", "Taylor", "Fisher", "Activation", "LAMP",
@@ -167,7 +168,7 @@ class Magnitude:
             return self._score(model, groups)
 
     def _score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]:
-        params = dict(model.named_parameters(remove_duplicate=False))
+        params = _walks.parameters(model)
         tensors: dict[str, torch.Tensor | None] = {}
         ndim: dict[str, int] = {}
         dims_of: dict[str, list[int]] = {}  # tensor -> its member dims, in first-use order

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _walks
 from .groups import PruneGroup
 from .ir import Coupling
 
@@ -173,7 +174,11 @@ def _param_rows(traced, c: Coupling, slot) -> tuple[list[float], list[list[int]]
     sizes = c.sizes
     first_layer = {n: i for i, n in enumerate(c.layer_keys)}
     flops, rows, total = [], [], 0
-    for name, p in traced.model.named_parameters():
+    seen: set[int] = set()
+    for name, p in _walks.parameters(traced.model).items():  # each tensor once, as named_parameters()
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
         n = p.numel()
         total += n
         row = []

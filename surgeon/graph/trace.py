@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import conv_flop_count, flop_registry
 
+from .. import _walks
 from ..errors import TraceError
 
 __all__ = ["Traced", "trace", "normalize_inputs", "run_model", "shapes_of", "FlopTally", "count_known"]
@@ -66,9 +67,10 @@ def shapes_of(out: Any) -> Any:
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Put every submodule in eval mode and restore each one's own flag afterwards."""
-    modules = list(model.modules())
+def eval_mode(model: nn.Module, modules: list[nn.Module] | None = None):
+    """Put every submodule in eval mode and restore each one's own flag afterwards
+    (``modules``: ``list(model.modules())`` if the caller has it already)."""
+    modules = list(model.modules()) if modules is None else modules
     flags = [(m, m.training) for m in modules]
     try:
         if any(type(m).train is not nn.Module.train for m in modules):
@@ -142,8 +144,9 @@ class Traced:
         """Every parameter and buffer of the captured graph's root by qualified name, aliases
         (one tensor under several names) included. Built once; do not modify."""
         if self._tensors is None:
-            self._tensors = dict(self.gm.named_parameters(remove_duplicate=False))
-            self._tensors.update(self.gm.named_buffers(remove_duplicate=False))
+            root = self.gm.root if isinstance(self.gm, _FxCapture) else self.gm
+            self._tensors = dict(_walks.parameters(root))
+            self._tensors.update(root.named_buffers(remove_duplicate=False))
         return self._tensors
 
 
@@ -227,7 +230,7 @@ def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any, dict[st
     see into, are not taken) unless every op is known, when it cannot change a count."""
     root = gm.root if isinstance(gm, _FxCapture) else gm
     nodes = list(gm.graph.nodes)
-    modules = dict(root.named_modules(remove_duplicate=False))
+    modules = _walks.modules(root)
     known = all(_known(n, modules) for n in nodes)
     with torch.set_grad_enabled(not known):
         info, out = _run_nodes(gm, root, nodes, inputs, modules)
@@ -403,10 +406,11 @@ def count_known(model: nn.Module, example_input: Any) -> tuple[int, Any] | None:
         else:
             count += formula(mod, args[0], out)
 
-    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules()
+    modules = list(model.modules())
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules
                if type(m) is nn.Linear or type(m) in _CONVS]
     try:
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model, modules), torch.no_grad():
             out = run_model(model, example_input)
     finally:
         for h in handles:

@@ -1,0 +1,54 @@
+"""One walk of a model's module tree per public call.
+
+A ``named_modules`` or ``named_parameters`` walk of a model with thousands of modules costs
+milliseconds, and each stage of one ``shrink`` (capture, scores, cost model, surgery) needed one.
+Inside :func:`shared` (which ``surgeon.plan`` and ``surgeon.shrink`` open) the first walk of a
+model is remembered and handed to the next stage that asks. The model must not change inside
+the block: ``shrink`` never modifies its input, and the copy it builds is a different object.
+Outside the block every call walks afresh. Callers must not modify the returned dicts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from typing import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["shared", "modules", "parameters"]
+
+_SHARED: ContextVar[dict | None] = ContextVar("surgeon_walks", default=None)
+
+
+@contextlib.contextmanager
+def shared() -> Iterator[None]:
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _remembered(model: nn.Module, what: str, walk) -> dict:
+    cache = _SHARED.get()
+    if cache is None:
+        return walk()
+    hit = cache.get((id(model), what))
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    value = walk()
+    cache[(id(model), what)] = (model, value)
+    return value
+
+
+def modules(model: nn.Module) -> dict[str, nn.Module]:
+    """``dict(model.named_modules(remove_duplicate=False))``, walked once per shared block."""
+    return _remembered(model, "modules", lambda: dict(model.named_modules(remove_duplicate=False)))
+
+
+def parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:
+    """``dict(model.named_parameters(remove_duplicate=False))`` (aliases under every name, in
+    walk order), walked once per shared block."""
+    return _remembered(model, "parameters", lambda: dict(model.named_parameters(remove_duplicate=False)))
