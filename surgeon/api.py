@@ -100,7 +100,13 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
 def _scores(crit: Criterion, model: nn.Module, a: Analysis) -> list:
     """The criterion's scores; layer units it cannot score (no channel tensors of their own) get
     the RMS of their weights, mean-normalised within their group like every other score."""
-    scores = crit.score(model, a.groups)
+    if getattr(crit, "per_group", False):  # a group's scores depend on it alone: skip those kept whole
+        live = [gi for gi, g in enumerate(a.groups) if g.prunable]
+        scores = [np.zeros(g.n_units) for g in a.groups]
+        for gi, s in zip(live, crit.score(model, [a.groups[gi] for gi in live])):
+            scores[gi] = s
+    else:
+        scores = crit.score(model, a.groups)
     for gi, g in enumerate(a.groups):
         if g.layers and not np.any(scores[gi]):
             scores[gi] = layer_rms(model, g.layers)

@@ -49,6 +49,10 @@ __all__ = ["Criterion", "Magnitude", "BNScale", "Random", "Taylor", "Fisher", "A
 
 
 class Criterion(Protocol):
+    """``score`` returns one array per group, one score per unit, higher = more important.
+    A criterion may set ``per_group = True`` when a group's scores depend on that group alone;
+    ``plan``/``shrink`` then score only the groups they may prune."""
+
     name: str
 
     def score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]: ...
@@ -159,6 +163,8 @@ class Magnitude:
     """L1 or L2 norm of every parameter slice a unit owns (conv/linear rows and columns, norm
     affine parameters), mean-normalised per member and summed."""
 
+    per_group = True  # a group's scores depend on that group alone
+
     def __init__(self, p: int = 2):
         self.p = p
         self.name = f"l{p}"
@@ -233,6 +239,7 @@ class BNScale:
     BatchNorm fall back to L2 magnitude."""
 
     name = "bn_scale"
+    per_group = True
 
     def score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]:
         fallback = Magnitude(2).score(model, groups)
