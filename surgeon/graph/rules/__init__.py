@@ -22,6 +22,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..ir import AttrFix, Coupling, CostTerm, DimKey
+from ..trace import _hashable
 
 __all__ = ["register", "lookup", "RuleContext", "RULES", "describe_target"]
 
@@ -85,14 +86,6 @@ def _module_rule(cls: type) -> Rule | None:
         if klass in RULES:
             return RULES[klass]
     return None
-
-
-def _hashable(x: Any) -> bool:
-    try:
-        hash(x)
-    except TypeError:
-        return False
-    return True
 
 
 class RuleContext:
