@@ -159,7 +159,7 @@ def _units(c: Coupling, roots, classes, cls: list[int], rel_ids: list[int],
 def _make_group(c: Coupling, gid: int, classes, roots, cls, unit_of_class, n_units: int) -> PruneGroup:
     members, frozen, has_tensor = [], np.zeros(n_units, bool), np.zeros(n_units, bool)
     reason = inexact = None
-    where = []
+    where, seen_where = [], set()  # the set: a residual stream's group has thousands of owners
     frozen_keys, inexact_keys, owners = c.frozen, c.inexact, c.owners
     for ci in cls:
         unit_of = unit_of_class[ci]
@@ -173,8 +173,10 @@ def _make_group(c: Coupling, gid: int, classes, roots, cls, unit_of_class, n_uni
                 inexact = inexact or inexact_keys[key]
             if key[0] == "p":
                 class_tensor = True
-                if key in owners and owners[key] not in where:
-                    where.append(owners[key])
+                owner = owners.get(key)
+                if owner is not None and owner not in seen_where:
+                    seen_where.add(owner)
+                    where.append(owner)
         if class_frozen:
             frozen[unit_of] = True
         if class_tensor:
