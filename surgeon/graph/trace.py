@@ -72,6 +72,9 @@ def eval_mode(model: nn.Module, modules: list[nn.Module] | None = None):
     (``modules``: ``list(model.modules())`` if the caller has it already)."""
     modules = list(model.modules()) if modules is None else modules
     flags = [(m, m.training) for m in modules]
+    if not any(flag for _, flag in flags):  # already in eval mode everywhere: nothing to switch
+        yield model
+        return
     try:
         if any(type(m).train is not nn.Module.train for m in modules):
             model.eval()  # some module has its own train(): let it run
