@@ -102,7 +102,6 @@ class Coupling:
     _channel_like: set = field(default_factory=set)  # roots of classes that carry channels
 
     eqs: list[tuple[DimKey, DimKey]] = field(default_factory=list)
-    dim_keys: dict = field(default_factory=dict, repr=False)  # (node or (node, i), dim) -> key, for rules
 
     # -- building -----------------------------------------------------------------------------
     def add(self, key: DimKey, size: int) -> DimKey:
@@ -124,11 +123,12 @@ class Coupling:
         ra, rb = find(a), find(b)
         if ra == rb:
             return
-        self.uf.parent[rb] = ra  # the union of two roots: ra stays the root, as _UnionFind.union does
+        root = self.uf.union(ra, rb)
+        merged = rb if root == ra else ra
         like = self._channel_like
-        if rb in like:
-            like.discard(rb)
-            like.add(ra)
+        if merged in like:  # the class that is no longer a root passes its mark to the new root
+            like.discard(merged)
+            like.add(root)
 
     def rel(self, a: DimKey, b: DimKey, ia: Iterable[int], ib: Iterable[int]) -> None:
         ia = np.asarray(ia, dtype=np.int64)

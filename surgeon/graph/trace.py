@@ -147,7 +147,7 @@ class Traced:
         """Every parameter and buffer of the captured graph's root by qualified name, aliases
         (one tensor under several names) included. Built once; do not modify."""
         if self._tensors is None:
-            root = self.gm.root if isinstance(self.gm, _FxCapture) else self.gm
+            root = _root(self.gm)
             self._tensors = dict(_walks.parameters(root))
             self._tensors.update(root.named_buffers(remove_duplicate=False))
         return self._tensors
@@ -231,7 +231,7 @@ def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any, dict[st
     bookkeeping costs as much as the ops. Values are freed after their last use, as there.
     Autograd stays on (as for ``count_flops``: fused inference paths, which the counter cannot
     see into, are not taken) unless every op is known, when it cannot change a count."""
-    root = gm.root if isinstance(gm, _FxCapture) else gm
+    root = _root(gm)
     nodes = list(gm.graph.nodes)
     modules = _walks.modules(root)
     known = all(_known(n, modules) for n in nodes)
@@ -247,7 +247,7 @@ def _known(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
         return n.target in _ZERO_FLOP_METHODS
     if n.op == "call_module":
         kind = type(modules[n.target])
-        return kind in _ZERO_FLOP_MODULES or kind is nn.Linear or kind in _CONVS
+        return kind in _ZERO_FLOP_MODULES or kind in _FORMULA_MODULES
     return True
 
 
@@ -288,28 +288,24 @@ def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list,
         else:
             args = fx.node.map_arg(n.args, look)
             kwargs = fx.node.map_arg(n.kwargs, look) if n.kwargs else {}
+            formula = None  # FLOPs from shapes; None: the tally counts them
             if op == "call_function":
-                fn = n.target
-                if _zero_flop_function(fn):
-                    value = fn(*args, **kwargs)
-                else:
-                    with tally:
-                        value = fn(*args, **kwargs)
+                call = n.target
+                if _zero_flop_function(call):
+                    formula = _no_flops
             elif op == "call_method":
+                call, args = getattr(args[0], n.target), args[1:]
                 if n.target in _ZERO_FLOP_METHODS:
-                    value = getattr(args[0], n.target)(*args[1:], **kwargs)
-                else:
-                    with tally:
-                        value = getattr(args[0], n.target)(*args[1:], **kwargs)
+                    formula = _no_flops
             else:
-                mod = modules[n.target]
-                formula = _module_formula(mod, args, kwargs)
-                if formula is None:
-                    with tally:
-                        value = mod(*args, **kwargs)
-                else:
-                    value = mod(*args, **kwargs)
-                    tally.count += formula(mod, args[0], value)
+                call = modules[n.target]
+                formula = _module_formula(call, args, kwargs)
+            if formula is None:
+                with tally:
+                    value = call(*args, **kwargs)
+            else:
+                value = call(*args, **kwargs)
+                tally.count += formula(call, args[0] if args else None, value)
         env[n] = value
         shape = _describe(value)
         info[n.name] = NodeInfo(
@@ -363,6 +359,10 @@ _ZERO_FLOP_METHODS = frozenset({
 })
 
 
+def _no_flops(_call: Any, _x: Any, _out: Any) -> int:
+    return 0
+
+
 def _linear_flops(mod: nn.Linear, x: torch.Tensor, _out: torch.Tensor) -> int:
     # F.linear runs addmm or mm on x folded to 2-D: flop_counter's mm formula, 2 * m * n * k
     return 2 * x.numel() * mod.out_features
@@ -376,7 +376,7 @@ def _module_formula(mod: nn.Module, args: tuple, kwargs: dict) -> Callable | Non
     """A shape formula giving exactly what the tally would count for ``mod(*args)``, or None."""
     kind = type(mod)
     if kind in _ZERO_FLOP_MODULES:
-        return lambda _m, _x, _o: 0
+        return _no_flops
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
         return None
     x = args[0]
@@ -388,6 +388,7 @@ def _module_formula(mod: nn.Module, args: tuple, kwargs: dict) -> Callable | Non
 
 
 _CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+_FORMULA_MODULES = frozenset({nn.Linear, *_CONVS})  # counted by a formula when the call fits it
 
 
 def count_known(model: nn.Module, example_input: Any) -> tuple[int, Any] | None:
@@ -411,7 +412,7 @@ def count_known(model: nn.Module, example_input: Any) -> tuple[int, Any] | None:
 
     modules = list(model.modules())
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules
-               if type(m) is nn.Linear or type(m) in _CONVS]
+               if type(m) in _FORMULA_MODULES]
     try:
         with eval_mode(model, modules), torch.no_grad():
             out = run_model(model, example_input)
@@ -488,6 +489,11 @@ class _Tracer(fx.Tracer):
         if self.module_stack:
             node.meta["nn_module_stack"] = dict(self.module_stack)
         return node
+
+
+def _root(gm: Any) -> nn.Module:
+    """The module a capture's node targets name: the user's model (fx) or the GraphModule (export)."""
+    return gm.root if isinstance(gm, _FxCapture) else gm
 
 
 def _fx_capture(model: nn.Module, args: tuple, kwargs: dict) -> _FxCapture:

@@ -150,14 +150,6 @@ class RuleContext:
     # -- naming dimensions ------------------------------------------------------------------------
     def v(self, node: Any, dim: int) -> DimKey:
         """The key of dimension ``dim`` of a tensor argument (negative dims allowed)."""
-        cache = self.c.dim_keys
-        hit = cache.get((node, dim))
-        if hit is not None:
-            return hit
-        key = cache[(node, dim)] = self._v(node, dim)
-        return key
-
-    def _v(self, node: Any, dim: int) -> DimKey:
         shape = self.shape(node)
         if shape is None:
             raise AssertionError(f"{node} is not a tensor at {self.where}")
