@@ -86,10 +86,21 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
         a.config_model = config_model(model)
         if a.config_model is not None:
             a.bundles = constrain(a, a.config_model)
-    for metric, attr in (("flops", "flops_per_unit"), ("params", "params_per_unit")):
-        for g, m in zip(groups, a.cost(metric).mean_marginal()):
-            setattr(g, attr, float(m))
+    for g, m in zip(groups, a.cost("flops").mean_marginal()):
+        g.flops_per_unit = float(m)
+    fill = _params_filler(a)
+    for g in groups:
+        g._fill_params = fill
     return a
+
+
+def _params_filler(a: Analysis):
+    """Sets every group's params_per_unit at once, when the first one is read."""
+    def fill() -> None:
+        for g, m in zip(a.groups, a.cost("params").mean_marginal()):
+            g.params_per_unit = float(m)
+            g._fill_params = None
+    return fill
 
 
 def _mark_ignored(model: nn.Module, groups: list[PruneGroup], ignore: Iterable) -> None:

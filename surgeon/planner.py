@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import _walks
 from .analysis import Analysis
 from .errors import PlanError
 from .graph.cost import CostModel
@@ -368,6 +369,30 @@ def _refine(seq: np.ndarray, n_groups: int, total, goal: float, rounds: int = 24
     return best
 
 
+def _param_counts(model, slices: list[Slice], drops: tuple[str, ...]) -> tuple[int, int]:
+    """Parameter counts before and after ``slices`` and the layer ``drops``, each tensor once (as
+    ``model.parameters()`` counts them): read off the plan, so no second cost model is built
+    for figures that only the plan reports."""
+    kept: dict[str, dict[int, int]] = {}
+    for s in slices:
+        kept.setdefault(s.tensor, {})[s.dim] = len(s.keep)
+    tensors: dict[int, list] = {}  # id -> [tensor, kept size per sliced dim, every name under a dropped layer]
+    for name, p in _walks.parameters(model).items():
+        entry = tensors.setdefault(id(p), [p, {}, True])
+        entry[1].update(kept.get(name, ()))
+        entry[2] = entry[2] and any(name.startswith(d + ".") for d in drops)
+    before = after = 0
+    for p, dims, dropped in tensors.values():
+        n = p.numel()
+        before += n
+        if dropped and drops:
+            continue
+        for d, k in dims.items():
+            n = n // p.shape[d] * k if p.shape[d] else 0
+        after += n
+    return before, after
+
+
 def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: str, criterion: str,
                round_to: int | None) -> Plan:
     """Turn keep-masks into the slices and attribute updates that realise them."""
@@ -413,13 +438,14 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
     for (module, attr), (old, new) in pending.items():
         if tuple(new) != tuple(old):
             attrs.append(AttrUpdate(module, attr, list(old), list(new)))
-    flops, params = a.cost("flops"), a.cost("params")
-    after = {"flops": flops.total(keep), "params": params.total(keep)}
-    extra = (("flops_before", flops.base), ("flops_after", after["flops"]),
-             ("params_before", params.base), ("params_after", after["params"]))
-    c = a.cost(metric)
     drops = tuple(name for gi, g in enumerate(a.groups) if g.layers
                   for u, name in enumerate(g.layers) if not keep[gi][u])
+    flops = a.cost("flops")
+    params_before, params_after = _param_counts(model, slices, drops)
+    after = {"flops": flops.total(keep), "params": params_after}
+    extra = (("flops_before", flops.base), ("flops_after", after["flops"]),
+             ("params_before", params_before), ("params_after", params_after))
+    c = a.cost(metric)
     config = ()
     if a.config_model is not None:
         from .hf import config_updates, invalid

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -58,9 +59,22 @@ class PruneGroup:
     inexact_reason: str | None = None
     where: list[str] = field(default_factory=list)  # ops that own the member parameters
     flops_per_unit: float = 0.0
-    params_per_unit: float = 0.0
     layers: list[str] | None = None  # layer groups: the module each unit removes
     step: int = 1  # kept units stay a multiple of this (what a Hugging Face config accepts)
+    # parameters per unit: read through ``params_per_unit``, computed on first read by the filler
+    # surgeon.analysis attaches (the params cost model only serves reports and metric="params")
+    _params_per_unit: float | None = field(default=None, repr=False)
+    _fill_params: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def params_per_unit(self) -> float:
+        if self._params_per_unit is None and self._fill_params is not None:
+            self._fill_params()
+        return 0.0 if self._params_per_unit is None else self._params_per_unit
+
+    @params_per_unit.setter
+    def params_per_unit(self, value: float) -> None:
+        self._params_per_unit = float(value)
 
     @property
     def prunable(self) -> bool:
