@@ -131,8 +131,8 @@ def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, roun
             return solve(a, scores, metric, target, rounded, min_keep)
         from .latency import fastest  # a counted target on a named runtime: the faster of two orders
 
-        return fastest(a, runtime, [solve(a, scores, metric, target, rounded, min_keep, f"latency:{runtime}", w)
-                                    for w in (1.0, 0.0)])
+        return fastest(a, runtime, [solve(a, scores, metric, target, rounded, min_keep, f"latency:{runtime}", w,
+                                          per_target=True) for w in (1.0, 0.0)])
 
     try:
         keep = keep_for(rounding.resolve(round_to, runtime))
@@ -170,9 +170,12 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     for ``runtime="ort-cpu"`` the CPU's block (16 with AVX-512, else 8), 8 for "torch-cuda";
     groups narrower than one block left whole, and no rounding where it would cost the exact
     landing (see :mod:`surgeon.latency.rounding`); an int rounds to it, None not at all. With
-    ``runtime="ort-cpu"`` or ``"torch-cuda"`` the layers are timed there (cached) and units are
-    ranked by score per millisecond they save; ``metric="latency"`` then makes ``target`` a
-    fraction of the dense model's latency on that runtime (see :mod:`surgeon.latency`).
+    ``runtime="ort-cpu"`` or ``"torch-cuda"`` the layers are timed there (cached); a FLOPs
+    target then also tries removing first what runs slowest for its FLOPs there (score per
+    millisecond saved per FLOP saved), times that plan against the score-only one and keeps
+    the faster, so widths can move between stages (``min_keep`` bounds how far);
+    ``metric="latency"`` makes ``target`` a fraction of the dense model's latency on that
+    runtime (see :mod:`surgeon.latency`).
 
     Every group keeps at least ``min_keep`` of its units: a fraction (10% by default) or, as
     an int, a count; ``ignore`` keeps the given modules (or module names) whole.

@@ -8,9 +8,9 @@ stage from 16 to 2 channels, a Llama's hidden size before any MLP unit -- and me
 both in accuracy before fine-tuning (Fashion-MNIST ResCNN at half the FLOPs, l2: 0.10 against
 0.36; with compensate=True 0.76 against 0.83) and in onnxruntime latency. Units are removed in
 priority order, each group keeping at least ``min_keep`` of its units (a fraction, 10% by
-default, or a count; never fewer than one unit or one ``round_to`` step), and the number
-removed is found by bisection on the exact cost model, so the planned cost lands on the target
-to within one unit.
+default, or a count, rounded up to whole ``round_to`` steps; never fewer than one unit or one
+step), and the number removed is found by bisection on the exact cost model, so the planned
+cost lands on the target to within one unit.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class _Order:
 
     def __init__(self, a: Analysis, scores: Sequence[np.ndarray], cost: CostModel,
                  round_to: int | None, min_keep: int | float, cost_weight: float = 0.0,
-                 bundles: Sequence[Sequence[int]] = ()):
+                 bundles: Sequence[Sequence[int]] = (), per: CostModel | None = None):
         self.a = a
         groups = a.groups
         self.n_groups = len(groups)
@@ -100,7 +100,8 @@ class _Order:
         for gi in live:
             g = groups[gi]
             self.steps[gi] = _step(g, round_to)
-            self.floor[gi] = max(_min_units(g.n_units, min_keep), self.steps[gi])
+            step = self.steps[gi]  # the floor on a whole block too, where the group has one
+            self.floor[gi] = min(max(-(-_min_units(g.n_units, min_keep) // step) * step, step), g.n_units)
             cap[gi] = g.n_units - max(self.floor[gi], int(g.frozen_units.sum()))
         # the priority of every unit of the live groups, concatenated in group order
         sizes = np.array([groups[gi].n_units for gi in live], dtype=np.int64)
@@ -109,6 +110,12 @@ class _Order:
             c = np.concatenate([marg[gi] for gi in live]) / mean_cost if live else np.zeros(0)
         else:
             c = np.ones(int(sizes.sum()))
+        if per is not None and live:  # cost per unit of ``per`` saved; a unit that saves none of it is neutral
+            per_marg = per.marginal()
+            d = np.concatenate([per_marg[gi] for gi in live])
+            mean_d = d[d > 0].mean() if (d > 0).any() else 1.0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                c = np.where(d > 0, c / (d / mean_d), 1.0)
         c = np.where(c > 0, np.abs(c) ** cost_weight, 0.0)  # a unit that saves nothing stays
         # a layer is not cheap to lose because it is big: rank by score
         c[np.repeat([groups[gi].kind.value == "layer" for gi in live], sizes).astype(bool)] = 1.0
@@ -254,17 +261,20 @@ def _rank_in_group(gs: np.ndarray) -> np.ndarray:
 
 def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
           round_to: int | None = None, min_keep: int | float = 0.1, rank_by: str | None = None,
-          cost_weight: float = 0.0, bundles: Sequence[Sequence[int]] = ()) -> list[np.ndarray]:
+          cost_weight: float = 0.0, bundles: Sequence[Sequence[int]] = (),
+          per_target: bool = False) -> list[np.ndarray]:
     """Keep-masks, one per group, whose cost is as close as possible to ``target`` x base.
 
     Units are ranked by score / cost_per_unit ** ``cost_weight``, the cost being ``rank_by``'s
     (``metric`` unless given: a FLOPs target ranked by measured latency removes what is slow,
-    not only what is counted); ``cost_weight=0`` (the default) ranks by score alone.
+    not only what is counted); ``cost_weight=0`` (the default) ranks by score alone. With
+    ``per_target`` the cost is ``rank_by``'s per unit of ``metric``'s (milliseconds per FLOP,
+    each relative to its mean): at a fixed FLOPs count, what runs slowest for its FLOPs goes first.
     Groups of one bundle (repeated layers that must keep one width) lose units in step."""
     cost = a.cost(metric)
     goal = target * cost.base
     order = _Order(a, scores, a.cost(rank_by) if rank_by else cost, round_to, min_keep, cost_weight,
-                   bundles or a.bundles)
+                   bundles or a.bundles, cost if per_target and rank_by else None)
     n = len(order)
     if target >= 1.0:
         return a.full_keep()

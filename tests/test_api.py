@@ -7,6 +7,7 @@ import importlib
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -188,6 +189,52 @@ def test_round_to(net):
     for conv in (small.c1, small.c2):
         assert conv.out_channels % 8 == 0
     assert abs(count_flops(small, x) / count_flops(model, x) - 0.5) <= 0.05
+
+
+class _Res(nn.Module):
+    def __init__(self, d: int = 16):
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+
+class _LayersFirst:
+    """A layer group's scores spread far below 1, every channel's are 1: scores are normalised
+    by their group's mean, so the group's lowest layers rank below every channel."""
+
+    name = "layers_first"
+
+    def score(self, model, groups):
+        return [np.geomspace(1e-3, 1.0, g.n_units) if g.layers else np.ones(g.n_units) for g in groups]
+
+
+@pytest.mark.parametrize("layers", [False, True])
+def test_plan_parameter_counts_match_the_applied_model(net, layers):
+    """The plan's params_before/params_after (read off its slices and dropped layers) are what
+    count_params gives for the model before and after apply."""
+    torch.manual_seed(0)
+    cases = [net, (nn.Sequential(*[_Res() for _ in range(4)]).eval(), torch.randn(2, 16))]
+    for model, x in cases:
+        p = surgeon.plan(model, x, target=0.4, layers=layers, criterion=_LayersFirst())
+        extra = dict(p.extra)
+        small = surgeon.apply(model, p)
+        assert extra["params_before"] == count_params(model)
+        assert extra["params_after"] == count_params(small) < count_params(model)
+    assert not layers or p.drops  # the residual blocks: some go whole
+
+
+def test_min_keep_floor_is_a_whole_rounding_step():
+    """A group pushed to its min_keep floor keeps a whole number of round_to steps (the floor
+    rounded up), not min_keep's exact count: 20% of 100 channels is 20, kept as 32."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 100, 3), nn.ReLU(), nn.Conv2d(100, 100, 3), nn.ReLU(), nn.Conv2d(100, 8, 3))
+    x = torch.randn(1, 3, 20, 20)
+    p = surgeon.plan(model, x, target=0.15, round_to=16, min_keep=0.2)
+    kept = [d.kept for d in p.decisions if d.units == 100]
+    assert kept and all(k % 16 == 0 and k >= 20 for k in kept)
+    assert 32 in kept  # at least one group sits on the floor
 
 
 def test_ignore(net):

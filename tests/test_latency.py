@@ -206,8 +206,9 @@ def test_latency_marginal_prefers_expensive_layers(fake, net):
             assert cost.total(keep) <= full + 1e-9
 
 
-def _net_cost(model: nn.Module, x) -> float:
-    """Analytic latency of a whole model: the padded cost of each conv and linear layer."""
+def _net_cost(model: nn.Module, x, dw: float = 1.0) -> float:
+    """Analytic latency of a whole model: the padded cost of each conv and linear layer, the
+    depthwise and grouped ones ``dw`` times that."""
     calls = []
     hooks = [m.register_forward_hook(lambda m, inp, out: calls.append((m, inp[0])))
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -215,7 +216,7 @@ def _net_cost(model: nn.Module, x) -> float:
         model(x)
         for h in hooks:
             h.remove()
-        return 5.0 + sum(_layer_cost(m, i) for m, i in calls)
+        return 5.0 + sum(_layer_cost(m, i) * (dw if getattr(m, "groups", 1) > 1 else 1.0) for m, i in calls)
 
 
 def test_counted_target_on_a_runtime_takes_the_order_timed_faster(fake, net, monkeypatch):
@@ -223,15 +224,21 @@ def test_counted_target_on_a_runtime_takes_the_order_timed_faster(fake, net, mon
     from surgeon.planner import build_plan, solve
 
     model, x = net
-    # a runtime whose timings rank the models opposite to the padded-MAC model the tables follow
-    monkeypatch.setattr(fake, "ratio", lambda dense, small, x: _net_cost(dense, x) / _net_cost(small, x))
+    # tables in which the depthwise conv runs 4x slower per MAC than the others (memory-bound, as
+    # on a real CPU), so ranking by milliseconds per FLOP differs from ranking by score ...
+    layers = fake.layers
+    monkeypatch.setattr(fake, "layers", lambda cases: [t * (4.0 if m.groups > 1 else 1.0) if isinstance(m, nn.Conv2d)
+                                                       else t for (m, _), t in zip(cases, layers(cases))])
+    # ... and a runtime that times whole models by those layer costs, where the latency model,
+    # fitted to the tables and the dense model's time, predicts the two plans in the other order
+    monkeypatch.setattr(fake, "ratio", lambda dense, small, x: _net_cost(small, x, 4.0) / _net_cost(dense, x, 4.0))
     a = surgeon.analyze(model, x)
     key = latency.attach(a, x, "ort-cpu")
     scores = get_criterion("l2").score(model, a.groups)
-    cands = [solve(a, scores, "flops", 0.5, None, 0.1, key, w) for w in (1.0, 0.0)]
+    cands = [solve(a, scores, "flops", 0.5, None, 0.1, key, w, per_target=True) for w in (1.0, 0.0)]
     assert [int(k.sum()) for k in cands[0]] != [int(k.sum()) for k in cands[1]]  # two real choices
-    timed = [1 / _net_cost(surgeon.apply(model, build_plan(a, k, target=0.5, metric="flops", criterion="l2",
-                                                           round_to=None)), x) for k in cands]
+    timed = [_net_cost(surgeon.apply(model, build_plan(a, k, target=0.5, metric="flops", criterion="l2",
+                                                           round_to=None)), x, 4.0) for k in cands]
     best = cands[int(np.argmin(timed))]
     assert best is not min(cands, key=a.cost(key).total)  # premise: timing and prediction disagree
     p = surgeon.plan(model, x, 0.5, runtime="ort-cpu", round_to=None, analysis=a)
@@ -239,6 +246,31 @@ def test_counted_target_on_a_runtime_takes_the_order_timed_faster(fake, net, mon
     assert abs(p.ratio - 0.5) <= 0.01
     a.cost(key).example_input = None  # nothing to time with: the latency model predicts
     assert latency.fastest(a, "ort-cpu", cands) is min(cands, key=a.cost(key).total)
+
+
+def test_per_target_ranking_thins_what_is_slow_for_its_flops(fake, net, monkeypatch):
+    """A FLOPs target ranked by milliseconds per FLOP takes units first from the group whose
+    layers run slowest for their FLOPs (here the depthwise conv's), and still lands on the target."""
+    from surgeon.criteria import get_criterion
+    from surgeon.planner import solve
+
+    model, x = net
+    layers = fake.layers
+    monkeypatch.setattr(fake, "layers", lambda cases: [t * (4.0 if isinstance(m, nn.Conv2d) and m.groups > 1 else 1.0)
+                                                       for (m, _), t in zip(cases, layers(cases))])
+    a = surgeon.analyze(model, x)
+    key = latency.attach(a, x, "ort-cpu")
+    scores = get_criterion("l2").score(model, a.groups)
+    dw = next(gi for gi, g in enumerate(a.groups) if any(m.name == "dw.weight" for m in g.tensors))
+    by_score = solve(a, scores, "flops", 0.5, None, 0.1)
+    per_flop = solve(a, scores, "flops", 0.5, None, 0.1, key, 1.0, per_target=True)
+    assert per_flop[dw].sum() < by_score[dw].sum()
+    flops = a.cost("flops")
+    for keep in (by_score, per_flop):
+        assert abs(flops.total(keep) / flops.base - 0.5) <= 0.01
+    # without per_target the same call ranks by milliseconds saved, not per FLOP
+    assert [int(k.sum()) for k in solve(a, scores, "flops", 0.5, None, 0.1, key, 1.0)] != \
+        [int(k.sum()) for k in per_flop]
 
 
 def test_round_to_auto_steps():
