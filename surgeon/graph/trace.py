@@ -482,10 +482,19 @@ class _Tracer(fx.Tracer):
         """``TracerBase.create_node`` for plain symbolic tracing, without what only other uses need
         (mutation checks, preserved export metadata, recorded stack traces, the deprecated scope
         table) and with the module stack copied as a plain dict (``copy.copy`` of an OrderedDict
-        goes through ``__reduce_ex__``, a third of the cost of a node on deep models)."""
+        goes through ``__reduce_ex__``, a third of the cost of a node on deep models).
+
+        The node is created without arguments, which are then assigned (``Node.args``' setter
+        records the uses, as the constructor does): ``Graph.create_node`` walks the arguments
+        of every call node through pytree to warn about raw SymInts, which plain symbolic tracing
+        never makes, and that walk was a fifth of the capture on deep models."""
         if self.check_mutable_operations or self.record_stack_traces or fx_traceback.has_preserved_node_meta():
             return super().create_node(kind, target, args, kwargs, name, type_expr)
-        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
+        node = self.graph.create_node(kind, target, None, None, name, type_expr)
+        if args:
+            node.args = args
+        if kwargs:
+            node.kwargs = kwargs
         if self.module_stack:
             node.meta["nn_module_stack"] = dict(self.module_stack)
         return node
