@@ -4,8 +4,10 @@ For each model (random weights, input 1x3x224x224) this builds, in one process:
 
 * ``dense``: the model itself;
 * ``surgeon``: ``surgeon.shrink(model, x, target=0.5)`` (the default: no runtime named);
-* ``surgeon ort``: ``shrink(..., target=0.5, runtime="ort-cpu")``: the same FLOPs target with
-  widths rounded for onnxruntime CPU (``round_to="auto"``: multiples of 16 on AVX-512);
+* ``surgeon ort``: ``shrink(..., target=0.5, runtime="ort-cpu")``: the same FLOPs target planned
+  for onnxruntime CPU: widths rounded to its block (``round_to="auto"``: multiples of 16 on
+  AVX-512), and the faster (timed) of two plans, units ranked by score alone or by the measured
+  milliseconds they save per FLOP;
 * ``surgeon lat``: ``shrink(..., target=0.5, metric="latency", runtime="ort-cpu")``: half of the
   dense latency on onnxruntime CPU, 1 thread (planned against measured layer tables);
 * ``TP``, ``TP r8`` and ``TP r16``: Torch-Pruning's magnitude pruner (``benchmarks/zoo.py``'s
@@ -13,9 +15,10 @@ For each model (random weights, input 1x3x224x224) this builds, in one process:
   ``round_to=8`` and ``16``, at the channel ratio whose FLOPs land nearest 0.5 (bisection,
   ``zoo.tp_search``). Uniform rounding cannot land every model on 0.5 (ResNet-50 with
   ``round_to=16`` jumps from 0.45 to above 0.5, MobileNet-V2 lands 0.48);
-* ``surgeon @TP r16`` (and so on): ``shrink(target=f)`` at the FLOPs ``f`` that a Torch-Pruning
-  setting landed on, for each setting further than ``SAME_FLOPS`` from the target, so that every
-  peer setting is compared with ours at its own FLOPs.
+* ``surgeon @TP r16`` and ``surgeon ort @TP r16`` (and so on): ``shrink(target=f)`` and
+  ``shrink(target=f, runtime="ort-cpu")`` at the FLOPs ``f`` that a Torch-Pruning setting landed
+  on, for each setting further than ``SAME_FLOPS`` from the target, so that every peer setting
+  is compared with ours at its own FLOPs.
 
 and times them all in alternation (dense, a, b, ..., rotated every round) on:
 
@@ -84,6 +87,7 @@ def variants(name: str, model, x, args) -> dict[str, torch.nn.Module]:
             f = count_flops(out[label], x) / base
             if abs(f - TARGET) > SAME_FLOPS:  # ours at the peer's FLOPs, for a like-for-like comparison
                 out[f"surgeon @{label}"] = surgeon.shrink(model, x, target=f)
+                out[f"surgeon ort @{label}"] = surgeon.shrink(model, x, target=f, runtime="ort-cpu")
     return out
 
 
@@ -131,8 +135,8 @@ def checks(results: dict) -> None:
                 continue
             ok, vs = speed[label] >= 1.6, []
             for k in (k for k in col if k.startswith("TP")):  # each peer setting at its own FLOPs
-                ours = label if abs(flops[k] - TARGET) <= SAME_FLOPS else f"surgeon @{k}"
-                if ours not in col or (ours != label and label != "surgeon"):
+                ours = label if abs(flops[k] - TARGET) <= SAME_FLOPS else f"{label} @{k}"
+                if ours not in col:
                     continue
                 ok &= speed[ours] >= speed[k]
                 at = "" if ours == label else f" at {flops[k]:.3f} FLOPs: ours {speed[ours]:.2f}x"
