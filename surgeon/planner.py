@@ -390,12 +390,12 @@ def _param_counts(model, slices: list[Slice], drops: tuple[str, ...]) -> tuple[i
     for name, p in _walks.parameters(model).items():
         entry = tensors.setdefault(id(p), [p, {}, True])
         entry[1].update(kept.get(name, ()))
-        entry[2] = entry[2] and any(name.startswith(d + ".") for d in drops)
+        entry[2] = entry[2] and bool(drops) and any(name.startswith(d + ".") for d in drops)
     before = after = 0
     for p, dims, dropped in tensors.values():
         n = p.numel()
         before += n
-        if dropped and drops:
+        if dropped:
             continue
         for d, k in dims.items():
             n = n // p.shape[d] * k if p.shape[d] else 0
