@@ -115,14 +115,14 @@ def timed_rows(models: dict, x, args) -> dict[str, dict]:
 
 
 def report(name: str, flops: dict, cols: dict) -> None:
-    head = f"{'':16s} {'FLOPs':>6s} " + " ".join(f"{c:>24s}" for c in cols)
+    head = f"{'':20s} {'FLOPs':>6s} " + " ".join(f"{c:>24s}" for c in cols)
     print(head)
     for label in flops:
         cells = []
         for c in cols.values():
             ms, r, s = c[label]
             cells.append(f"{ms:8.2f} ms {1 / r:5.2f}x ±{s / r / r if r else 0:4.2f}")
-        print(f"{label:16s} {flops[label]:6.3f} " + " ".join(f"{c:>24s}" for c in cells))
+        print(f"{label:20s} {flops[label]:6.3f} " + " ".join(f"{c:>24s}" for c in cells))
 
 
 def checks(results: dict) -> None:
