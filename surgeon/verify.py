@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .graph.trace import FlopTally, eval_mode, run_model, shapes_of
+from .graph.trace import FlopTally, eval_mode, no_fast_path, run_model, shapes_of
 
 __all__ = ["count_flops", "measure", "count_params", "output_shapes", "max_rel_error", "zero_invariance",
            "first_tensor"]
@@ -38,21 +37,10 @@ def measure(model: nn.Module, example_input: Any) -> tuple[int, Any]:
     The run is in eval mode without autograd (recording the graph costs a fifth of the run on
     deep models), with torch.nn's fused attention fast paths turned off explicitly (``count_flops``
     keeps them off by leaving autograd on): the same ops run, so the counts are the same."""
-    with eval_mode(model), _no_fast_path(), torch.no_grad(), FlopTally() as counter:
+    with eval_mode(model), no_fast_path(), torch.no_grad(), FlopTally() as counter:
         out = run_model(model, example_input)
     return int(counter.count), shapes_of(out)
 
-
-@contextlib.contextmanager
-def _no_fast_path():
-    """Turn off the fused inference path of ``nn.MultiheadAttention`` and ``nn.TransformerEncoder``
-    (one op the counter has no formula for), so that they run the matmuls they are made of."""
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(was)
 
 
 def count_params(model: nn.Module) -> int:

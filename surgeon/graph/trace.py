@@ -229,15 +229,29 @@ def _propagate(gm: Any, inputs: list) -> tuple[dict[str, NodeInfo], Any, dict[st
 
     A plain loop rather than ``fx.Interpreter``: on deep models the interpreter's per-node
     bookkeeping costs as much as the ops. Values are freed after their last use, as there.
-    Autograd stays on (as for ``count_flops``: fused inference paths, which the counter cannot
-    see into, are not taken) unless every op is known, when it cannot change a count."""
+    It runs without autograd and with torch.nn's fused attention fast paths turned off (see
+    :func:`no_fast_path`), as ``verify.measure`` does: the ops that run are those
+    ``count_flops`` sees with autograd on."""
     root = _root(gm)
     nodes = list(gm.graph.nodes)
     modules = _walks.modules(root)
     known = all(_known(n, modules) for n in nodes)
-    with torch.set_grad_enabled(not known):
+    with no_fast_path(), torch.no_grad():
         info, out = _run_nodes(gm, root, nodes, inputs, modules)
     return info, out, modules, known
+
+
+@contextlib.contextmanager
+def no_fast_path():
+    """Turn off the fused inference path of ``nn.MultiheadAttention`` and ``nn.TransformerEncoder``
+    (one op the FLOP counter has no formula for; autograd being on also keeps it off), so that
+    they run the matmuls they are made of."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
 
 
 def _known(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
