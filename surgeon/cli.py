@@ -31,6 +31,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .graph.trace import shapes_of
+
 __all__ = ["main", "load_spec", "UsageError", "Failure"]
 
 PREFIXES = ("torchvision", "timm", "hf")
@@ -270,16 +272,6 @@ def _round_to(text: str) -> int | str | None:
     return n or None
 
 
-def _shape_of(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return list(x.shape)
-    if isinstance(x, dict):
-        return {k: _shape_of(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return [_shape_of(v) for v in x]
-    return None
-
-
 def _emit(args, data: dict, text: str) -> None:
     print(json.dumps(data, indent=1, default=str) if args.json else text)
 
@@ -315,7 +307,7 @@ def cmd_inspect(args, prog: Progress) -> int:
         with prog.step(f"drawing {args.viz}"):
             visualize(loaded.model, loaded.example_input, args.viz, analysis=a, title=args.spec)
     flops, params = a.cost("flops").base, a.cost("params").base
-    data = {"spec": args.spec, "model": type(loaded.model).__name__, "input": _shape_of(loaded.example_input),
+    data = {"spec": args.spec, "model": type(loaded.model).__name__, "input": shapes_of(loaded.example_input),
             "capture": a.traced.mode, "ops": len(a.traced.gm.graph.nodes), "flops": flops, "params": params,
             "groups": rows, "prunable": sum(r["prunable"] for r in rows), "viz": args.viz}
     lines = [f"{args.spec} ({data['model']}): {data['ops']} ops captured by {a.traced.mode}, "
@@ -407,7 +399,7 @@ def _report(args, loaded: Loaded, a, small, p, flops_after: float, onnx_rep, t0:
             lat_b, lat_a = rp.torch_latency_ms(model, x), rp.torch_latency_ms(small, x)
             size_b, size_a, runtime, kind = rp.saved_bytes(model), rp.saved_bytes(small), \
                 f"torch CPU, {torch.get_num_threads()} threads", "torch.save"
-    notes.append(f"input {_shape_of(x)}; FLOPs counted with torch.utils.flop_counter's formulas")
+    notes.append(f"input {shapes_of(x)}; FLOPs counted with torch.utils.flop_counter's formulas")
     with prog.step(f"writing {args.report}"):
         scores = get_criterion(args.criterion).score(model, a.groups)
         data = graph_data(a, plan=p, scores=scores, title=args.spec)
@@ -431,7 +423,7 @@ def cmd_shrink(args, prog: Progress) -> int:
     with prog.step(f"planning and cutting to {args.target} of the {args.metric}"):
         small, p, flops_after = _cut(a, model, x, args)
     flops_before, params_before, params_after = a.cost("flops").base, count_params(model), count_params(small)
-    data = {"spec": args.spec, "input": _shape_of(x), "target": args.target, "metric": args.metric,
+    data = {"spec": args.spec, "input": shapes_of(x), "target": args.target, "metric": args.metric,
             "flops_before": flops_before, "flops_after": flops_after, "flops_ratio": flops_after / flops_before,
             "params_before": params_before, "params_after": params_after,
             "params_ratio": params_after / params_before if params_before else 1.0,
@@ -511,7 +503,7 @@ def cmd_export(args, prog: Progress) -> int:
             rep = export(loaded.model, loaded.example_input, args.onnx, **opts)
         except (SurgeonError, ImportError) as exc:
             raise Failure(str(exc)) from exc
-    data = {"spec": args.spec, "input": _shape_of(loaded.example_input), **dataclasses.asdict(rep)}
+    data = {"spec": args.spec, "input": shapes_of(loaded.example_input), **dataclasses.asdict(rep)}
     text = (f"wrote {rep.path}: {rep.file_bytes / 1e6:.2f} MB, {rep.weights / 1e6:.2f}M weights, "
             f"onnxruntime max relative error {rep.max_rel_error:.1e}, {rep.latency_ms:.2f} ms per run")
     _emit(args, data, text)
