@@ -115,6 +115,7 @@ def couple(traced) -> Coupling:
     c = Coupling()
     refs = size_refs(traced)
     memo: dict = {}
+    rules: dict = {}
     for node in traced.graph.nodes:
         info = traced.info.get(node.name)
         if info is None:
@@ -130,7 +131,7 @@ def couple(traced) -> Coupling:
                 for key in _keys(c, traced, arg) + _tuple_keys(c, traced, arg):
                     c.freeze(key, "model output")
         elif info.shape is not None:
-            _apply_rule(c, traced, node, refs, memo)
+            _apply_rule(c, traced, node, refs, memo, rules)
     _tie_aliases(c, traced.tensors())
     if traced.mode == "export":
         _tie_multihead_attention(c, traced.model)
@@ -170,8 +171,20 @@ def _tie_aliases(c: Coupling, tensors: dict[str, torch.Tensor]) -> None:
                     c.eq(keys[0], k)
 
 
-def _apply_rule(c: Coupling, traced, node: fx.Node, refs, memo: dict) -> None:
-    rule, what = lookup(node, traced)
+def _rule(node: fx.Node, traced, known: dict) -> tuple:
+    """``lookup(node, traced)``, remembered per module class or call target for one capture."""
+    key = type(traced.submodule(node.target)) if node.op == "call_module" else (node.op, node.target)
+    try:
+        return known[key]
+    except KeyError:
+        found = known[key] = lookup(node, traced)
+        return found
+    except TypeError:  # an unhashable target
+        return lookup(node, traced)
+
+
+def _apply_rule(c: Coupling, traced, node: fx.Node, refs, memo: dict, rules: dict) -> None:
+    rule, what = _rule(node, traced, rules)
     loc = where(node)
     in_keys = [k for n in node.all_input_nodes for k in _keys(c, traced, n, memo)]
     out_keys = _keys(c, traced, node, memo) + _tuple_keys(c, traced, node)

@@ -123,12 +123,11 @@ class Coupling:
         ra, rb = find(a), find(b)
         if ra == rb:
             return
-        root = self.uf.union(ra, rb)
-        merged = rb if root == ra else ra
+        self.uf.parent[rb] = ra  # the union of two roots (as _UnionFind.union, without finding them again)
         like = self._channel_like
-        if merged in like:  # the class that is no longer a root passes its mark to the new root
-            like.discard(merged)
-            like.add(root)
+        if rb in like:  # the class that is no longer a root passes its mark to the new root
+            like.discard(rb)
+            like.add(ra)
 
     def rel(self, a: DimKey, b: DimKey, ia: Iterable[int], ib: Iterable[int]) -> None:
         ia = np.asarray(ia, dtype=np.int64)

@@ -150,11 +150,14 @@ class RuleContext:
     # -- naming dimensions ------------------------------------------------------------------------
     def v(self, node: Any, dim: int) -> DimKey:
         """The key of dimension ``dim`` of a tensor argument (negative dims allowed)."""
-        shape = self.shape(node)
+        if type(node) is fx.Node:  # nearly every call: skip shape()'s dispatch
+            shape, name = self.traced.shape(node), node.name
+        else:
+            shape = self.shape(node)
+            name = f"{node[0].name}#{node[1]}" if isinstance(node, tuple) else getattr(node, "name", None)
         if shape is None:
             raise AssertionError(f"{node} is not a tensor at {self.where}")
         dim = dim % len(shape)
-        name = f"{node[0].name}#{node[1]}" if isinstance(node, tuple) else node.name
         return self.c.add(("v", name, dim), shape[dim])
 
     def out(self, dim: int, index: int | None = None) -> DimKey:
