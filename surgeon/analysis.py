@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 from torch import nn
 
+from . import _walks
 from .graph.couple import couple
 from .graph.cost import CostModel
 from .graph.groups import PruneGroup, build_groups
@@ -72,10 +73,7 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
         resolve_probes(model, example_input, traced, c)
     groups = build_groups(c)
     _mark_ignored(model, groups, ignore)
-    if traced.mode == "fx":  # the traced root is the model itself: its tensor table is at hand
-        params = {n for n, t in traced.tensors().items() if isinstance(t, nn.Parameter)}
-    else:
-        params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    params = set(_walks.parameters(model))  # every name, aliases included
     for g in groups:
         if g.reason is None and not any(m.name in params for m in g.tensors):
             g.reason = "only buffers, no parameters, in this group"

@@ -42,7 +42,6 @@ def measure(model: nn.Module, example_input: Any) -> tuple[int, Any]:
     return int(counter.count), shapes_of(out)
 
 
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

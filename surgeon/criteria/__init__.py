@@ -213,17 +213,12 @@ class Magnitude:
                 size = tensors[n].shape[0]
                 span[n, 0] = slice(at, at + size)
                 at += size
-        others: dict[tuple[int, int], list[int]] = {}  # (ndim, dim) -> the other dims
         for name, dims in dims_of.items():
-            nd = ndim[name]
-            if nd == 1 and vectors:
+            if ndim[name] == 1 and vectors:
                 continue
             x = _powered(tensors[name], self.p)
             for d in dims:
-                rest = others.get((nd, d))
-                if rest is None:
-                    rest = others[nd, d] = [e for e in range(nd) if e != d]
-                found.append(x.sum(dim=rest) if rest else x)
+                found.append(_sum_but(x, d))
                 size = x.shape[d]
                 span[name, d] = slice(at, at + size)
                 at += size

@@ -73,11 +73,9 @@ class _UnionFind:
             x = parent[x]
         return x
 
-    def union(self, a, b):
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-        return ra
+    def link(self, root, other_root) -> None:
+        """Join two classes by their roots (found by the caller): ``root`` stays the root."""
+        self.parent[other_root] = root
 
 
 @dataclass
@@ -123,7 +121,7 @@ class Coupling:
         ra, rb = find(a), find(b)
         if ra == rb:
             return
-        self.uf.parent[rb] = ra  # the union of two roots (as _UnionFind.union, without finding them again)
+        self.uf.link(ra, rb)
         like = self._channel_like
         if rb in like:  # the class that is no longer a root passes its mark to the new root
             like.discard(rb)
