@@ -29,7 +29,7 @@ from torch import nn
 
 from ..graph.groups import PruneGroup
 from ..graph.trace import eval_mode
-from . import Magnitude, combine
+from .base import Magnitude, combine
 from ._data import Batches, forward
 
 __all__ = ["Activation"]

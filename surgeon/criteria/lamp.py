@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from ..graph.groups import PruneGroup
-from . import _tensor, combine, per_index
+from .base import _tensor, combine, per_index
 
 __all__ = ["LAMP", "lamp_scores"]
 

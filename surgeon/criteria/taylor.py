@@ -26,7 +26,7 @@ from torch import nn
 
 from ..graph.groups import PruneGroup
 from ..graph.trace import eval_mode
-from . import combine
+from .base import combine
 from ._data import Batches, LossFn, forward, loss_of
 
 __all__ = ["Taylor", "Fisher"]

@@ -21,22 +21,13 @@ import torch
 from torch import nn
 
 from ...graph.groups import PruneGroup
+from ._pyg import require_pyg
 
 __all__ = ["GNNCriterion", "require_pyg", "load", "CHECKPOINT", "ABLATION_CHECKPOINT"]
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 CHECKPOINT = WEIGHTS / "gnn.pt"
 ABLATION_CHECKPOINT = WEIGHTS / "gnn_nomp.pt"
-
-
-def require_pyg():
-    """``torch_geometric``, or an ImportError that says what to install."""
-    try:
-        return importlib.import_module("torch_geometric")
-    except ImportError as exc:
-        raise ImportError(
-            "criterion='gnn' needs torch-geometric, which is not installed: "
-            "pip install 'surgeon[gnn]' (or pip install torch-geometric)") from exc
 
 
 def load(path: str | Path = CHECKPOINT):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import Magnitude, combine, per_index
+from ..base import Magnitude, combine, per_index
 from ...graph.groups import PruneGroup
 from ...graph.trace import eval_mode, run_model
 
@@ -340,7 +340,7 @@ def to_pyg(f: ModelFeatures):
     ``unit_nodes`` indexes the unit nodes, ``unit_group`` says which prunable group each belongs
     to, ``base`` holds the base criterion's scores of the units in the same order.
     """
-    from . import require_pyg
+    from ._pyg import require_pyg
 
     Data = require_pyg().data.Data
     n_groups, nu, ng = len(f.group_x), len(UNIT_FEATURES), len(GROUP_FEATURES)

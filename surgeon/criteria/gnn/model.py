@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import require_pyg
+from ._pyg import require_pyg
 
 __all__ = ["MetaNet", "CLAMP"]
 

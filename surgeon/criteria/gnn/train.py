@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ABLATION_CHECKPOINT, CHECKPOINT, require_pyg
+from . import ABLATION_CHECKPOINT, CHECKPOINT
+from ._pyg import require_pyg
 from . import zoo
 from .features import EDGE_TYPES, GROUP_FEATURES, UNIT_FEATURES, _param, model_features, to_pyg
 
@@ -111,7 +112,7 @@ def measure_labels(model, groups, prunable, x, y, rng) -> dict:
 # -- the zoo --------------------------------------------------------------------------------------
 def build_examples(log, specs=None) -> tuple[list, list]:
     """Train the zoo, measure labels, compute features. Returns (examples, per-model records)."""
-    import surgeon
+    from ...analysis import analyze
 
     examples, records, cache = [], [], {}
     for spec in specs or zoo.TRAIN_SPECS:
@@ -124,7 +125,7 @@ def build_examples(log, specs=None) -> tuple[list, list]:
             acc = zoo.accuracy(model, xte, yte)
             calib = zoo.batches(xtr, ytr, *CALIB, seed=1000 + seed)
             (xl, yl), = zoo.batches(xtr, ytr, LABEL_BATCH, 1, seed=2000 + seed)
-            a = surgeon.analyze(model, xtr[:1])
+            a = analyze(model, xtr[:1])
             prunable = [gi for gi, g in enumerate(a.groups) if g.prunable]
             meas = measure_labels(model, a.groups, prunable, xl, yl, np.random.default_rng(seed))
             labels = {"a": torch.as_tensor(np.concatenate(meas["a"]), dtype=torch.float32),

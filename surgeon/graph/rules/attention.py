@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import RuleContext, register
+from .base import RuleContext, register
 
 
 @register(nn.MultiheadAttention)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import RuleContext, register
+from .base import RuleContext, register
 
 
 def couple_linear(ctx: RuleContext, x, weight, bias, w_in: int = 1, w_out: int = 0) -> None:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import RuleContext, register
+from .base import RuleContext, register
 
 aten = torch.ops.aten
 

@@ -11,8 +11,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ...surgery import has_fixer
-from . import RuleContext, register
+from ...slicing.fixers import has_fixer
+from .base import RuleContext, register
 
 aten = torch.ops.aten
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import RuleContext, register
+from .base import RuleContext, register
 
 SWIN = "fn:torchvision.models.swin_transformer."
 
