@@ -16,9 +16,10 @@ from typing import Any
 
 from torch import nn
 
+from .._atomic import write_text
 from ..analysis import Analysis, analyze
 from ..criteria import get_criterion
-from ..plan import Plan
+from ..planning.plan import Plan
 from .dot import to_dot
 from .graphdata import graph_data
 from .html import page
@@ -57,5 +58,5 @@ def visualize(model: nn.Module, example_input: Any, path: str | os.PathLike, pla
     scores = get_criterion(criterion).score(model, a.groups)
     data = graph_data(a, plan=plan, scores=scores, title=title or type(model).__name__, max_nodes=max_nodes)
     text = to_dot(data) if path.suffix.lower() == ".dot" else page(data)
-    path.write_text(text, encoding="utf-8")
+    write_text(path, text)  # atomic: a failed or interrupted write leaves any older picture whole
     return path

@@ -3,13 +3,20 @@
 Kept as a Python string so that the page is built from the installed package alone (no data
 files to ship). It reads the JSON in ``#surgeon-data`` and reports what it drew in
 ``#surgeon-status`` (a JSON line tests and tools read with ``--dump-dom``).
+
+Every string in that JSON may come from a file someone else wrote (a plan, module names), so
+it reaches the page only as text: ``textContent``/``setAttribute`` for the drawing, and for the
+side panel the ``html`` template tag, which escapes every value put into it (``esc``) unless
+the value is itself an ``html`` result; ``setHtml`` is the only writer of ``innerHTML`` and
+takes nothing else. Colours are checked to be ``#rrggbb`` before they reach a style.
 """
 
 JS = r"""
 (function () {
 'use strict';
 const D = JSON.parse(document.getElementById('surgeon-data').textContent);
-const GREY = D.grey, NS = 'http://www.w3.org/2000/svg';
+const safeColor = (c, dflt) => (typeof c === 'string' && /^#[0-9a-fA-F]{6}$/.test(c)) ? c : dflt;
+const GREY = safeColor(D.grey, '#c8c8c8'), NS = 'http://www.w3.org/2000/svg';
 const NW = 132, FW = 176, HGAP = 46, VGAP = 16, CH = 9, CG = 2;
 const G = new Map(D.groups.map(g => [g.id, g]));
 const S = {depth: D.foldDepth, expanded: new Set(), selected: null, k: 1, tx: 0, ty: 0,
@@ -18,6 +25,14 @@ const svg = document.getElementById('view'), vp = document.getElementById('viewp
 const panel = document.getElementById('panel'), tip = document.getElementById('tip');
 const esc = s => String(s == null ? '' : s).replace(/[&<>"']/g,
   c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
+function Html(s) { this.s = s; }  // markup built by the html tag: the one kind setHtml accepts
+Html.prototype.toString = () => { throw new TypeError('html`` markup joined with +; nest it in html``'); };
+const part = v => v instanceof Html ? v.s : Array.isArray(v) ? v.map(part).join('') : esc(v);
+const html = (strings, ...vals) => new Html(strings.reduce((out, s, i) => out + part(vals[i - 1]) + s));
+function setHtml(node, h) {
+  if (!(h instanceof Html)) throw new TypeError('setHtml takes html`` markup only');
+  node.innerHTML = h.s;
+}
 const pct = x => (x * 100).toFixed(x > 0 && x < 0.001 ? 3 : 1) + '%';
 function num(x) {
   const a = Math.abs(x);
@@ -33,7 +48,7 @@ function el(tag, attrs, parent) {
   if (parent) parent.appendChild(e);
   return e;
 }
-const colorOf = gid => (G.get(gid) || {}).color || GREY;
+const colorOf = gid => safeColor((G.get(gid) || {}).color, GREY);
 const parts = p => (p ? p.split('.') : []);
 
 // ---- the visible graph: nodes, or folds of nodes sharing a module-path prefix ------------------
@@ -323,93 +338,87 @@ function highlight() {
 }
 function expand(pre) { S.expanded.add(pre); S.selected = null; render(); showPanel(); }
 function swatch(gid) {
-  return `<a href="#" class="gl" data-group="${gid}"><i style="background:${colorOf(gid)}"></i>${gid}</a>`;
+  return html`<a href="#" class="gl" data-group="${gid}"><i style="background:${colorOf(gid)}"></i>${gid}</a>`;
 }
+const table = rows => html`<table>${rows.map(([a, b]) => html`<tr><th>${a}</th><td>${b}</td></tr>`)}</table>`;
 function scoreChart(g) {
   const sc = g.scores;
-  if (!sc) return '<p class="muted">no scores</p>';
+  if (!sc) return html`<p class="muted">no scores</p>`;
   const W = 340, H = 70, n = sc.sorted.length, lo = Math.min(0, sc.min), hi = sc.max > lo ? sc.max : lo + 1;
-  let bars = '';
-  sc.sorted.forEach((s, i) => {
+  const bars = sc.sorted.map((s, i) => {
     const h = Math.max(1, (s - lo) / (hi - lo) * (H - 2)), kept = sc.kept[i] >= 0.5;
     const x = (i * W / n).toFixed(2), w = Math.max(W / n - 0.3, 0.4).toFixed(2);
-    bars += `<rect x="${x}" y="${(H - h).toFixed(2)}" width="${w}" height="${h.toFixed(2)}" ` +
-      `fill="${kept ? g.color : '#9a9a9a'}"/>`;
+    return html`<rect x="${x}" y="${(H - h).toFixed(2)}" width="${w}" height="${h.toFixed(2)}"
+      fill="${kept ? safeColor(g.color, GREY) : '#9a9a9a'}"/>`;
   });
-  return `<svg class="scores" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">${bars}</svg>` +
-    `<p class="muted">${sc.n} units sorted by score · min ${sc.min} · median ${sc.median} · max ${sc.max}` +
-    (g.decision ? ' · grey bars are removed' : '') + '</p>';
+  return html`<svg class="scores" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">${bars}</svg>
+<p class="muted">${sc.n} units sorted by score · min ${sc.min} · median ${sc.median} · max ${sc.max}${
+    g.decision ? ' · grey bars are removed' : ''}</p>`;
 }
 function list(items, more, fmt) {
-  const li = items.map(x => `<li>${fmt(x)}</li>`).join('');
-  const rest = more > items.length ? `<li class="muted">… ${more - items.length} more</li>` : '';
-  return `<ul class="members">${li}${rest}</ul>`;
+  const rest = more > items.length ? html`<li class="muted">… ${more - items.length} more</li>` : '';
+  return html`<ul class="members">${items.map(x => html`<li>${fmt(x)}</li>`)}${rest}</ul>`;
+}
+function decisionPart(d) {
+  const out = [html`<p class="plan">plan keeps <b>${d.kept}</b> of ${d.units} units
+(${pct(d.kept / d.units)}), removes <b>${d.units - d.kept}</b></p>`];
+  if (Array.isArray(d.removed) && d.removed.length) {
+    const runs = d.removed.slice(0, 40).map(([a, b]) => b - a > 1 ? `${a}–${b - 1}` : a);
+    out.push(html`<p class="muted">removed units: ${runs.join(', ')}${d.removed.length > 40 ? ', …' : ''}</p>`);
+  }
+  return out;
 }
 function groupPanel(g) {
   const rows = [['units', `${g.units} ${g.kind}s` + (g.frozen ? ` (${g.frozen} must stay)` : '')],
     ['FLOPs share', `${pct(g.flops_share)} (${num(g.flops_per_unit)} per unit)`],
     ['params share', `${pct(g.params_share)} (${num(g.params_per_unit)} per unit)`],
-    ['exact', g.exact ? 'yes' : 'no: ' + esc(g.inexact)]];
-  let h = `<h2><i class="sw" style="background:${g.color || GREY}"></i>Group ${g.id}</h2>`;
-  h += g.prunable ? '<p class="ok">prunable</p>' : `<p class="bad">kept whole: ${esc(g.reason)}</p>`;
-  if (g.decision) {
-    const d = g.decision, rm = d.units - d.kept;
-    h += `<p class="plan">plan keeps <b>${d.kept}</b> of ${d.units} units (${pct(d.kept / d.units)}), ` +
-      `removes <b>${rm}</b></p>`;
-    if (d.removed && d.removed.length) {
-      const runs = d.removed.slice(0, 40).map(([a, b]) => b - a > 1 ? `${a}–${b - 1}` : a);
-      h += '<p class="muted">removed units: ' + runs.join(', ') + (d.removed.length > 40 ? ', …' : '') + '</p>';
-    }
-  }
-  h += '<table>' + rows.map(([a, b]) => `<tr><th>${a}</th><td>${b}</td></tr>`).join('') + '</table>';
-  h += '<h3>Scores</h3>' + scoreChart(g);
-  h += `<h3>Tensors (${g.n_tensors})</h3>` +
-    list(g.tensors, g.n_tensors, ([n, d, s]) => `${esc(n)} <span class="muted">dim ${d} · ${s}</span>`);
-  h += `<details><summary>Values (${g.n_values}) and ops</summary>` +
-    list(g.values, g.n_values, ([n, d]) =>
-      `<a href="#" class="nl" data-node="${esc(n.split('#')[0])}">${esc(n)}</a> <span class="muted">dim ${d}</span>`) +
-    (g.virtual.length ? '<p>virtual: ' + g.virtual.map(esc).join(', ') + '</p>' : '') +
-    list(g.where, g.where.length, esc) + '</details>';
-  return h;
+    ['exact', g.exact ? 'yes' : 'no: ' + g.inexact]];
+  const value = ([n, d]) => html`<a href="#" class="nl" data-node="${String(n).split('#')[0]}">${n}</a>
+<span class="muted">dim ${d}</span>`;
+  return html`<h2><i class="sw" style="background:${safeColor(g.color, GREY)}"></i>Group ${g.id}</h2>${
+    g.prunable ? html`<p class="ok">prunable</p>` : html`<p class="bad">kept whole: ${g.reason}</p>`}${
+    g.decision ? decisionPart(g.decision) : ''}${table(rows)}<h3>Scores</h3>${scoreChart(g)}
+<h3>Tensors (${g.n_tensors})</h3>${list(g.tensors, g.n_tensors,
+    ([n, d, s]) => html`${n} <span class="muted">dim ${d} · ${s}</span>`)}
+<details><summary>Values (${g.n_values}) and ops</summary>${list(g.values, g.n_values, value)}${
+    g.virtual.length ? html`<p>virtual: ${g.virtual.join(', ')}</p>` : ''}${
+    list(g.where, g.where.length, x => x)}</details>`;
 }
 function nodePanel(n) {
   const v = S.vOf[n.id];
-  let h = `<h2><i class="sw" style="background:${n.group >= 0 ? colorOf(n.group) : GREY}"></i>${esc(n.name)}</h2>`;
-  const rows = [['op', esc(n.op) + ' ' + esc(n.type)], ['module', esc(n.path || '(top level)')],
+  const rows = [['op', n.op + ' ' + n.type], ['module', n.path || '(top level)'],
                 ['shape', n.shape ? '[' + n.shape.join(', ') + ']' : '—'], ['FLOPs', num(n.flops)]];
-  h += '<table>' + rows.map(([a, b]) => `<tr><th>${a}</th><td>${b}</td></tr>`).join('') + '</table>';
-  h += n.group >= 0 ? `<p>output channels: group ${swatch(n.group)}</p>`
-                    : `<p class="bad">not prunable: ${esc(n.reason)}</p>`;
-  if (v.chips.length) h += '<p>also touches: ' + v.chips.map(swatch).join(' ') + '</p>';
-  return h;
+  return html`<h2><i class="sw" style="background:${n.group >= 0 ? colorOf(n.group) : GREY}"></i>${n.name}</h2>${
+    table(rows)}${n.group >= 0 ? html`<p>output channels: group ${swatch(n.group)}</p>`
+                               : html`<p class="bad">not prunable: ${n.reason}</p>`}${
+    v.chips.length ? html`<p>also touches: ${v.chips.map(swatch)}</p>` : ''}`;
 }
 function foldPanel(pre) {
   const v = S.V.find(v => v.fold === pre);
   if (!v) return overview();
-  let h = `<h2>${esc(pre)}</h2><p>${v.members.length} ops folded into one box.</p>`;
-  h += `<p><button id="expand-one">Expand ${esc(pre)}</button></p>`;
-  return h + '<p>prunable groups inside:</p><p>' + [...v.groups].sort((a, b) => a - b).map(swatch).join(' ') + '</p>';
+  const gs = [...v.groups].sort((a, b) => a - b).map(swatch);
+  return html`<h2>${pre}</h2><p>${v.members.length} ops folded into one box.</p>
+<p><button id="expand-one">Expand ${pre}</button></p><p>prunable groups inside:</p><p>${gs}</p>`;
 }
 function overview() {
-  const t = D.totals;
-  let h = `<h2>${esc(D.title)}</h2>` +
-    `<p>${t.nodes} ops (${D.mode} capture) · ${num(t.flops)} FLOPs · ${num(t.params)} params</p>`;
-  h += `<p><b>${t.prunable}</b> prunable groups of ${t.groups}. Click a box or a chip to see its group.</p>`;
-  if (D.plan) h += `<h3>Plan</h3><pre>${esc(D.plan.summary.split('\n').slice(0, 3).join('\n'))}</pre>`;
+  const t = D.totals, plan = D.plan ? String(D.plan.summary).split('\n').slice(0, 3).join('\n') : null;
   const gs = D.groups.filter(g => g.prunable).sort((a, b) => b.flops_share - a.flops_share);
-  const row = g => `<tr><td>${swatch(g.id)}</td><td>${g.kind} ×${g.units}` +
-    `${g.decision ? ' → ' + g.decision.kept : ''}</td><td>${pct(g.flops_share)}</td></tr>`;
-  h += '<h3>Groups by FLOPs share</h3><table class="legend">' + gs.map(row).join('') + '</table>';
+  const row = g => html`<tr><td>${swatch(g.id)}</td><td>${g.kind} ×${g.units}${
+    g.decision ? ' → ' + g.decision.kept : ''}</td><td>${pct(g.flops_share)}</td></tr>`;
   const kept = D.groups.filter(g => !g.prunable);
-  if (kept.length) h += '<h3>Kept whole</h3>' + list(kept, kept.length, g => `group ${g.id}: ${esc(g.reason)}`);
-  return h;
+  return html`<h2>${D.title}</h2>
+<p>${t.nodes} ops (${D.mode} capture) · ${num(t.flops)} FLOPs · ${num(t.params)} params</p>
+<p><b>${t.prunable}</b> prunable groups of ${t.groups}. Click a box or a chip to see its group.</p>${
+    plan != null ? html`<h3>Plan</h3><pre>${plan}</pre>` : ''}
+<h3>Groups by FLOPs share</h3><table class="legend">${gs.map(row)}</table>${
+    kept.length ? html`<h3>Kept whole</h3>${list(kept, kept.length, g => `group ${g.id}: ${g.reason}`)}` : ''}`;
 }
 function showPanel() {
   const s = S.selected;
-  if (!s) panel.innerHTML = overview();
-  else if (s.type === 'group') panel.innerHTML = groupPanel(G.get(s.id));
-  else if (s.type === 'node') panel.innerHTML = nodePanel(D.nodes[s.id]);
-  else panel.innerHTML = foldPanel(s.key);
+  if (!s) setHtml(panel, overview());
+  else if (s.type === 'group') setHtml(panel, groupPanel(G.get(s.id)));
+  else if (s.type === 'node') setHtml(panel, nodePanel(D.nodes[s.id]));
+  else setHtml(panel, foldPanel(s.key));
   const b = document.getElementById('expand-one');
   if (b) b.addEventListener('click', () => expand(s.key));
 }

@@ -18,7 +18,7 @@ import torch.fx as fx
 
 from ..analysis import Analysis
 from ..graph.groups import PruneGroup
-from ..plan import Plan
+from ..planning.plan import Plan
 
 __all__ = ["graph_data", "group_colors", "GREY", "fold_depth"]
 

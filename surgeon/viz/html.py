@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import html
-import json
-
+from ._escape import esc, script_json
 from ._page_js import JS
 
 __all__ = ["page", "embed_json"]
@@ -89,19 +87,19 @@ _BODY = """<div id="app">
 <pre id="surgeon-status"></pre>"""
 
 
-def embed_json(data: dict) -> str:
-    """JSON safe inside a <script> element (no '</' that could close it)."""
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/").replace(
-        "<!--", "<\\!--")
+embed_json = script_json  # JSON safe inside a <script> element; kept under its old name
 
 
 def page(data: dict) -> str:
-    """The whole page for :func:`surgeon.viz.graphdata.graph_data`'s ``data``."""
-    title = html.escape(f"surgeon groups: {data['title']}")
+    """The whole page for :func:`surgeon.viz.graphdata.graph_data`'s ``data``.
+
+    Only two values reach the markup: the title, escaped as text, and ``data``, escaped as
+    script JSON; the page's script then shows every string of it as text (see ``_page_js``)."""
+    title = esc(f"surgeon groups: {data['title']}")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{title}</title>\n<script>{_COLLECTOR}</script>\n<style>{CSS}</style></head>\n<body>\n"
         + _BODY.format(title=title)
-        + f'\n<script type="application/json" id="surgeon-data">{embed_json(data)}</script>\n'
+        + f'\n<script type="application/json" id="surgeon-data">{script_json(data)}</script>\n'
         + f"<script>{JS}</script>\n</body></html>\n"
     )

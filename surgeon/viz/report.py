@@ -3,7 +3,6 @@ width before and after, the plan's decision for every group, and the groups pict
 
 from __future__ import annotations
 
-import html
 import io
 import math
 import statistics
@@ -15,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..plan import Plan
+from .._atomic import write_text
+from ..planning.plan import Plan
+from ._escape import css_color, esc
 from .html import page
 
 __all__ = ["Measure", "ShrinkReport", "layer_widths", "write_report", "render_report",
@@ -142,7 +143,7 @@ def width_chart(rows: list[tuple[str, str, int, int]]) -> str:
         tick *= 8
     for i, (name, kind, b, a) in enumerate(rows):
         x = left + i * bar
-        tip = html.escape(f"{name} ({kind}): {b} -> {a}")
+        tip = esc(f"{name} ({kind}): {b} -> {a}")
         parts.append(f'<g class="layer"><title>{tip}</title>'
                      f'<rect x="{x:.2f}" y="{height - scale(b):.2f}" width="{bar - 0.6:.2f}" '
                      f'height="{scale(b):.2f}" class="before"/>'
@@ -162,24 +163,34 @@ def _cards(rep: ShrinkReport) -> str:
     if b.latency_ms and a.latency_ms:
         rows.append((f"latency ({rep.runtime}, median)", f"{b.latency_ms:.2f} ms", f"{a.latency_ms:.2f} ms",
                      a.latency_ms / b.latency_ms))
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{x}</td><td>{y}</td><td>{r:.3f}</td>"
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(x)}</td><td>{esc(y)}</td><td>{r:.3f}</td>"
                    f"<td>{'%.2fx' % (1 / r) if r > 0 else '-'}</td></tr>" for k, x, y, r in rows)
     return ('<table class="cards"><tr><th></th><th>before</th><th>after</th><th>after / before</th>'
             f"<th>smaller or faster by</th></tr>{body}</table>")
 
 
+def _kept_share(d) -> float | None:
+    """``d.kept / d.units``, or None when a hand-edited plan holds something else there."""
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (d.kept, d.units))
+    return d.kept / d.units if ok and d.units else None
+
+
+def _decision_row(d, share: float, color: object) -> str:
+    """One table row; every field is escaped, as a hand-edited plan may hold anything there."""
+    names = ", ".join(map(str, d.tensors[:3])) + (f" (+{len(d.tensors) - 3})" if len(d.tensors) > 3 else "")
+    kept = _kept_share(d)
+    cut = kept is not None and kept < 1
+    status = d.reason if d.reason else ("shrinks" if cut else "kept whole")
+    cells = [f'<i style="background:{esc(css_color(color))}"></i>{esc(d.group)}', esc(d.kind), esc(d.units),
+             esc(d.kept), "-" if kept is None else f"{kept:.0%}", f"{share:.1%}", esc(status)]
+    return (f'<tr class="{"cut" if cut else ""}">' + "".join(f"<td>{c}</td>" for c in cells)
+            + f"<td class='names'>{esc(names)}</td></tr>")
+
+
 def _decisions(rep: ShrinkReport) -> str:
     share = {g["id"]: g["flops_share"] for g in rep.groups["groups"]}
     color = {g["id"]: g["color"] for g in rep.groups["groups"]}
-    rows = []
-    for d in rep.plan.decisions:
-        names = ", ".join(d.tensors[:3]) + (f" (+{len(d.tensors) - 3})" if len(d.tensors) > 3 else "")
-        cls = "cut" if d.kept < d.units else ""
-        sw = f'<i style="background:{color.get(d.group) or "#c8c8c8"}"></i>'
-        status = html.escape(d.reason) if d.reason else ("shrinks" if d.kept < d.units else "kept whole")
-        rows.append(f'<tr class="{cls}"><td>{sw}{d.group}</td><td>{d.kind}</td><td>{d.units}</td>'
-                    f"<td>{d.kept}</td><td>{d.kept / d.units:.0%}</td><td>{share.get(d.group, 0):.1%}</td>"
-                    f"<td>{status}</td><td class='names'>{html.escape(names)}</td></tr>")
+    rows = [_decision_row(d, share.get(d.group, 0), color.get(d.group)) for d in rep.plan.decisions]
     return ('<table class="decisions"><tr><th>group</th><th>kind</th><th>units</th><th>kept</th>'
             "<th>kept %</th><th>FLOPs share</th><th>decision</th><th>tensors</th></tr>"
             + "".join(rows) + "</table>")
@@ -204,26 +215,26 @@ iframe { width: 100%; height: 760px; border: 1px solid #ccc; }"""
 
 def render_report(rep: ShrinkReport) -> str:
     p = rep.plan
-    changed = sum(d.kept < d.units for d in p.decisions)
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in rep.notes)
-    head = (f"<p>target <b>{p.target}</b> of the {p.metric}, criterion {p.criterion}"
-            + (f", widths rounded to multiples of {p.round_to}" if p.round_to else "")
+    changed = sum(k is not None and k < 1 for k in map(_kept_share, p.decisions))
+    notes = "".join(f"<li>{esc(n)}</li>" for n in rep.notes)
+    head = (f"<p>target <b>{esc(p.target)}</b> of the {esc(p.metric)}, criterion {esc(p.criterion)}"
+            + (f", widths rounded to multiples of {esc(p.round_to)}" if p.round_to else "")
             + f"; {changed} of {len(p.decisions)} groups shrink; report made in {rep.seconds:.1f}s.</p>")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>surgeon shrink report: {html.escape(rep.title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>surgeon shrink report: {html.escape(rep.title)}</h1>{head}"
+        f"<title>surgeon shrink report: {esc(rep.title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>surgeon shrink report: {esc(rep.title)}</h1>{head}"
         f"<h2>Before and after</h2>{_cards(rep)}" + (f"<ul class='muted'>{notes}</ul>" if notes else "")
         + f"<h2>Layer widths</h2><div class='chart'>{width_chart(rep.widths)}</div>"
         f"<h2>Decisions per group</h2>{_decisions(rep)}"
-        f"<h2>Plan</h2><pre>{html.escape(p.summary())}</pre>"
+        f"<h2>Plan</h2><pre>{esc(p.summary())}</pre>"
         "<h2>Groups</h2><p class='muted'>Click a box or chip to see the group and what the plan keeps.</p>"
-        f'<iframe id="groups" title="groups" srcdoc="{html.escape(page(rep.groups), quote=True)}"></iframe>'
+        f'<iframe id="groups" title="groups" srcdoc="{esc(page(rep.groups))}"></iframe>'
         "</body></html>\n"
     )
 
 
 def write_report(path: str | Path, rep: ShrinkReport) -> Path:
     path = Path(path)
-    path.write_text(render_report(rep), encoding="utf-8")
+    write_text(path, render_report(rep))  # atomic: a failed or interrupted write leaves any older report whole
     return path
