@@ -13,7 +13,7 @@ from .api import apply, plan, shrink
 from .errors import PlanError, SurgeonError, SurgeryError, TraceError
 from .graph.groups import PruneGroup, UnitKind
 from .graph.trace import trace
-from .plan import Plan
+from .planning.plan import Plan
 from .viz import visualize
 
 __all__ = [

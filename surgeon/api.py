@@ -1,87 +1,45 @@
-"""The public entry points: plan, apply, shrink."""
+"""The public entry points: plan, apply, shrink. Each is a short composition of the passes:
+options -> analyze -> score -> plan (-> land: apply, measure, re-aim) -> compensate."""
 
 from __future__ import annotations
 
-import functools
-import gc
-import math
-import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
-import torch
 from torch import nn
 
+from . import _walks
 from .analysis import Analysis, analyze
 from .compensate import compensate as _compensate
 from .criteria import Criterion, get_criterion, layer_rms
-from . import _walks
-from .errors import PlanError, SurgeryError
-from .graph.cost import METRICS
-from .graph.trace import count_known, eval_mode, run_model, shapes_of
+from .errors import PlanError
+from .landing import Landing, land
 from .latency import rounding
-from .plan import Plan
-from .planner import build_plan, solve
+from .options import Metric, ShrinkConfig
+from .planning.plan import Plan
+from .planning.planner import build_plan, solve
 from .surgery import apply
-from .verify import count_params, measure
 
-__all__ = ["plan", "shrink", "apply"]
+__all__ = ["plan", "shrink", "apply", "shrink_landing"]
 
 
-def _check(model: Any, target: Any, metric: str, round_to: Any, runtime: Any = None) -> None:
+def _check_model(model: Any) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
-        raise TypeError(f"target must be a number in (0, 1], got {target!r}")
-    if not 0 < target <= 1:
-        raise ValueError(f"target must be in (0, 1] (the fraction of the cost to keep), got {target}")
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; use one of {list(METRICS)}")
-    if not rounding.is_valid(round_to):
-        raise ValueError(f"round_to must be a positive integer, 'auto' or None, got {round_to!r}")
-    if metric == "latency" or runtime is not None:
-        from .latency import check_runtime
-
-        check_runtime(runtime, metric)
 
 
-def _gc_paused(fn):
-    """Run ``fn`` with Python's cyclic garbage collector paused (and restored after).
-
-    Tracing and planning allocate millions of small objects while the model itself stays alive,
-    so the collector keeps walking the whole heap for nothing: on a 2000-layer model that was a
-    third of the time. Cycles made meanwhile are collected once the collector runs again.
-    """
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        was = gc.isenabled()
-        gc.disable()
-        try:
-            with _walks.shared():  # and each model's module tree walked once (see surgeon._walks)
-                return fn(*args, **kwargs)
-        finally:
-            if was:
-                gc.enable()
-    return run
-
-
-def _check_min_keep(min_keep: Any) -> None:
-    ok = (isinstance(min_keep, float) and 0 <= min_keep < 1) or \
-        (isinstance(min_keep, int) and not isinstance(min_keep, bool) and min_keep >= 1)
-    if not ok:
-        raise ValueError(f"min_keep must be a fraction in [0, 1) or a unit count >= 1, got {min_keep!r}")
-
-
-@_gc_paused
 def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
          criterion: str | Criterion = "l2", round_to: int | str | None = "auto",
          ignore: Iterable = (), min_keep: int | float = 0.1, uniform: bool | None = None,
          layers: bool = False, analysis: Analysis | None = None, data: Iterable | None = None,
-         loss_fn: Callable | None = None, runtime: str | None = None) -> Plan:
+         loss_fn: Callable | None = None, runtime: str | None = None, verify: bool = False) -> Plan:
     """Decide what to remove so that ``target`` of the cost remains; the model is not touched.
 
     ``data`` (an iterable of batches) and ``loss_fn(output, target)`` feed the data-aware
-    criteria (``"taylor"``, ``"fisher"``, ``"activation"``); see :func:`shrink`.
+    criteria (``"taylor"``, ``"fisher"``, ``"activation"``); see :func:`shrink`. With
+    ``verify=True`` the plan is applied to a copy and measured by the independent counter,
+    re-aimed as :func:`shrink` does, and the plan that lands closest is returned.
 
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3))
@@ -89,70 +47,17 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
     >>> round(p.ratio, 2)
     0.5
     """
-    _check(model, target, metric, round_to, runtime)
-    _check_min_keep(min_keep)
-    crit = get_criterion(criterion, data=data, loss_fn=loss_fn)
-    a = analysis or analyze(model, example_input, ignore, uniform, layers)
-    metric, round_to = _for_runtime(a, example_input, metric, round_to, runtime)
-    return _plan(a, crit, _scores(crit, model, a), float(target), metric, round_to, min_keep, runtime)
+    _check_model(model)
+    cfg = ShrinkConfig.of(target=target, metric=metric, criterion=criterion, round_to=round_to,
+                          ignore=ignore, min_keep=min_keep, uniform=uniform, layers=layers, data=data,
+                          loss_fn=loss_fn, runtime=runtime, verify=verify)
+    with _walks.shared():
+        planner = Planner.prepare(model, example_input, cfg, analysis)
+        if verify:
+            return land(model, example_input, cfg, planner.analysis, planner).plan
+        return planner(cfg.target)
 
 
-def _scores(crit: Criterion, model: nn.Module, a: Analysis) -> list:
-    """The criterion's scores; layer units it cannot score (no channel tensors of their own) get
-    the RMS of their weights, mean-normalised within their group like every other score."""
-    if getattr(crit, "per_group", False):  # a group's scores depend on it alone: skip those kept whole
-        live = [gi for gi, g in enumerate(a.groups) if g.prunable]
-        scores = [np.zeros(g.n_units) for g in a.groups]
-        for gi, s in zip(live, crit.score(model, [a.groups[gi] for gi in live])):
-            scores[gi] = s
-    else:
-        scores = crit.score(model, a.groups)
-    for gi, g in enumerate(a.groups):
-        if g.layers and not np.any(scores[gi]):
-            scores[gi] = layer_rms(model, g.layers)
-    return scores
-
-
-def _for_runtime(a: Analysis, example_input: Any, metric: str, round_to, runtime):
-    """With a runtime, its measured latency model, attached to ``a`` as "latency:<runtime>":
-    the cost of metric="latency", and what units of a FLOPs or params target are ranked by."""
-    if runtime is None:
-        return metric, round_to
-    from .latency import attach
-
-    key = attach(a, example_input, runtime)
-    return key if metric == "latency" else metric, round_to
-
-
-def _plan(a: Analysis, crit: Criterion, scores, target: float, metric: str, round_to, min_keep,
-          runtime: str | None = None) -> Plan:
-    def keep_for(rounded):
-        if runtime is None or metric.startswith("latency"):
-            return solve(a, scores, metric, target, rounded, min_keep)
-        from .latency import fastest  # a counted target on a named runtime: the faster of two orders
-
-        return fastest(a, runtime, [solve(a, scores, metric, target, rounded, min_keep, f"latency:{runtime}", w,
-                                          per_target=True) for w in (1.0, 0.0)])
-
-    try:
-        keep = keep_for(rounding.resolve(round_to, runtime))
-    except PlanError:
-        if round_to != "auto":
-            raise
-        keep = None  # the rounded floor is above the target: plan unrounded
-    if round_to == "auto" and not metric.startswith("latency"):
-        cost = a.cost(metric)  # rounding is a preference: it never costs the exact landing
-        if keep is None or cost.base and abs(cost.total(keep) / cost.base - target) > rounding.AUTO_SLACK:
-            round_to = None
-            keep = keep_for(None)
-    elif keep is None:
-        round_to = None
-        keep = keep_for(None)
-    return build_plan(a, keep, target=target, metric=metric,
-                      criterion=getattr(crit, "name", type(crit).__name__), round_to=round_to)
-
-
-@_gc_paused
 def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: str = "flops",
            criterion: str | Criterion = "l2", round_to: int | str | None = "auto", ignore: Iterable = (),
            min_keep: int | float = 0.1, uniform: bool | None = None, layers: bool = False,
@@ -193,111 +98,106 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     or dicts of keyword arguments; BatchNorms behind layers that cannot be refit get a
     per-channel fit), or without data a closed form from the kept channels.
 
+    ``inplace=True`` reshapes ``model`` itself and returns it: every parameter and buffer keeps
+    its identity (its ``.data`` is replaced by the smaller tensor), so references held to
+    submodules or tensors, hooks, and an optimizer built on ``model.parameters()`` all see the
+    new shapes. Modules are never replaced, except that dropped layers (``layers=True``) leave
+    their container. Optimizer *state* (momentum buffers) is not carried over: build a new
+    optimizer, or reset its state, after shrinking.
+
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 3))
     >>> small = surgeon.shrink(net, torch.randn(1, 3, 32, 32), target=0.5)
     >>> small[0].out_channels < 32
     True
     """
-    _check(model, target, metric, round_to, runtime)
-    _check_min_keep(min_keep)
-    crit = get_criterion(criterion, data=data, loss_fn=loss_fn)
-    a = analyze(model, example_input, ignore, uniform, layers)
-    scores = _scores(crit, model, a)
-    key, round_to = _for_runtime(a, example_input, metric, round_to, runtime)
-    base = a.cost(key).base  # the per-node counter uses flop_counter's own formulas
-    want = float(target)
-    goal = want
-    best, tried = None, []
-    for attempt in range(4):  # re-aim if the independent counter disagrees with the cost model
+    _check_model(model)
+    cfg = ShrinkConfig.of(target=target, metric=metric, criterion=criterion, round_to=round_to,
+                          ignore=ignore, min_keep=min_keep, uniform=uniform, layers=layers, verify=verify,
+                          data=data, loss_fn=loss_fn, compensate=compensate, runtime=runtime)
+    result = shrink_landing(model, example_input, cfg)
+    if not inplace:
+        return result.model
+    apply(model, result.plan, inplace=True)  # the user's own objects take the landed shapes
+    model.load_state_dict(result.model.state_dict())  # copied into them: identities stay
+    return model
+
+
+def shrink_landing(model: nn.Module, example_input: Any, cfg: ShrinkConfig,
+                   analysis: Analysis | None = None) -> Landing:
+    """The whole shrink for a validated ``cfg``: the landed copy, its plan, the analysis and what
+    the independent counter measured (what the CLI reports)."""
+    with _walks.shared():
+        planner = Planner.prepare(model, example_input, cfg, analysis)
+        landing = land(model, example_input, cfg, planner.analysis, planner)
+    if cfg.compensate:
+        _compensate(model, landing.model, landing.plan, landing.analysis, cfg.data, example_input)
+    return landing
+
+
+@dataclass(frozen=True)
+class Planner:
+    """Plans for a goal (``planner(goal) -> Plan``) from one analysis and one set of scores."""
+
+    analysis: Analysis
+    criterion: Criterion
+    scores: tuple
+    cfg: ShrinkConfig
+    metric_key: str  # "flops", "params" or "latency:<runtime>"
+
+    @classmethod
+    def prepare(cls, model: nn.Module, example_input: Any, cfg: ShrinkConfig,
+                analysis: Analysis | None = None) -> "Planner":
+        crit = get_criterion(cfg.criterion, data=cfg.data, loss_fn=cfg.loss_fn)
+        a = analysis or analyze(model, example_input, cfg.ignore, cfg.uniform, cfg.layers)
+        scores = tuple(_scores(crit, model, a))
+        key = cfg.metric_name
+        if cfg.runtime is not None:  # its measured latency model: the cost of metric="latency",
+            from .latency import attach  # and what units of a counted target are ranked by
+
+            a, lat = attach(a, example_input, cfg.runtime_name)
+            key = lat if cfg.metric is Metric.LATENCY else key
+        return cls(a, crit, scores, cfg, key)
+
+    def __call__(self, goal: float) -> Plan:
+        a, cfg, key = self.analysis, self.cfg, self.metric_key
+        round_to = cfg.round_to
         try:
-            p = _plan(a, crit, scores, goal, key, round_to, min_keep, runtime)
+            keep = self._keep(rounding.resolve(round_to, cfg.runtime_name), goal)
         except PlanError:
-            if attempt == 0:
-                raise  # the user's own target is out of reach
-            break  # a re-aimed goal fell past the floor: keep the best landing so far
-        small = apply(model, p, inplace=False)
-        if not verify:
-            best = (small, p)
-            break
-        flops = _verify_runs(a, small, example_input, p)
-        if metric == "latency":  # measured end to end, interleaved with the dense model
-            from .latency import LATENCY_TOL, measured_ratio, reaim
+            if round_to != "auto":
+                raise
+            keep = None  # the rounded floor is above the target: plan unrounded
+        if round_to == "auto" and not key.startswith("latency"):
+            cost = a.cost(key)  # rounding is a preference: it never costs the exact landing
+            if keep is None or cost.base and abs(cost.total(keep) / cost.base - goal) > rounding.AUTO_SLACK:
+                round_to, keep = None, self._keep(None, goal)
+        elif keep is None:
+            round_to, keep = None, self._keep(None, goal)
+        name = getattr(self.criterion, "name", type(self.criterion).__name__)
+        return build_plan(a, keep, target=goal, metric=key, criterion=name, round_to=round_to)
 
-            got, tol = measured_ratio(model, small, example_input, runtime), LATENCY_TOL * want
-        else:
-            got, tol = (flops if metric == "flops" else count_params(small)) / base if base else 1.0, 0.004
-        if best is None or abs(got - want) < best[2]:
-            best = (small, p, abs(got - want))
-        if abs(got - want) <= tol or want >= 1.0 or got <= 0:
-            break
-        tried.append((goal, got))
-        goal = reaim(tried, want) if metric == "latency" else min(1.0, max(1e-6, goal * want / got))
-    small = best[0]
-    _check_config(a, small, uniform)
-    if compensate:
-        _compensate(model, small, best[1], a, data, example_input)
-    if inplace:
-        _copy_into(model, small)
-        return model
-    return small
+    def _keep(self, rounded, goal: float) -> list[np.ndarray]:
+        a, key, runtime, min_keep = self.analysis, self.metric_key, self.cfg.runtime_name, self.cfg.min_keep
+        if runtime is None or key.startswith("latency"):
+            return solve(a, self.scores, key, goal, rounded, min_keep)
+        from .latency import fastest  # a counted target on a named runtime: the faster of two orders
+
+        return fastest(a, runtime, [solve(a, self.scores, key, goal, rounded, min_keep, f"latency:{runtime}", w,
+                                          per_target=True) for w in (1.0, 0.0)])
 
 
-def _check_config(a: Analysis, small: nn.Module, uniform: bool | None) -> None:
-    """A Hugging Face model's config must still build it (so ``from_pretrained`` reloads it)."""
-    from .hf import check_config
-
-    problem = check_config(small)
-    if problem is None:
-        return
-    if a.config_model is not None:
-        raise SurgeryError(f"the pruned model's config does not describe it ({problem}); this is a "
-                           "bug in surgeon's config fix-ups, please report it with the model")
-    if uniform is False:
-        warnings.warn(f"uniform=False: {type(small).__name__}.config no longer describes the pruned "
-                      f"widths ({problem}), so from_pretrained cannot rebuild it; save the whole module "
-                      "with torch.save(model) or keep the default uniform widths", stacklevel=3)
-
-
-def _copy_into(model: nn.Module, small: nn.Module) -> None:
-    """Make ``model`` become ``small`` (same classes), for ``inplace=True``."""
-    model.__dict__.update(small.__dict__)
-
-
-def _verify_runs(a: Analysis, small: nn.Module, example_input: Any, p: Plan) -> int:
-    """Run the shrunk model once: it must work and keep the output shapes. Returns its FLOPs."""
-    expected = a.traced.reference_shapes
-    try:
-        known = count_known(small, example_input) if a.traced.plain else None
-        if known is not None:  # every op of the capture has its FLOPs known from shapes
-            flops, got = known[0], shapes_of(known[1])
-        else:
-            flops, got = measure(small, example_input)
-    except Exception as exc:  # noqa: BLE001 - reported with context below
-        raise SurgeryError(_failure(small, example_input, p, exc)) from exc
-    if got != expected:
-        raise SurgeryError(f"the shrunk model's output shapes changed: {expected} -> {got}; "
-                           f"this is a bug in a coupling rule, please report it with the model")
-    return flops
-
-
-def _failure(small: nn.Module, example_input: Any, p: Plan, exc: Exception) -> str:
-    """Find the module that failed and the groups that touched it."""
-    entered: list[str] = []
-    names = {id(m): n for n, m in small.named_modules()}
-    hooks = [m.register_forward_pre_hook(lambda mod, _a: entered.append(names[id(mod)]))
-             for m in small.modules()]
-    try:
-        with eval_mode(small), torch.no_grad():
-            run_model(small, example_input)
-    except Exception:  # noqa: BLE001 - we only want to know where it stopped
-        pass
-    finally:
-        for h in hooks:
-            h.remove()
-    where = entered[-1] if entered else "<top level>"
-    groups = [d.group for d in p.decisions if d.kept < d.units
-              and any(t.startswith(where + ".") or t.rpartition(".")[0] == where for t in d.tensors)]
-    return (f"the shrunk model fails to run in module '{where}' ({type(exc).__name__}: {exc}); "
-            f"groups touching it: {groups or 'none directly'}. This is a bug in a coupling rule or "
-            f"an attribute fix-up; pass ignore=['{where}'] to keep that module whole meanwhile")
+def _scores(crit: Criterion, model: nn.Module, a: Analysis) -> list:
+    """The criterion's scores; layer units it cannot score (no channel tensors of their own) get
+    the RMS of their weights, mean-normalised within their group like every other score."""
+    if getattr(crit, "per_group", False):  # a group's scores depend on it alone: skip those kept whole
+        live = [gi for gi, g in enumerate(a.groups) if g.prunable]
+        scores = [np.zeros(g.n_units) for g in a.groups]
+        for gi, s in zip(live, crit.score(model, [a.groups[gi] for gi in live])):
+            scores[gi] = s
+    else:
+        scores = crit.score(model, list(a.groups))
+    for gi, g in enumerate(a.groups):
+        if g.layers and not np.any(scores[gi]):
+            scores[gi] = layer_rms(model, list(g.layers))
+    return scores

@@ -47,7 +47,7 @@ from .analysis import Analysis, analyze
 from .graph.trace import eval_mode, run_model
 from .datafree import _dense, udfc
 from .datafree import bn_after as _bn_after
-from .plan import Plan
+from .planning.plan import Plan
 from .criteria._data import _to  # the same batch mover the criteria use
 
 __all__ = ["compensate", "recalibrate_bn", "batch_input", "dense_layers"]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .analysis import Analysis
-from .plan import Plan
+from .planning.plan import Plan
 
 __all__ = ["udfc"]
 

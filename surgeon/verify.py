@@ -81,7 +81,7 @@ def zero_invariance(model: nn.Module, example_input: Any, units: dict[int, Seque
     A correct index mapping gives ~1e-7; a wrong one almost always gives a large error.
     """
     from .analysis import analyze
-    from .planner import build_plan
+    from .planning.planner import build_plan
     from .surgery import apply
 
     a = analysis or analyze(model, example_input)
@@ -111,6 +111,6 @@ def zero_invariance(model: nn.Module, example_input: Any, units: dict[int, Seque
 
 
 def _no_op_plan(a):
-    from .planner import build_plan
+    from .planning.planner import build_plan
 
     return build_plan(a, a.full_keep(), target=1.0, metric="flops", criterion="manual", round_to=None)

@@ -311,7 +311,7 @@ def test_public_names():
         assert getattr(surgeon, name) is not None
 
 
-@pytest.mark.parametrize("module", ["surgeon", "surgeon.api", "surgeon.surgery", "surgeon.verify",
+@pytest.mark.parametrize("module", ["surgeon", "surgeon.api", "surgeon.surgery", "surgeon.verify", "surgeon.options", "surgeon._atomic",
                                     "surgeon.graph.trace"])
 def test_docstring_examples(module):
     mod = importlib.import_module(module)

@@ -19,7 +19,7 @@ from torch import nn
 import surgeon
 from surgeon.compensate import compensate, recalibrate_bn
 from surgeon.graph.trace import eval_mode
-from surgeon.planner import build_plan
+from surgeon.planning.planner import build_plan
 from surgeon.verify import count_flops, max_rel_error
 
 MIN_STD = 1e-3

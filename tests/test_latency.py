@@ -221,7 +221,7 @@ def _net_cost(model: nn.Module, x, dw: float = 1.0) -> float:
 
 def test_counted_target_on_a_runtime_takes_the_order_timed_faster(fake, net, monkeypatch):
     from surgeon.criteria import get_criterion
-    from surgeon.planner import build_plan, solve
+    from surgeon.planning.planner import build_plan, solve
 
     model, x = net
     # tables in which the depthwise conv runs 4x slower per MAC than the others (memory-bound, as
@@ -252,7 +252,7 @@ def test_per_target_ranking_thins_what_is_slow_for_its_flops(fake, net, monkeypa
     """A FLOPs target ranked by milliseconds per FLOP takes units first from the group whose
     layers run slowest for their FLOPs (here the depthwise conv's), and still lands on the target."""
     from surgeon.criteria import get_criterion
-    from surgeon.planner import solve
+    from surgeon.planning.planner import solve
 
     model, x = net
     layers = fake.layers

@@ -464,7 +464,7 @@ def step_bound(model: nn.Module, x: torch.Tensor, a) -> float:
             if marg[gi][u] > best:
                 best, where = float(marg[gi][u]), (gi, u)
     if where is not None:  # removing that one unit must save no more than the model says
-        from surgeon.planner import build_plan
+        from surgeon.planning.planner import build_plan
 
         gi, u = where
         keep = a.full_keep()

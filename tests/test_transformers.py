@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import surgeon
+import surgeon.analysis.hf
 from helpers import check_shrink, check_zero_invariance, run
 from hf_zoo import hf_models, torch_models
 
@@ -92,7 +93,7 @@ def test_llama_gqa_units_are_whole_kv_groups():
 def test_reloads_with_from_pretrained(name, tmp_path):
     model, x = HF[name]()
     small = surgeon.shrink(model, x, 0.5)
-    assert surgeon.hf.check_config(small) is None
+    assert surgeon.analysis.hf.check_config(small) is None
     small.save_pretrained(tmp_path)
     back = type(model).from_pretrained(tmp_path).eval()
     assert torch.equal(run(small, x), run(back, x))

@@ -1,56 +1,77 @@
-"""Trace, couple and group a model once; everything downstream reads this value."""
+"""Analysis: trace, couple and group a model once; everything downstream reads this value.
+
+Each pass takes the values before it and returns new ones: the width probes derive a new
+coupling, ignored modules, parameterless groups and Hugging Face configs derive new groups,
+whole layers derive both, and a measured runtime derives a new :class:`Analysis` with one more
+cost model (:meth:`Analysis.with_cost`). Nothing here calls the planner or surgery.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import functools
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 from torch import nn
 
-from . import _walks
-from .graph.couple import couple
-from .graph.cost import CostModel
-from .graph.groups import PruneGroup, build_groups
-from .graph.ir import Coupling, DimKey
-from .graph.trace import Traced, trace
+from .. import _walks
+from ..graph.cost import CostModel
+from ..graph.couple import couple
+from ..graph.groups import PruneGroup, build_groups
+from ..graph.ir import Coupling, DimKey
+from ..graph.trace import Traced, trace
 from .hf import config_model, constrain
-from .layers import add_layer_groups
+from .ignore import ignored_names, mark_ignored
+from .layers import layer_units
 from .probe import resolve_probes
+from .realise import kept_width, member_index
 
-__all__ = ["Analysis", "analyze"]
+__all__ = ["Analysis", "analyze", "fingerprint"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Analysis:
     """The traced graph, its coupling and its groups for one model and example input."""
 
     traced: Traced
     coupling: Coupling
-    groups: list[PruneGroup]
-    _costs: dict = field(default_factory=dict, repr=False)
+    groups: tuple[PruneGroup, ...]
     # Hugging Face models: what the config can express, and groups that must keep one width
-    config_model: Any = field(default=None, repr=False)
-    bundles: list[list[int]] = field(default_factory=list)
+    config_model: Any = dataclasses.field(default=None, repr=False)
+    bundles: tuple[tuple[int, ...], ...] = ()
+    measured: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), repr=False)  # (key, cost model)
+
+    def __post_init__(self):
+        object.__setattr__(self, "groups", tuple(self.groups))
+        object.__setattr__(self, "_memo", {})  # cost models and the member index, built on first use
 
     @property
     def model(self) -> nn.Module:
         return self.traced.model
 
-    def cost(self, metric: str) -> CostModel:
-        if metric not in self._costs:
-            self._costs[metric] = CostModel(self.traced, self.coupling, self.groups, metric)
-        return self._costs[metric]
+    def cost(self, metric: str):
+        """The cost model of ``metric``: "flops", "params", or a measured one added with
+        :meth:`with_cost` (``"latency:ort-cpu"``)."""
+        for key, model in self.measured:
+            if key == metric:
+                return model
+        memo = self._memo
+        if metric not in memo:
+            memo[metric] = CostModel(self.traced, self.coupling, self.groups, metric)
+        return memo[metric]
+
+    def with_cost(self, key: str, cost_model: Any) -> "Analysis":
+        """A new analysis that also knows the cost model ``key`` (a measured one)."""
+        kept = tuple((k, m) for k, m in self.measured if k != key)
+        return dataclasses.replace(self, measured=kept + ((key, cost_model),))
 
     def kept_width(self, key: DimKey, keep: list[np.ndarray]) -> int:
         """How many indices of dimension ``key`` a set of keep-masks leaves."""
-        if "member" not in self._costs:
-            self._costs["member"] = {m.key: (gi, m) for gi, g in enumerate(self.groups) for m in g.members}
-        hit = self._costs["member"].get(key)
-        if hit is None:
-            return self.coupling.sizes[key]
-        gi, m = hit
-        return int(keep[gi][m.unit_of].sum())
+        if "member" not in self._memo:
+            self._memo["member"] = member_index(self.groups)
+        return kept_width(self._memo["member"], self.coupling.sizes, key, keep)
 
     def full_keep(self) -> list[np.ndarray]:
         return [np.ones(g.n_units, dtype=bool) for g in self.groups]
@@ -65,67 +86,53 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
     the config cannot describe stay whole, so the result reloads with ``from_pretrained``.
     ``uniform=False`` prunes freely (the config then no longer describes the model).
 
-    ``layers=True`` adds whole layers as units (see :mod:`surgeon.layers`): one group per
-    ``ModuleList``/``Sequential`` of residual blocks whose removal is exact."""
+    ``layers=True`` adds whole layers as units (see :mod:`surgeon.analysis.layers`): one group
+    per ``ModuleList``/``Sequential`` of residual blocks whose removal is exact."""
+    names = ignored_names(model, ignore)
     traced = trace(model, example_input)
     c = couple(traced)
     if c.probes:
-        resolve_probes(model, example_input, traced, c)
-    groups = build_groups(c)
-    _mark_ignored(model, groups, ignore)
+        c = resolve_probes(model, example_input, traced, c)
     params = set(_walks.parameters(model))  # every name, aliases included
-    for g in groups:
-        if g.reason is None and not any(m.name in params for m in g.tensors):
-            g.reason = "only buffers, no parameters, in this group"
+    groups = [g if g.reason is not None or any(m.name in params for m in g.tensors)
+              else dataclasses.replace(g, reason="only buffers, no parameters, in this group")
+              for g in mark_ignored(build_groups(c), names)]
     a = Analysis(traced, c, groups)
     if layers:
-        _mark_ignored(model, add_layer_groups(a, model, example_input), ignore)
+        c, new = layer_units(a, model, example_input)
+        a = dataclasses.replace(a, coupling=c, groups=a.groups + tuple(mark_ignored(new, names)))
     if uniform is not False:
-        a.config_model = config_model(model)
-        if a.config_model is not None:
-            a.bundles = constrain(a, a.config_model)
-    for g, m in zip(groups, a.cost("flops").mean_marginal()):
-        g.flops_per_unit = float(m)
-    fill = _params_filler(a)
-    for g in groups:
-        g._fill_params = fill
-    return a
+        cm = config_model(model)
+        if cm is not None:
+            groups, bundles = constrain(a, cm)
+            a = dataclasses.replace(a, groups=groups, config_model=cm, bundles=bundles)
+    return _with_unit_costs(a)
 
 
-def _params_filler(a: Analysis):
-    """Sets every group's params_per_unit at once, when the first one is read."""
-    def fill() -> None:
-        for g, m in zip(a.groups, a.cost("params").mean_marginal()):
-            g.params_per_unit = float(m)
-            g._fill_params = None
-    return fill
+def _with_unit_costs(a: Analysis) -> Analysis:
+    """The groups with their FLOPs per unit, and parameters per unit computed on first read."""
+    flops = a.cost("flops").mean_marginal()
+    params = functools.cache(lambda: a.cost("params").mean_marginal())
+    groups = tuple(dataclasses.replace(g, flops_per_unit=float(m), params_source=params)
+                   for g, m in zip(a.groups, flops))
+    out = dataclasses.replace(a, groups=groups)
+    out._memo.update((k, v) for k, v in a._memo.items() if k == "flops")  # the same groups' costs
+    return out
 
 
-def _mark_ignored(model: nn.Module, groups: list[PruneGroup], ignore: Iterable) -> None:
-    names = []
-    by_id = None
-    for item in ignore:
-        if isinstance(item, str):
-            model.get_submodule(item)  # raises AttributeError with the bad name
-            names.append(item)
-        elif isinstance(item, nn.Module):
-            if by_id is None:
-                by_id = {id(m): n for n, m in model.named_modules()}
-            if id(item) not in by_id:
-                raise ValueError(f"ignore: {type(item).__name__} is not a submodule of the model")
-            names.append(by_id[id(item)])
-        else:
-            raise TypeError(f"ignore takes modules or their names, got {type(item).__name__}")
-    if not names:
-        return
-    for g in groups:
-        for u, layer in enumerate(g.layers or ()):  # a layer that holds or sits in an ignored module
-            if any(n == "" or layer == n or layer.startswith(n + ".") or n.startswith(layer + ".") for n in names):
-                g.frozen_units[u] = True
-        if g.layers and g.frozen_units.all():
-            g.reason = g.reason or "every layer holds or sits in an ignored module"
-        for m in g.tensors:
-            owner = m.name.rpartition(".")[0]
-            if any(owner == n or owner.startswith(n + ".") or n == "" for n in names):
-                g.reason = g.reason or f"touches ignored module '{owner}'"
-                break
+def fingerprint(a: Analysis) -> str:
+    """A stable hash of what an analysis says (groups, coupling, constraints): equal before and
+    after any later step, which is how tests check that no step rewrites an earlier value."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for g in a.groups:
+        h.update(repr((g.id, g.kind, g.n_units, g.reason, g.exact, g.inexact_reason, g.where,
+                       g.flops_per_unit, g.layers, g.step, g.frozen_units.tobytes())).encode())
+        for m in g.members:
+            h.update(repr(m.key).encode() + m.unit_of.tobytes())
+    c = a.coupling
+    for name in ("sizes", "frozen", "inexact", "kinds", "layer_keys"):
+        h.update(repr(sorted(getattr(c, name).items(), key=repr)).encode())
+    h.update(repr((c.costs, c.attr_fixes, a.bundles, [k for k, _ in a.measured])).encode())
+    return h.hexdigest()

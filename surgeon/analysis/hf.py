@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -106,49 +106,53 @@ def config_model(model: nn.Module) -> ConfigModel | None:
     return cm
 
 
-def constrain(a, cm: ConfigModel) -> list[list[int]]:
-    """Keep whole every group whose pruning the config cannot express; return the bundles
-    (lists of group indices) that must keep the same number of units.
+def constrain(a, cm: ConfigModel) -> tuple[tuple, tuple[tuple[int, ...], ...]]:
+    """New groups, where every group whose pruning the config cannot express is kept whole, and
+    the bundles (tuples of group indices) that must keep the same number of units.
 
     Groups are bundled when they are the same group of repeated layers (their tensor names
     equal up to layer numbers). A bundle is tried for real: one unit is cut from each of its
     groups, the config fields are solved for the cut widths, and the class is built from that
     config on the meta device; unless it builds exactly the cut shapes, the bundle is kept."""
-    groups = a.groups
+    groups = list(a.groups)
     by_sig: dict[tuple, list[int]] = {}
     boxes = set(cm.layer_fields.values())
     for gi, g in enumerate(groups):
         if g.prunable and g.layers:
             if g.where[0] not in boxes:
-                g.reason = ("the Hugging Face config has no layer count for this ModuleList; "
-                            "pass uniform=False to drop its layers anyway")
+                groups[gi] = replace(g, reason="the Hugging Face config has no layer count for this "
+                                               "ModuleList; pass uniform=False to drop its layers anyway")
             continue
         if g.prunable:
             sig = (g.n_units, tuple(sorted((_LAYER.sub(".#.", m.name), m.dim) for m in g.tensors)))
             by_sig.setdefault(sig, []).append(gi)
     out = []
     for members in by_sig.values():
-        # the smallest cut the config accepts (Llama's config wants hidden_size to be a multiple
-        # of num_attention_heads): widths then move in steps of it
-        n_free = min(int((~groups[gi].frozen_units).sum()) for gi in members)
-        why = "no unit can go"
-        for step in range(1, min(n_free, 65)):
-            keep = a.full_keep()
-            for gi in members:
-                free = (~groups[gi].frozen_units).nonzero()[0]
-                keep[gi][free[-step:]] = False
-            why = _expresses(a, cm, keep)
-            if why is None:
-                break
-        if why is None:
-            for gi in members:
-                groups[gi].step = step
-            out.append(members)
-            continue
+        step, why = _smallest_step(a, cm, groups, members)
         for gi in members:
-            groups[gi].reason = (f"the Hugging Face config cannot express this width ({why}); "
-                                 "pass uniform=False to prune it anyway")
-    return out
+            groups[gi] = replace(groups[gi], step=step) if why is None else replace(
+                groups[gi], reason=f"the Hugging Face config cannot express this width ({why}); "
+                                   "pass uniform=False to prune it anyway")
+        if why is None:
+            out.append(tuple(members))
+    return tuple(groups), tuple(out)
+
+
+def _smallest_step(a, cm: ConfigModel, groups, members: list[int]) -> tuple[int, str | None]:
+    """The smallest cut of every group of a bundle the config accepts (Llama's config wants
+    hidden_size to be a multiple of num_attention_heads: widths then move in steps of it), and
+    why none does, if none does."""
+    n_free = min(int((~groups[gi].frozen_units).sum()) for gi in members)
+    why = "no unit can go"
+    for step in range(1, min(n_free, 65)):
+        keep = a.full_keep()
+        for gi in members:
+            free = (~groups[gi].frozen_units).nonzero()[0]
+            keep[gi][free[-step:]] = False
+        why = _expresses(a, cm, keep)
+        if why is None:
+            return step, None
+    return 1, why
 
 
 _LAYER = re.compile(r"\.\d+\.")

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._clone import clone_module
-from .graph.groups import Member, PruneGroup, UnitKind
-from .graph.ir import CostTerm
-from .graph.trace import eval_mode, run_model
+from ..slicing.clone import clone_module
+from ..graph.groups import Member, PruneGroup, UnitKind
+from ..graph.ir import Coupling, CostTerm
+from ..graph.trace import eval_mode, run_model
 
-__all__ = ["find_layers", "add_layer_groups"]
+__all__ = ["find_layers", "layer_units"]
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
@@ -95,44 +95,45 @@ def _node_module(node) -> str | None:
     return paths
 
 
-def add_layer_groups(a, model: nn.Module, example_input: Any) -> list[PruneGroup]:
-    """Append one layer group per container of removable layers to ``a.groups`` and make the
-    FLOPs and parameters of every node inside a layer depend on keeping it."""
+def layer_units(a, model: nn.Module, example_input: Any) -> tuple[Coupling, list[PruneGroup]]:
+    """One layer group per container of removable layers (numbered after ``a.groups``), and
+    ``a.coupling`` derived so that the FLOPs of every node inside a layer depend on keeping it."""
     found = find_layers(model, example_input)
-    if not found:
-        return []
     c = a.coupling
+    if not found:
+        return c, []
     key_of: dict[str, tuple] = {}
     new = []
     for container, names in found.items():
         members = []
         for u, name in enumerate(names):
-            key = c.add(("x", f"layer:{name}", 0), 1)
-            key_of[name] = key
-            members.append(Member(key, np.array([u], dtype=np.int64)))
-        g = PruneGroup(len(a.groups) + len(new), UnitKind.LAYER, len(names), members,
-                       np.zeros(len(names), dtype=bool), None, True, None, [container])
-        g.layers = list(names)
-        new.append(g)
-    # FLOPs: every node whose module stack enters a layer scales with keeping that layer
+            key_of[name] = ("x", f"layer:{name}", 0)
+            members.append(Member(key_of[name], np.array([u], dtype=np.int64)))
+        new.append(PruneGroup(len(a.groups) + len(new), UnitKind.LAYER, len(names), members,
+                              np.zeros(len(names), dtype=bool), None, True, None, [container],
+                              layers=tuple(names)))
+    costs = _layer_costs(a.traced, c.costs, key_of)
+    sizes = {**c.sizes, **{key: 1 for key in key_of.values()}}
+    return c.derive(sizes=sizes, costs=tuple(costs), layer_keys={**c.layer_keys, **key_of}), new
+
+
+def _layer_costs(traced, costs, key_of: dict[str, tuple]) -> list[CostTerm]:
+    """Every cost term of a node whose module stack enters a layer also scales with keeping it;
+    FLOPs of such a node that no term counted get a term of their own."""
     where: dict[str, tuple] = {}
-    for node in a.traced.graph.nodes:
+    for node in traced.graph.nodes:
         for path in _node_module(node) or ():
             for name, key in key_of.items():
                 if path == name or path.startswith(name + "."):
                     where[node.name] = key
     covered: dict[str, float] = {}
     terms = []
-    for t in c.costs:
+    for t in costs:
         key = where.get(t.node)
         covered[t.node] = covered.get(t.node, 0.0) + t.flops
         terms.append(CostTerm(t.flops, t.dims + (key,), t.node) if key else t)
     for node_name, key in where.items():
-        rest = a.traced.info[node_name].flops - covered.get(node_name, 0.0) if node_name in a.traced.info else 0
+        rest = traced.info[node_name].flops - covered.get(node_name, 0.0) if node_name in traced.info else 0
         if rest > 0:
             terms.append(CostTerm(float(rest), (key,), node_name))
-    c.costs[:] = terms
-    c.layer_keys.update(key_of)
-    a.groups.extend(new)
-    a._costs.clear()
-    return new
+    return terms

@@ -13,40 +13,63 @@ the freeze stays. One extra capture answers every probe of the model at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from .graph.groups import build_groups
-from .graph.ir import AttrFix, Coupling, DimKey
-from .graph.rules.shape import size_spec
+from ..graph.groups import build_groups
+from ..graph.ir import AttrFix, Coupling, DimKey
+from ..graph.rules.shape import size_spec
+from ..graph.trace import trace
+from ..slicing.edits import slice_model
+from .realise import attr_updates, kept_width, member_index, slices_for
 
 log = logging.getLogger(__name__)
 
 __all__ = ["resolve_probes"]
 
 
-def resolve_probes(model: nn.Module, example_input: Any, traced, c: Coupling) -> list[DimKey]:
-    """Lift the freezes of probed dims whose width follows pruning; returns the lifted keys."""
-    from .analysis import Analysis
-    from .graph.trace import trace
-    from .planner import build_plan
-    from .surgery import apply
-
-    held = {k: c.frozen.pop(k) for k in c.probes if k in c.frozen}
+def resolve_probes(model: nn.Module, example_input: Any, traced, c: Coupling) -> Coupling:
+    """``c`` derived: the freezes of probed dims whose width follows pruning lifted, and the
+    attributes that hold those widths added as fix-ups (``c`` itself is not changed)."""
+    held = {k: c.frozen[k] for k in c.probes if k in c.frozen}
     if not held:
-        return []
-    groups = build_groups(c)
+        return c
+    trial = c.derive(frozen={k: v for k, v in c.frozen.items() if k not in held})
+    groups = build_groups(trial)
+    keep, tested = _trial_cut(groups, held)
+    if not tested:
+        return c
+    index = member_index(groups)
+    width = functools.partial(kept_width, index, c.sizes, keep=keep)
+    attrs = _candidate_attrs(c, held, width)
+    cut = _capture_cut(model, example_input, traced, groups, keep, c.attr_fixes, attrs, width)
+    passed = _passed(c, traced, cut, tested, held, width) if cut is not None else set()
+    if not passed:
+        return c
+    fixes = list(c.attr_fixes)
+    for key in sorted(passed):  # the attributes that hold these widths follow them from now on
+        for _, _, _, candidates in c.probes[key]:
+            for module, attr in candidates:
+                fix = AttrFix(module, attr, key)
+                if (module, attr) in attrs and fix not in fixes:
+                    fixes.append(fix)
+    frozen = {k: v for k, v in c.frozen.items() if k not in passed}
+    return c.derive(frozen=frozen, attr_fixes=tuple(fixes))
+
+
+def _trial_cut(groups, held) -> tuple[list[np.ndarray], list]:
+    """A keep-mask per group that cuts every probed group to widths no other group has, so that
+    an attribute holding a number two groups share shows up as claimed by two widths."""
     keep, tested, used = [], [], set()
     for g in groups:
         mask = np.ones(g.n_units, dtype=bool)
         probed = [m for m in g.members if m.key in held]
         free = np.nonzero(~g.frozen_units)[0]
         if g.reason is None and probed and len(free) >= 2:
-            # cut each group to widths no other group has, so that an attribute holding a number
-            # two groups share shows up as claimed by two different widths
             for r in range(1, len(free)):
                 trial = mask.copy()
                 trial[free[-r:]] = False
@@ -56,49 +79,43 @@ def resolve_probes(model: nn.Module, example_input: Any, traced, c: Coupling) ->
             mask, used = trial, used | widths
             tested.append(g)
         keep.append(mask)
-    passed: set[DimKey] = set()
-    if tested:
-        a = Analysis(traced, c, groups)
-        attrs = _candidate_attrs(c, held, a, keep)
-        try:
-            plan = build_plan(a, keep, target=0.0, metric="flops", criterion="probe", round_to=None)
-            cut = apply(model, plan)
-            for (module, attr), width in attrs.items():
-                setattr(cut.get_submodule(module), attr, width)
-            cut = trace(cut, example_input)
-        except Exception as exc:  # noqa: BLE001 - any failure keeps every probed width frozen
-            log.info("surgeon: width probe failed (%s: %s); reshape widths stay frozen",
-                     type(exc).__name__, exc)
-            cut = None
-        if cut is not None and cut.mode == traced.mode:
-            nodes = {n.name: n for n in cut.graph.nodes}
-            old_nodes = {n.name: n for n in traced.graph.nodes}
-            probed: dict[str, set[int]] = {}
-            for checks in c.probes.values():
-                for name, pos, _, _ in checks:
-                    probed.setdefault(name, set()).add(pos)
-            for g in tested:
-                for m in g.members:
-                    checks = c.probes.get(m.key)
-                    if checks and m.key in held and all(
-                            _follows(old_nodes.get(name), nodes.get(name), pos, probed[name],
-                                     a.kept_width(m.key, keep))
-                            for name, pos, _, _ in checks):
-                        passed.add(m.key)
-        for key in passed:  # the attributes that hold these widths follow them from now on
-            for _, _, _, candidates in c.probes[key]:
-                for module, attr in candidates:
-                    if (module, attr) in attrs:
-                        fix = AttrFix(module, attr, key)
-                        if fix not in c.attr_fixes:
-                            c.attr_fixes.append(fix)
-    for k, reason in held.items():
-        if k not in passed:
-            c.frozen[k] = reason
-    return sorted(passed)
+    return keep, tested
 
 
-def _candidate_attrs(c: Coupling, held, a, keep) -> dict[tuple[str, str], int]:
+def _capture_cut(model, example_input, traced, groups, keep, fixes, attrs, width):
+    """The trial cut realised on a copy and captured again, or None where that fails."""
+    try:
+        slices, _ = slices_for(groups, keep, lambda name: tuple(traced.tensor(name).shape))
+        cut = slice_model(model, slices, attr_updates(model, fixes, width))
+        for (module, attr), value in attrs.items():
+            setattr(cut.get_submodule(module), attr, value)
+        cut = trace(cut, example_input)
+    except Exception as exc:  # noqa: BLE001 - any failure keeps every probed width frozen
+        log.info("surgeon: width probe failed (%s: %s); reshape widths stay frozen", type(exc).__name__, exc)
+        return None
+    return cut if cut.mode == traced.mode else None
+
+
+def _passed(c: Coupling, traced, cut, tested, held, width) -> set[DimKey]:
+    """The probed dims whose every reshape wrote the cut width in the cut copy's capture."""
+    nodes = {n.name: n for n in cut.graph.nodes}
+    old_nodes = {n.name: n for n in traced.graph.nodes}
+    probed: dict[str, set[int]] = {}
+    for checks in c.probes.values():
+        for name, pos, _, _ in checks:
+            probed.setdefault(name, set()).add(pos)
+    passed = set()
+    for g in tested:
+        for m in g.members:
+            checks = c.probes.get(m.key)
+            if checks and m.key in held and all(
+                    _follows(old_nodes.get(name), nodes.get(name), pos, probed[name], width(m.key))
+                    for name, pos, _, _ in checks):
+                passed.add(m.key)
+    return passed
+
+
+def _candidate_attrs(c: Coupling, held, width) -> dict[tuple[str, str], int]:
     """Attributes to set in the cut copy: each that holds the number a probed reshape or split
     wrote, set to the width its dim has after the cut. An attribute two different widths claim
     cannot follow both, so it is left alone (and its probes fail unless the code ignores it)."""
@@ -106,10 +123,10 @@ def _candidate_attrs(c: Coupling, held, a, keep) -> dict[tuple[str, str], int]:
     for key, checks in c.probes.items():
         if key not in held:
             continue
-        width = a.kept_width(key, keep)
+        w = width(key)
         for _, _, _, candidates in checks:
             for ma in candidates:
-                claims.setdefault(tuple(ma), set()).add(width)
+                claims.setdefault(tuple(ma), set()).add(w)
     return {ma: next(iter(ws)) for ma, ws in claims.items() if len(ws) == 1}
 
 

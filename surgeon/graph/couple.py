@@ -135,7 +135,7 @@ def couple(traced) -> Coupling:
     _tie_aliases(c, traced.tensors())
     if traced.mode == "export":
         _tie_multihead_attention(c, traced.model)
-    return c
+    return c.seal()
 
 
 def _tie_multihead_attention(c: Coupling, model: nn.Module) -> None:

@@ -45,36 +45,41 @@ class Member:
         return self.key[2]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneGroup:
-    """Coupled dimensions that shrink together, and what is known about them."""
+    """Coupled dimensions that shrink together, and what is known about them.
+
+    A value: later passes (ignored modules, configs, whole layers) make new groups with
+    :func:`dataclasses.replace` instead of marking this one; its arrays are read-only."""
 
     id: int
     kind: UnitKind
     n_units: int
-    members: list[Member]
-    frozen_units: np.ndarray = field(repr=False)  # bool per unit: must be kept
+    members: tuple[Member, ...]
+    frozen_units: np.ndarray = field(repr=False, compare=False)  # bool per unit: must be kept
     reason: str | None = None  # why the group cannot be pruned at all
     exact: bool = True
     inexact_reason: str | None = None
-    where: list[str] = field(default_factory=list)  # ops that own the member parameters
+    where: tuple[str, ...] = ()  # ops that own the member parameters
     flops_per_unit: float = 0.0
-    layers: list[str] | None = None  # layer groups: the module each unit removes
+    layers: tuple[str, ...] | None = None  # layer groups: the module each unit removes
     step: int = 1  # kept units stay a multiple of this (what a Hugging Face config accepts)
-    # parameters per unit: read through ``params_per_unit``, computed on first read by the filler
-    # surgeon.analysis attaches (the params cost model only serves reports and metric="params")
-    _params_per_unit: float | None = field(default=None, repr=False)
-    _fill_params: Any = field(default=None, repr=False, compare=False)
+    # every group's parameters per unit, computed on the first read of any (the params cost model
+    # only serves reports and metric="params"): a shared memoised callable, indexed by ``id``
+    params_source: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "members", tuple(self.members))
+        object.__setattr__(self, "where", tuple(self.where))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+        frozen = np.array(self.frozen_units, dtype=bool)  # a copy: the caller's array stays theirs
+        frozen.setflags(write=False)
+        object.__setattr__(self, "frozen_units", frozen)
 
     @property
     def params_per_unit(self) -> float:
-        if self._params_per_unit is None and self._fill_params is not None:
-            self._fill_params()
-        return 0.0 if self._params_per_unit is None else self._params_per_unit
-
-    @params_per_unit.setter
-    def params_per_unit(self, value: float) -> None:
-        self._params_per_unit = float(value)
+        return 0.0 if self.params_source is None else float(self.params_source()[self.id])
 
     @property
     def prunable(self) -> bool:
@@ -155,7 +160,9 @@ def _units(c: Coupling, roots, classes, cls: list[int], rel_ids: list[int],
     sizes = {ci: c.sizes[classes[roots[ci]][0]] for ci in cls}
     if not rel_ids:
         (ci,) = cls
-        return {ci: np.arange(sizes[ci], dtype=np.int64)}, sizes[ci]
+        units = np.arange(sizes[ci], dtype=np.int64)
+        units.setflags(write=False)
+        return {ci: units}, sizes[ci]
     offset, total = {}, 0
     for ci in cls:
         offset[ci] = total
@@ -167,6 +174,7 @@ def _units(c: Coupling, roots, classes, cls: list[int], rel_ids: list[int],
         eb.append(offset[index[c.uf.find(b)]] + ib)
     labels = components(total, np.concatenate(ea), np.concatenate(eb))
     uniq, units = np.unique(labels, return_inverse=True)
+    units.setflags(write=False)  # members share these maps; nobody may change them
     return {ci: units[offset[ci]: offset[ci] + sizes[ci]] for ci in cls}, len(uniq)
 
 

@@ -26,7 +26,9 @@ zeroing a unit is not the same as removing it), declare cost terms, and declare 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Iterable
 
 import numpy as np
@@ -78,9 +80,18 @@ class _UnionFind:
         self.parent[other_root] = root
 
 
+# what a sealed Coupling exposes read-only (the union-find's path halving is an internal memo)
+_SEALED_MAPS = ("sizes", "frozen", "inexact", "owners", "probes", "kinds", "layer_keys")
+_SEALED_LISTS = ("rels", "costs", "attr_fixes", "splits", "eqs")
+
+
 @dataclass
 class Coupling:
-    """Everything the rules said about one traced graph."""
+    """Everything the rules said about one traced graph.
+
+    :func:`surgeon.graph.couple.couple` fills one in and then seals it: its dicts become
+    read-only views, its lists tuples, and setting an attribute raises. Later passes (width
+    probes, whole layers) never change it; they :meth:`derive` a new one."""
 
     sizes: dict[DimKey, int] = field(default_factory=dict)
     frozen: dict[DimKey, str] = field(default_factory=dict)
@@ -100,6 +111,32 @@ class Coupling:
     _channel_like: set = field(default_factory=set)  # roots of classes that carry channels
 
     eqs: list[tuple[DimKey, DimKey]] = field(default_factory=list)
+    _sealed: bool = field(default=False, repr=False, compare=False)
+
+    def __setattr__(self, name, value):
+        if self.__dict__.get("_sealed"):
+            raise dataclasses.FrozenInstanceError(f"a sealed Coupling is not changed (setting {name!r}); "
+                                                  "derive() a new one")
+        object.__setattr__(self, name, value)
+
+    def seal(self) -> "Coupling":
+        """Make this coupling read-only (once its rules have run); returns it."""
+        for name in _SEALED_MAPS:
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        for name in _SEALED_LISTS:
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "_channel_like", frozenset(self._channel_like))
+        object.__setattr__(self, "_sealed", True)
+        return self
+
+    def derive(self, **changes) -> "Coupling":
+        """A new sealed coupling with ``changes`` (field name -> new value), sharing the rest."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "_sealed"}
+        fields.update(changes)
+        new = Coupling.__new__(Coupling)
+        for name, value in fields.items():
+            object.__setattr__(new, name, value)
+        return new.seal()
 
     # -- building -----------------------------------------------------------------------------
     def add(self, key: DimKey, size: int) -> DimKey:

@@ -118,12 +118,12 @@ def check_runtime(runtime: Any, metric: str = "latency") -> str:
     return runtime
 
 
-def attach(a, example_input: Any, runtime: str) -> str:
-    """Measure (or read from the cache) the latency tables of ``a``'s layers on ``runtime``, store
-    the cost model in ``a`` and return its metric key (``"latency:<runtime>"``)."""
+def attach(a, example_input: Any, runtime: str) -> tuple[Any, str]:
+    """Measure (or read from the cache) the latency tables of ``a``'s layers on ``runtime``;
+    returns ``a`` with that cost model added (a new analysis) and its key (``"latency:<runtime>"``)."""
     key = f"latency:{runtime}"
-    if key in a._costs:
-        return key
+    if any(k == key for k, _ in a.measured):
+        return a, key
     backend = BACKENDS[runtime]
     cache = TableCache(runtime, backend.machine())
     step = preferred_multiple(runtime)
@@ -145,9 +145,9 @@ def attach(a, example_input: Any, runtime: str) -> str:
     if cache.measured:
         cache.save()
     units, ref_ms = backend.model(a.model, example_input)
-    a._costs[key] = LatencyCost(a.groups, terms, units, key, ms_per_unit=ref_ms)
-    a._costs[key].example_input = example_input  # for fastest(): candidates are timed, not only predicted
-    return key
+    cost = LatencyCost(a.groups, terms, units, key, ms_per_unit=ref_ms)
+    cost.example_input = example_input  # for fastest(): candidates are timed, not only predicted
+    return a.with_cost(key, cost), key
 
 
 def fastest(a, runtime: str, candidates: list[list]) -> list:
@@ -178,7 +178,7 @@ def fastest(a, runtime: str, candidates: list[list]) -> list:
     if len(distinct) < 2 or x is None:
         return min(distinct, key=cost.total)
     from ..errors import PlanError
-    from ..planner import build_plan
+    from ..planning.planner import build_plan
     from ..surgery import apply
 
     try:

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..slicing.edits import AttrUpdate, Slice
+
 __all__ = ["Plan", "Slice", "AttrUpdate", "Decision"]
 
 FORMAT = 1
@@ -30,26 +32,6 @@ def _runs(idx: tuple[int, ...]) -> list[list[int]]:
 
 def _unruns(runs: list[list[int]]) -> tuple[int, ...]:
     return tuple(i for a, b in runs for i in range(a, b))
-
-
-@dataclass(frozen=True)
-class Slice:
-    """Keep ``keep`` (sorted indices) along ``dim`` of tensor ``tensor`` (originally ``size``)."""
-
-    tensor: str
-    dim: int
-    size: int
-    keep: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class AttrUpdate:
-    """Set ``module.attr`` from ``old`` to ``new`` (an int, or a list for tuple attributes)."""
-
-    module: str
-    attr: str
-    old: int | list[int]
-    new: int | list[int]
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ from typing import Sequence
 
 import numpy as np
 
-from . import _walks
-from .analysis import Analysis
-from .errors import PlanError
-from .graph.cost import CostModel
+from .. import _walks
+from ..analysis import Analysis
+from ..errors import PlanError
+from ..graph.cost import CostModel
+from ..analysis.realise import attr_updates, slices_for
 from .plan import AttrUpdate, Decision, Plan, Slice
 
 __all__ = ["solve", "build_plan"]
@@ -407,47 +408,10 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
                round_to: int | None) -> Plan:
     """Turn keep-masks into the slices and attribute updates that realise them."""
     model = a.model
-    slices, decisions, shapes = [], [], {}
-    for gi, g in enumerate(a.groups):
-        mask = keep[gi]
-        tensors = g.tensors
-        decisions.append(Decision(g.id, g.kind.value, g.n_units, int(mask.sum()),
-                                  tuple(sorted({m.name for m in tensors})), g.reason))
-        if mask.all():
-            continue
-        kept: dict[int, tuple[int, ...] | None] = {}  # id(unit_of) -> indices kept (None: all)
-        for m in tensors:
-            if id(m.unit_of) not in kept:  # the members of one class share their unit_of
-                idx = np.flatnonzero(mask[m.unit_of])
-                kept[id(m.unit_of)] = None if len(idx) == len(m.unit_of) else tuple(idx.tolist())
-            idx = kept[id(m.unit_of)]
-            if idx is None:
-                continue
-            if len(idx) == 0:
-                raise PlanError(f"plan would empty dim {m.dim} of '{m.name}' (group {g.id})")
-            slices.append(Slice(m.name, m.dim, len(m.unit_of), idx))
-            if m.name not in shapes:
-                shapes[m.name] = tuple(a.traced.tensor(m.name).shape)
-    attrs = []
-    seen = set()
-    pending: dict[tuple[str, str], tuple] = {}
-    for fix in a.coupling.attr_fixes:
-        width = a.kept_width(fix.dim, keep) * fix.scale // fix.divisor
-        mod = model.get_submodule(fix.module) if fix.module else model
-        old = getattr(mod, fix.attr)
-        if fix.index is None:
-            new = width
-        else:  # one element of a tuple attribute; several fixes may touch one tuple
-            base = pending.get((fix.module, fix.attr), (old, tuple(old)))[1]
-            new = tuple(width if i == fix.index else v for i, v in enumerate(base))
-            pending[(fix.module, fix.attr)] = (old, new)
-            continue
-        if new != old and (fix.module, fix.attr) not in seen:
-            seen.add((fix.module, fix.attr))
-            attrs.append(AttrUpdate(fix.module, fix.attr, int(old), int(new)))
-    for (module, attr), (old, new) in pending.items():
-        if tuple(new) != tuple(old):
-            attrs.append(AttrUpdate(module, attr, list(old), list(new)))
+    decisions = [Decision(g.id, g.kind.value, g.n_units, int(mask.sum()), tuple(sorted({m.name for m in g.tensors})),
+                          g.reason) for g, mask in zip(a.groups, keep)]
+    slices, shapes = slices_for(a.groups, keep, lambda name: tuple(a.traced.tensor(name).shape))
+    attrs = attr_updates(model, a.coupling.attr_fixes, lambda key: a.kept_width(key, keep))
     drops = tuple(name for gi, g in enumerate(a.groups) if g.layers
                   for u, name in enumerate(g.layers) if not keep[gi][u])
     flops = a.cost("flops")
@@ -458,7 +422,7 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
     c = a.cost(metric)
     config = ()
     if a.config_model is not None:
-        from .hf import config_updates, invalid
+        from ..analysis.hf import config_updates, invalid
         config = tuple(AttrUpdate("config", f, old, new) for f, old, new in config_updates(a, a.config_model, keep))
         problem = invalid(a.config_model.config, {u.attr: u.new for u in config})
         if problem:

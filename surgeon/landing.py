@@ -1,0 +1,133 @@
+"""The one landing loop: plan, apply, measure with the independent counter, re-aim.
+
+The planner's cost model is exact for what it models, but the independent counter
+(``torch.utils.flop_counter``, ``parameters()``, or the measured latency) has the last word:
+while the two disagree by more than the tolerance, the goal is re-aimed and the plan made
+again (at most four times), and the landing closest to the target is kept. ``shrink``,
+``plan(..., verify=True)`` and the CLI all land through :func:`land`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis import Analysis
+from .errors import PlanError, SurgeryError
+from .graph.trace import count_known, eval_mode, run_model, shapes_of
+from .options import Metric, ShrinkConfig
+from .planning.plan import Plan
+from .surgery import apply
+from .verify import count_params, measure
+
+__all__ = ["Landing", "land"]
+
+ATTEMPTS = 4
+TOLERANCE = 0.004  # of a counted target: well inside the 0.01 the API promises
+
+
+@dataclass(frozen=True)
+class Landing:
+    """A plan, the shrunk copy it made, and what the independent counter measured of it."""
+
+    model: nn.Module
+    plan: Plan
+    analysis: Analysis
+    measured: float  # the cost ratio the independent counter (or the runtime) measured
+    flops: int | None  # FLOPs of the shrunk model, when verified
+
+
+def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, plan_for) -> Landing:
+    """Plan with ``plan_for(goal)``, apply, measure and re-aim until the measured ratio is within
+    the tolerance of ``cfg.target``; the best landing wins. ``a`` is the model's analysis."""
+    from .latency import LATENCY_TOL, measured_ratio, reaim
+
+    want, goal = cfg.target, cfg.target
+    base = a.cost(plan_for.metric_key).base
+    best: tuple | None = None
+    tried: list[tuple[float, float]] = []
+    for attempt in range(ATTEMPTS):
+        try:
+            p = plan_for(goal)
+        except PlanError:
+            if attempt == 0:
+                raise  # the user's own target is out of reach
+            break  # a re-aimed goal fell past the floor: keep the best landing so far
+        small = apply(model, p)
+        if not cfg.verify:
+            check_config(a, small, cfg.uniform)
+            return Landing(small, p, a, p.ratio, None)
+        flops = _verify_runs(a, small, example_input, p)
+        if cfg.metric is Metric.LATENCY:  # measured end to end, interleaved with the dense model
+            got, tol = measured_ratio(model, small, example_input, cfg.runtime_name), LATENCY_TOL * want
+        else:
+            cost = flops if cfg.metric is Metric.FLOPS else count_params(small)
+            got, tol = (cost / base if base else 1.0), TOLERANCE
+        if best is None or abs(got - want) < abs(best[2] - want):
+            best = (small, p, got, flops)
+        if abs(got - want) <= tol or want >= 1.0 or got <= 0:
+            break
+        tried.append((goal, got))
+        goal = reaim(tried, want) if cfg.metric is Metric.LATENCY else min(1.0, max(1e-6, goal * want / got))
+    small, p, got, flops = best
+    check_config(a, small, cfg.uniform)
+    return Landing(small, p, a, got, flops)
+
+
+def check_config(a: Analysis, small: nn.Module, uniform: bool | None) -> None:
+    """A Hugging Face model's config must still build it (so ``from_pretrained`` reloads it)."""
+    from .analysis.hf import check_config as problem_of
+
+    problem = problem_of(small)
+    if problem is None:
+        return
+    if a.config_model is not None:
+        raise SurgeryError(f"the pruned model's config does not describe it ({problem}); this is a "
+                           "bug in surgeon's config fix-ups, please report it with the model")
+    if uniform is False:
+        warnings.warn(f"uniform=False: {type(small).__name__}.config no longer describes the pruned "
+                      f"widths ({problem}), so from_pretrained cannot rebuild it; save the whole module "
+                      "with torch.save(model) or keep the default uniform widths", stacklevel=4)
+
+
+def _verify_runs(a: Analysis, small: nn.Module, example_input: Any, p: Plan) -> int:
+    """Run the shrunk model once: it must work and keep the output shapes. Returns its FLOPs."""
+    expected = a.traced.reference_shapes
+    try:
+        known = count_known(small, example_input) if a.traced.plain else None
+        if known is not None:  # every op of the capture has its FLOPs known from shapes
+            flops, got = known[0], shapes_of(known[1])
+        else:
+            flops, got = measure(small, example_input)
+    except Exception as exc:  # noqa: BLE001 - reported with context below
+        raise SurgeryError(_failure(small, example_input, p, exc)) from exc
+    if got != expected:
+        raise SurgeryError(f"the shrunk model's output shapes changed: {expected} -> {got}; "
+                           f"this is a bug in a coupling rule, please report it with the model")
+    return flops
+
+
+def _failure(small: nn.Module, example_input: Any, p: Plan, exc: Exception) -> str:
+    """Find the module that failed and the groups that touched it."""
+    entered: list[str] = []
+    names = {id(m): n for n, m in small.named_modules()}
+    hooks = [m.register_forward_pre_hook(lambda mod, _a: entered.append(names[id(mod)]))
+             for m in small.modules()]
+    try:
+        with eval_mode(small), torch.no_grad():
+            run_model(small, example_input)
+    except Exception:  # noqa: BLE001 - we only want to know where it stopped
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    where = entered[-1] if entered else "<top level>"
+    groups = [d.group for d in p.decisions if d.kept < d.units
+              and any(t.startswith(where + ".") or t.rpartition(".")[0] == where for t in d.tensors)]
+    return (f"the shrunk model fails to run in module '{where}' ({type(exc).__name__}: {exc}); "
+            f"groups touching it: {groups or 'none directly'}. This is a bug in a coupling rule or "
+            f"an attribute fix-up; pass ignore=['{where}'] to keep that module whole meanwhile")
