@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._atomic import write_bytes
 from ..graph.trace import _quiet_torch_logs
 from ._base import at_batch, batch_of, flat_inputs
+from ._files import data_files
 
 __all__ = ["capture", "input_names", "first_line"]
 
@@ -122,14 +124,14 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, path: str, opset: int |
     key = _key(model, args, kwargs, opset, dynamic_batch)
     hit = next((c for c in _last if c.model() is model and c.key == key), None)
     if hit is not None:
-        Path(path).write_bytes(hit.data)
+        write_bytes(path, hit.data)
         notes.extend(hit.notes)
         return hit.exporter
     mine: list[str] = []
     exporter = _capture(model, args, kwargs, path, opset, dynamic_batch, mine)
     notes.extend(mine)
     _last.clear()
-    if os.path.getsize(path) <= _CACHE_BYTES:
+    if not data_files(path) and os.path.getsize(path) <= _CACHE_BYTES:  # the bytes alone are the whole file
         _last.append(_Capture(weakref.ref(model), key, Path(path).read_bytes(), exporter, tuple(mine)))
     return exporter
 

@@ -1,7 +1,8 @@
 """File-to-file steps for edge runtimes: simplify (onnxslim), fp16, int8, ORT format.
 
 Each step reads one file and writes another in the caller's scratch folder, so a failure
-never leaves a half-written result where the user asked for it.
+never leaves a half-written result where the user asked for it; the files surgeon writes itself
+go through :func:`._files.save_model` (atomic, weights past 2 GiB in an external data file).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .._atomic import atomic_path
+from . import _files
 from ._base import ExportError, flat_inputs
 
 __all__ = ["simplify", "to_fp16", "quantize", "to_ort", "DTYPES", "QUANTIZE"]
@@ -29,8 +32,6 @@ def simplify(src: str, dst: str, notes: list[str]) -> bool:
     Weight tying is skipped: it merges tensors only because their values happen to be equal (the
     zero biases of a freshly initialised model), which says nothing about the architecture.
     """
-    import onnx
-
     try:
         import onnxslim
     except ImportError:
@@ -41,7 +42,7 @@ def simplify(src: str, dst: str, notes: list[str]) -> bool:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             slim = onnxslim.slim(src, skip_optimizations=["weight_tying"])
-        onnx.save(slim, dst)
+        _files.save_model(slim, dst)
         return True
     except Exception as exc:  # noqa: BLE001 - a failed simplification only costs size, not correctness
         reason = f"onnxslim failed ({type(exc).__name__}: {str(exc)[:200]}); the file is not simplified"
@@ -60,7 +61,7 @@ def to_fp16(src: str, dst: str) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(src), keep_io_types=True)
-    onnx.save(model, dst)
+    _files.save_model(model, dst)
 
 
 class _Reader:
@@ -93,18 +94,21 @@ def quantize(src: str, dst: str, mode: str, names: list[str], calibration: list[
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = f"{scratch}/preprocessed.onnx"
+    big = _files.total_bytes(src) >= _files.EXTERNAL_DATA_FROM  # protobuf cannot hold these weights inline
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            quant_pre_process(src, pre, skip_symbolic_shape=True)
+            quant_pre_process(src, pre, skip_symbolic_shape=True, save_as_external_data=big,
+                              all_tensors_to_one_file=True)
         except Exception as exc:  # noqa: BLE001 - pre-processing only helps; quantize the plain file
             log.info("onnxruntime's quantization pre-processing failed (%s); quantizing without it", exc)
             pre = src
         if mode == "dynamic":
-            quantize_dynamic(pre, dst, weight_type=QuantType.QUInt8 if _has_conv(pre) else QuantType.QInt8)
+            quantize_dynamic(pre, dst, weight_type=QuantType.QUInt8 if _has_conv(pre) else QuantType.QInt8,
+                             use_external_data_format=big)
             return
         quantize_static(pre, dst, _Reader(names, calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=big)
 
 
 def _has_conv(path: str) -> bool:
@@ -121,11 +125,12 @@ def to_ort(src: str, dst: str) -> None:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.optimized_model_filepath = dst
     so.add_session_config_entry("session.save_model_format", "ORT")
     try:
-        ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"],
-                             disabled_optimizers=["NchwcTransformer"])
+        with atomic_path(dst, ".ort") as tmp:
+            so.optimized_model_filepath = str(tmp)
+            ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=["NchwcTransformer"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ExportError(f"onnxruntime could not convert the file to ORT format: {exc}") from exc
 

@@ -7,17 +7,19 @@
 >>> report.weights == report.params - report.folded, report.max_rel_error < 1e-4
 (True, True)
 
-The steps, each on a file in a scratch folder beside ``path`` (moved into place only once
-everything passed, so a failure leaves nothing behind):
+The steps, each on a file in a scratch folder beside ``path``:
 
 1. capture: the dynamo exporter (``torch.export`` + onnxscript's optimizer, which folds
    BatchNorm), or the TorchScript exporter when dynamo fails (the reason is logged and noted);
-2. ``simplify``: onnxslim (constant folding, fusions, dead code);
-3. parity of the fp32 file against PyTorch on the example input and, with ``dynamic_batch``, on
-   a second batch size; the accounting of its weights (see :class:`ExportReport`);
-4. ``dtype="fp16"`` or ``quantize="dynamic" | "static"``: the edge file, checked again (fp16
-   against PyTorch, int8 by top-1 agreement on random inputs);
-5. ``ort_format``: the ``.ort`` file beside ``path``, loaded and checked like the ONNX file.
+2. ``simplify``: onnxslim (constant folding, fusions, dead code), kept if it matches PyTorch;
+3. the accounting of the fp32 file's weights (see :class:`ExportReport`);
+4. ``dtype="fp16"`` or ``quantize="dynamic" | "static"``: the edge file;
+5. ``ort_format``: the ``.ort`` file beside ``path``;
+6. publish: the files are renamed into place (weights past 2 GiB, protobuf's limit, in
+   ``path + ".data"``, renamed before ``path``), then checked where they now lie: parity of the
+   file against PyTorch on the example input and, with ``dynamic_batch``, a second batch size
+   (fp16 and int8 files also by top-1 agreement on random inputs), the ``.ort`` file likewise. If
+   a check fails or anything is interrupted, what was at the destination before is put back.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from torch import nn
 
 from ..graph.trace import eval_mode, normalize_inputs
 from ..verify import first_tensor
-from . import _edge, _runtime
-from ._account import account, count_weights, watch
+from . import _edge, _files, _runtime
+from ._account import Accounting, account, count_weights, watch
 from ._base import ExportError, at_batch, batch_of, flat_inputs
 from ._capture import capture, first_line, input_names
 
@@ -63,7 +65,7 @@ class ExportReport:
 
     path: str
     exporter: str  # "dynamo" or "torchscript"
-    file_bytes: int
+    file_bytes: int  # the .onnx file and its external data file
     weights: int  # elements of the file's weight tensors (float, and int8 for quantized files)
     params: int  # parameters of the model
     bn_folded: int  # BatchNorm layers folded into the conv/linear that feeds them
@@ -76,6 +78,7 @@ class ExportReport:
     max_rel_error: float
     batch_sizes: tuple[int, ...]  # batch sizes the parity was checked on
     latency_ms: float  # onnxruntime CPU, median of 10 runs on the example input
+    data_path: str | None = None  # the weights beside ``path`` when they pass protobuf's 2 GiB limit
     dtype: str = "fp32"
     quantize: str | None = None
     agreement: float | None = None  # top-1 agreement with PyTorch on random inputs (fp16 and int8 files)
@@ -189,8 +192,12 @@ def export(model: nn.Module, example_input: Any, path: str | os.PathLike, *, ops
     ``rtol``: the relative error that fails the export (default 1e-4 for fp32, 1e-2 for fp16);
     int8 files are judged by their top-1 agreement, which the report gives.
 
+    Weights past protobuf's 2 GiB limit go to ``path + ".data"`` beside it (``data_path`` in the
+    report): keep the two files together.
+
     Raises :class:`ExportError` when the file cannot be written or disagrees with PyTorch, and
-    ``ValueError`` for an unknown option; nothing is left at ``path`` then.
+    ``ValueError`` for an unknown option; what was at ``path`` (and beside it) is left as it was
+    then, and so on any other failure or Ctrl-C.
     """
     _require()
     (args, kwargs), req = _request(model, example_input, path, opset, dynamic_batch, simplify, dtype, quantize,
@@ -200,26 +207,30 @@ def export(model: nn.Module, example_input: Any, path: str | os.PathLike, *, ops
     except OSError as exc:
         raise ExportError(f"cannot write in folder {req.path.parent}: {exc}; pass a path in a writable folder") from exc
     try:
-        report = _export(model, args, kwargs, req, scratch)
-        _publish(scratch, req)
+        built = _build(model, args, kwargs, req, scratch)
+        # the weights a previous export left beside path go, unless this export writes them again
+        with _files.publish(built.moves, scratch, retire=_files.previous_data(req.path)):
+            return _checked(model, args, kwargs, req, built)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return report
 
 
-def _publish(scratch: str, req: _Request) -> None:
-    """Move the checked files into place (the ``.ort`` first, removed again if the ONNX move fails)."""
-    if req.ort_path is not None:
-        os.replace(os.path.join(scratch, "final.ort"), req.ort_path)
-    try:
-        os.replace(os.path.join(scratch, "final.onnx"), req.path)
-    except OSError as exc:
-        if req.ort_path is not None:
-            req.ort_path.unlink(missing_ok=True)
-        raise ExportError(f"cannot write {req.path}: {exc}") from exc
+@dataclass
+class _Built:
+    """The files an export built in its scratch folder, and what is known of them before publishing."""
+
+    exporter: str
+    acc: Accounting
+    cases: list  # (args, kwargs, reference or None) the files are checked on
+    simplified: bool
+    edge: bool  # the published file is not the fp32 file itself (fp16 or int8)
+    data_path: Path | None  # the external data file, at its destination
+    moves: list[tuple[Path, Path]]  # (built, destination), in the order they are renamed
+    notes: list[str]
 
 
-def _export(model: nn.Module, args: tuple, kwargs: dict, req: _Request, scratch: str) -> ExportReport:
+def _build(model: nn.Module, args: tuple, kwargs: dict, req: _Request, scratch: str) -> _Built:
+    """Capture, simplify, account, convert: every file the export publishes, in ``scratch``."""
     import onnx
 
     notes: list[str] = []
@@ -234,50 +245,65 @@ def _export(model: nn.Module, args: tuple, kwargs: dict, req: _Request, scratch:
                               f"{type(model).__name__}: {first_line(exc)}; the dynamo exporter's reason is "
                               f"in the log") from exc
     cases = _cases(args, kwargs, ref, req.dynamic_batch)
-    fp32, simplified, checked = _fp32_file(model, raw, cases, req, scratch, notes)
-    fp32_file = onnx.load(fp32)
-    acc = account(model, seen, fp32_file)
+    fp32, simplified = _fp32_file(model, raw, cases, req, scratch, notes)
+    acc = account(model, seen, onnx.load(fp32, load_external_data=False))  # shapes suffice, not the weights
     if acc.eliminated:
         notes.append(f"the file holds {-acc.eliminated} more weights than predicted" if acc.eliminated < 0 else
                      f"{acc.eliminated} parameters are missing from the file beyond BatchNorm folding "
                      f"(all-zero biases or constants the optimizers removed)")
-    final = os.path.join(scratch, "final.onnx")
+    out = Path(scratch) / "out"  # the files under their final names, apart from the steps' own files
+    out.mkdir()
+    final = out / req.path.name
     edge = _edge_file(fp32, final, req, scratch, input_names(args, kwargs))
-    sess = _runtime.session(final)
-    agreement = None
-    if edge:
-        checked = _runtime.parity(sess, model, cases)
-        if req.quantize is None:
-            _fail_if(checked, req.rtol, req.dtype)
-        agreement = _agreement(sess, model, args, kwargs, req)
-    ort = _check_ort(final, req, model, args, kwargs, cases, scratch) if req.ort_path else (None, None)
+    data = [(d, req.path.parent / d.name) for d in _files.data_files(final)]
+    ort = []
+    if req.ort_path is not None:
+        _edge.to_ort(str(final), str(out / req.ort_path.name))
+        ort = [(out / req.ort_path.name, req.ort_path)]
+    moves = data + ort + [(final, req.path)]  # the .onnx last, once its weights are in place
+    return _Built(exporter, acc, cases, simplified, edge, data[0][1] if data else None, moves, notes)
+
+
+def _checked(model: nn.Module, args: tuple, kwargs: dict, req: _Request, built: _Built) -> ExportReport:
+    """Load the published files where they lie, check them against PyTorch and report."""
+    import onnx
+
+    sess = _runtime.session(str(req.path))  # the file as written, reading its data file beside it
+    checked = _runtime.parity(sess, model, built.cases)
+    if req.quantize is None:
+        _fail_if(checked, req.rtol, req.dtype)
+    agreement = _agreement(sess, model, args, kwargs, req) if built.edge else None
+    ort = _check_ort(req, model, args, kwargs, built.cases) if req.ort_path else (None, None)
     names = {n for n, _ in model.named_parameters()}
+    acc = built.acc
     return ExportReport(
-        path=str(req.path), exporter=exporter, file_bytes=os.path.getsize(final),
-        weights=count_weights(onnx.load(final), names), params=acc.params, bn_folded=acc.bn_folded,
-        folded=acc.folded, unused=acc.unused, derived=acc.derived, eliminated=acc.eliminated,
-        max_abs_error=checked.max_abs_error, max_rel_error=checked.max_rel_error, batch_sizes=checked.batch_sizes,
-        latency_ms=_runtime.latency_ms(sess, args, kwargs), dtype=req.dtype, quantize=req.quantize,
+        path=str(req.path), exporter=built.exporter, file_bytes=_files.total_bytes(req.path),
+        weights=count_weights(onnx.load(str(req.path), load_external_data=False), names), params=acc.params,
+        bn_folded=acc.bn_folded, folded=acc.folded, unused=acc.unused, derived=acc.derived,
+        eliminated=acc.eliminated, max_abs_error=checked.max_abs_error, max_rel_error=checked.max_rel_error,
+        batch_sizes=checked.batch_sizes, latency_ms=_runtime.latency_ms(sess, args, kwargs),
+        data_path=str(built.data_path) if built.data_path else None, dtype=req.dtype, quantize=req.quantize,
         agreement=agreement, ort_path=str(req.ort_path) if req.ort_path else None, ort_max_rel_error=ort[0],
-        ort_agreement=ort[1], simplified=simplified, notes=tuple(notes))
+        ort_agreement=ort[1], simplified=built.simplified, notes=tuple(built.notes))
 
 
-def _fp32_file(model: nn.Module, raw: str, cases: list, req: _Request, scratch: str, notes: list[str]):
-    """The simplified file if it matches PyTorch, else the exporter's own file if that one does.
-    Returns (path, simplified, parity)."""
+def _fp32_file(model: nn.Module, raw: str, cases: list, req: _Request, scratch: str,
+               notes: list[str]) -> tuple[str, bool]:
+    """The simplified file if it matches PyTorch, else the exporter's own file (checked here when an
+    edge file is made from it, else once published). Returns (path, simplified)."""
     rtol = req.rtol if req.dtype == "fp32" and req.quantize is None else RTOL["fp32"]
     slim = os.path.join(scratch, "fp32.onnx")
     if req.simplify and _edge.simplify(raw, slim, notes):
         checked = _runtime.parity(_runtime.session(slim), model, cases)
         if checked.max_rel_error <= rtol:
-            return slim, True, checked
+            return slim, True
         reason = (f"onnxslim changed the results (relative error {checked.max_rel_error:.1e}); "
                   f"kept the file unsimplified")
         log.warning(reason)
         notes.append(reason)
-    checked = _runtime.parity(_runtime.session(raw), model, cases)
-    _fail_if(checked, rtol, "fp32")
-    return raw, False, checked
+    if req.quantize is not None or req.dtype != "fp32":
+        _fail_if(_runtime.parity(_runtime.session(raw), model, cases), rtol, "fp32")
+    return raw, False
 
 
 def _cases(args: tuple, kwargs: dict, ref: torch.Tensor, dynamic_batch: bool) -> list:
@@ -297,22 +323,24 @@ def _fail_if(p: _runtime.Parity, rtol: float, what: str) -> None:
                           f"please report the model, and try simplify=False or opset= meanwhile")
 
 
-def _edge_file(fp32: str, final: str, req: _Request, scratch: str, names: list[str]) -> bool:
+def _edge_file(fp32: str, final: Path, req: _Request, scratch: str, names: list[str]) -> bool:
     """Write the file the user asked for at ``final``; True if it is not the fp32 file itself."""
     if req.quantize is not None:
+        int8 = os.path.join(scratch, "int8.onnx")
         try:
-            _edge.quantize(fp32, final, req.quantize, names, req.calibration, scratch)
+            _edge.quantize(fp32, int8, req.quantize, names, req.calibration, scratch)
         except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many kinds of errors
             raise ExportError(f"onnxruntime.quantization could not quantize the file ({req.quantize}): "
                               f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        _files.finalize(int8, final)  # onnxruntime names its data file after int8.onnx
         return True
     if req.dtype == "fp16":
         try:
-            _edge.to_fp16(fp32, final)
+            _edge.to_fp16(fp32, str(final))
         except Exception as exc:  # noqa: BLE001 - the float16 converter raises many kinds of errors
             raise ExportError(f"the float16 conversion failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
         return True
-    os.replace(fp32, final)
+    _files.finalize(fp32, final)
     return False
 
 
@@ -322,13 +350,10 @@ def _agreement(sess, model: nn.Module, args: tuple, kwargs: dict, req: _Request)
     return _runtime.agreement(sess, model, args, kwargs, samples, batch)
 
 
-def _check_ort(final: str, req: _Request, model: nn.Module, args: tuple, kwargs: dict, cases: list,
-               scratch: str) -> tuple[float, float]:
-    """Write the ``.ort`` file, load it back and check it like the ONNX file: its relative error
-    against PyTorch, and its top-1 agreement on random inputs."""
-    ort_file = os.path.join(scratch, "final.ort")
-    _edge.to_ort(final, ort_file)
-    sess = _runtime.session(ort_file)
+def _check_ort(req: _Request, model: nn.Module, args: tuple, kwargs: dict, cases: list) -> tuple[float, float]:
+    """Check the published ``.ort`` file like the ONNX file: its relative error against PyTorch, and
+    its top-1 agreement on random inputs."""
+    sess = _runtime.session(str(req.ort_path))
     checked = _runtime.parity(sess, model, cases)
     if req.quantize is None:
         _fail_if(checked, req.rtol, f"{req.dtype} .ort")
