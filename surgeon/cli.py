@@ -1,13 +1,15 @@
 """The ``surgeon`` command line: ``inspect``, ``shrink`` and ``export`` a model named by a SPEC.
 
     surgeon inspect torchvision:resnet50
-    surgeon shrink torchvision:resnet50 --target 0.5 --onnx r50.onnx --report report.html
+    surgeon shrink torchvision:resnet50 --target 0.5 --out small.pt --onnx r50.onnx --report report.html
     surgeon export small.pt --onnx small.onnx
 
 A SPEC is ``torchvision:NAME``, ``timm:NAME``, ``hf:PATH`` (a local config file or model folder;
-random weights), ``file.py:FUNCTION`` (returns a model, or ``(model, example_input)``) or a saved
-``.pt`` model (``torch.save(model, path)``). Exit codes: 0 done, 1 the work failed, 2 bad usage.
-Progress goes to stderr; ``--json`` prints one JSON document on stdout.
+random weights), ``file.py:FUNCTION`` (returns a model, or ``(model, example_input)``) or a
+checkpoint written by ``surgeon shrink --out`` (see :mod:`surgeon.checkpoint`). Files are read
+without running code from them (``torch.load(weights_only=True)``, safetensors, numpy without
+pickle); a whole pickled model loads only with ``--trust-pickle``. Exit codes: 0 done, 1 the
+work failed, 2 bad usage. Progress goes to stderr; ``--json`` prints one JSON document on stdout.
 """
 
 from __future__ import annotations
@@ -24,191 +26,18 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .graph.trace import shapes_of
+from .specs import (LOSS_CRITERIA, SPEC_HELP, Failure, Loaded, UsageError,  # noqa: F401
+                    load_data, load_spec, parse_shape)
 
-__all__ = ["main", "load_spec", "UsageError", "Failure"]
+__all__ = ["main", "load_spec", "load_data", "shrink_options", "UsageError", "Failure"]
 
-PREFIXES = ("torchvision", "timm", "hf")
-SPEC_HELP = ("torchvision:NAME, timm:NAME, hf:PATH (config file or folder), file.py:FUNCTION, "
-             "or a saved model.pt")
-
-
-class UsageError(Exception):
-    """The command line is wrong: exit code 2, with what to change."""
-
-
-class Failure(Exception):
-    """The work itself failed: exit code 1."""
-
-
-# ---- model specs -----------------------------------------------------------------------------
-@dataclass
-class Loaded:
-    model: nn.Module
-    example_input: Any
-    spec: str
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1,3,224,224"`` (or ``"1x3x224x224"``) -> ``(1, 3, 224, 224)``.
-
-    >>> parse_shape("1,3,224,224"), parse_shape("1x128")
-    ((1, 3, 224, 224), (1, 128))
-    """
-    if not re.fullmatch(r"\s*\d+(\s*[,x]\s*\d+)*\s*", text) or any(int(d) < 1 for d in re.findall(r"\d+", text)):
-        raise UsageError(f"--input {text!r} is not a shape; write positive sizes like 1,3,224,224")
-    return tuple(int(d) for d in re.findall(r"\d+", text))
-
-
-def _need(module: str, extra: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise UsageError(f"this spec needs {module}, which is not installed: pip install {extra}") from exc
-
-
-def _torchvision(name: str) -> tuple[nn.Module, tuple[int, ...]]:
-    tv = _need("torchvision", "torchvision")
-    try:
-        model = tv.models.get_model(name, weights=None)
-    except ValueError as exc:
-        close = difflib.get_close_matches(name, tv.models.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
-        raise UsageError(f"torchvision has no model '{name}'{hint}") from exc
-    size = 224
-    with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
-        size = int(tv.models.get_model_weights(name).DEFAULT.transforms().crop_size[0])
-    return model, (1, 3, size, size)
-
-
-def _timm(name: str) -> tuple[nn.Module, tuple[int, ...]]:
-    timm = _need("timm", "timm")
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-        raise UsageError(f"timm has no model '{name}'{hint}")
-    model = timm.create_model(name, pretrained=False)
-    size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
-    return model, (1, *size)
-
-
-def _hf(path: str) -> tuple[nn.Module, None]:
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"hf: {path} does not exist; pass a local folder with config.json or a config file "
-                         "(surgeon never downloads)")
-    if p.is_dir() and not (p / "config.json").exists():
-        raise UsageError(f"hf: {path} has no config.json; pass a model folder or a config.json file")
-    transformers = _need("transformers", "transformers")
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(p), local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"hf: cannot read a config from {path}: {exc}") from exc
-    if hasattr(config, "use_cache"):
-        config.use_cache = False  # a cache object in the output cannot be traced
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
-    return model, None
-
-
-def _load_factory(file: str, func: str) -> Loaded:
-    path = Path(file)
-    if not path.is_file():
-        raise UsageError(f"{file} not found; SPEC file.py:FUNCTION needs an existing Python file")
-    spec = importlib.util.spec_from_file_location(f"_surgeon_spec_{abs(hash(str(path.resolve())))}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - the user's file; reported with what to fix
-        raise Failure(f"importing {file} raised {type(exc).__name__}: {exc}; fix the file") from exc
-    factory = getattr(module, func, None)
-    if not callable(factory):
-        have = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        raise UsageError(f"{file} has no function '{func}'; define it or name one of: {', '.join(have) or 'none'}")
-    try:
-        out = factory()
-    except Exception as exc:  # noqa: BLE001 - the user's factory; reported with what to fix
-        raise Failure(f"factory {file}:{func}() raised {type(exc).__name__}: {exc}; fix the factory") from exc
-    example = None
-    if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], nn.Module):
-        out, example = out
-    if not isinstance(out, nn.Module):
-        raise Failure(f"factory {file}:{func}() returned {type(out).__name__}; return an nn.Module "
-                      "or (model, example_input)")
-    return Loaded(out, example, f"{file}:{func}")
-
-
-def _load_saved(file: str) -> Loaded:
-    path = Path(file)
-    if not path.is_file():
-        raise UsageError(f"{file} not found; pass a model saved with torch.save(model, '{path.name}')")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - pickle errors come in every type
-        raise Failure(f"cannot load {file} ({type(exc).__name__}: {exc}); is it a torch.save file "
-                      "whose model classes are importable here?") from exc
-    example = None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
-        obj, example = obj["model"], obj.get("example_input")
-    if not isinstance(obj, nn.Module):
-        what = "a state_dict" if isinstance(obj, dict) else type(obj).__name__
-        raise UsageError(f"{file} holds {what}, not a model; save the whole module with "
-                         "torch.save(model, path), or use file.py:FUNCTION to build it")
-    return Loaded(obj, example, file)
-
-
-def _default_input(model: nn.Module, shape: tuple[int, ...] | None) -> Any:
-    """Random tokens for a transformers text model, pixels for one that sees images, else randn."""
-    config = getattr(model, "config", None)
-    main = getattr(model, "main_input_name", None)
-    if config is not None and main == "input_ids":
-        longest = getattr(config, "max_position_embeddings", 32) or 32
-        shape = shape or (1, min(32, longest))
-        return {"input_ids": torch.randint(0, getattr(config, "vocab_size", 100), shape)}
-    if config is not None and main == "pixel_values":
-        size = getattr(config, "image_size", 224)
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        shape = shape or (1, getattr(config, "num_channels", 3), size, size)
-        return {"pixel_values": torch.randn(shape)}
-    return torch.randn(shape or (1, 3, 224, 224))
-
-
-def load_spec(spec: str, shape: tuple[int, ...] | None = None) -> Loaded:
-    """Build the model a SPEC names and its example input (``shape`` overrides the default)."""
-    prefix, sep, rest = spec.partition(":")
-    builders: dict[str, Callable] = {"torchvision": _torchvision, "timm": _timm, "hf": _hf}
-    if sep and prefix in builders:
-        if not rest:
-            raise UsageError(f"'{spec}' names no model; write {prefix}:NAME")
-        model, default = builders[prefix](rest)
-        x = _default_input(model, shape or default) if prefix != "hf" else _default_input(model, shape)
-        return Loaded(model.eval(), x, spec)
-    if spec.endswith((".pt", ".pth")):
-        loaded = _load_saved(spec)
-    elif ".py:" in spec:
-        file, _, func = spec.rpartition(":")
-        loaded = _load_factory(file, func)
-    elif spec.endswith(".py"):
-        raise UsageError(f"name the function that builds the model: {spec}:FUNCTION")
-    elif sep:
-        raise UsageError(f"unknown model spec prefix '{prefix}:' in '{spec}'; use {SPEC_HELP}")
-    else:
-        raise UsageError(f"'{spec}' is not a model spec; use {SPEC_HELP}")
-    if shape is not None or loaded.example_input is None:
-        loaded.example_input = _default_input(loaded.model, shape)
-    loaded.model.eval()
-    return loaded
-
-
-# ---- progress on stderr ------------------------------------------------------------------------
 class Progress:
     """One line per step on stderr, with a live elapsed-time spinner when stderr is a terminal."""
 
@@ -252,12 +81,15 @@ class Progress:
 
 
 # ---- commands ------------------------------------------------------------------------------------
-def _analyze(model: nn.Module, x: Any, ignore: str | None):
-    from .analysis import analyze
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
 
-    names = [n.strip() for n in (ignore or "").split(",") if n.strip()]
+
+def _analyze(model: nn.Module, x: Any, args):
+    from . import analyze
+
     try:
-        return analyze(model, x, names)
+        return analyze(model, x, _names(args.ignore), getattr(args, "uniform", None), getattr(args, "layers", False))
     except AttributeError as exc:
         raise UsageError(f"--ignore names a module the model does not have ({exc})") from exc
 
@@ -284,7 +116,7 @@ def _check_out(path: str | None, flag: str) -> None:
 def _load(args, prog: Progress) -> Loaded:
     shape = parse_shape(args.input) if args.input else None
     with prog.step(f"loading {args.spec}"):
-        return load_spec(args.spec, shape)
+        return load_spec(args.spec, shape, trust_pickle=args.trust_pickle)
 
 
 def _group_rows(a) -> list[dict]:
@@ -299,10 +131,10 @@ def cmd_inspect(args, prog: Progress) -> int:
     _check_out(args.viz, "--viz")
     loaded = _load(args, prog)
     with prog.step("tracing, coupling and grouping"):
-        a = _analyze(loaded.model, loaded.example_input, args.ignore)
+        a = _analyze(loaded.model, loaded.example_input, args)
     rows = _group_rows(a)
     if args.viz:
-        from .viz import visualize
+        from . import visualize
 
         with prog.step(f"drawing {args.viz}"):
             visualize(loaded.model, loaded.example_input, args.viz, analysis=a, title=args.spec)
@@ -324,36 +156,50 @@ def cmd_inspect(args, prog: Progress) -> int:
     return 0
 
 
-def _cut(a, model: nn.Module, x: Any, args):
-    """Plan and apply, re-aiming while the independent counter disagrees (as surgeon.shrink does),
-    keeping the plan so that it can be saved and drawn."""
-    from .api import apply, plan
-    from .errors import SurgeonError
-    from .verify import count_params, measure
+def shrink_options(args) -> dict:
+    """Every shrink option of the command line, as the keyword arguments ``surgeon.shrink`` takes
+    (``surgeon.shrink(model, x, **shrink_options(args))``); ``--data`` is read here, once."""
+    if args.data and getattr(args, "batches", None) is None:
+        args.batches = load_data(args.data, args.trust_pickle)
+    return {"target": args.target, "metric": args.metric, "criterion": args.criterion, "round_to": args.round_to,
+            "ignore": _names(args.ignore), "min_keep": args.min_keep, "uniform": args.uniform,
+            "layers": args.layers, "runtime": args.runtime, "data": getattr(args, "batches", None),
+            "compensate": args.compensate}
 
-    base, want = a.cost(args.metric).base, args.target
-    goal, best = want, None
-    for _ in range(4):
-        try:
-            p = plan(model, x, goal, metric=args.metric, criterion=args.criterion, round_to=args.round_to,
-                     analysis=a)
-            small = apply(model, p)
-            flops, shapes = measure(small, x)
-        except SurgeonError as exc:
-            raise Failure(str(exc)) from exc
-        if shapes != a.traced.reference_shapes:
-            raise Failure(f"the shrunk model's output shapes changed ({a.traced.reference_shapes} -> {shapes}); "
-                          "this is a bug in a coupling rule: please report it; --ignore MODULE keeps a module whole")
-        got = (flops if args.metric == "flops" else count_params(small)) / base
-        if best is None or abs(got - want) < best[3]:
-            best = (small, p, flops, abs(got - want))
-        if abs(got - want) <= 0.004 or want >= 1.0 or got <= 0:
-            break
-        goal = min(1.0, max(1e-6, goal * want / got))
-    return best[0], best[1], best[2]
+
+def _cut(a, model: nn.Module, x: Any, args):
+    """Plan, apply, measure and re-aim through the API's one landing loop (:mod:`surgeon.landing`),
+    keeping the plan so that it can be saved and drawn; returns (small, plan, its FLOPs)."""
+    from .api import shrink_landing
+    from .errors import SurgeonError
+    from .options import ShrinkConfig
+
+    try:
+        landing = shrink_landing(model, x, ShrinkConfig.of(**shrink_options(args)), analysis=a)
+    except SurgeonError as exc:
+        raise Failure(str(exc)) from exc
+    return landing.model, landing.plan, landing.flops
+
+
+def _criterion(args):
+    """The criterion named by --criterion, built with the --data batches when it reads data."""
+    from .criteria import get_criterion
+
+    return get_criterion(args.criterion, data=getattr(args, "batches", None)) if _reads_data(args.criterion) \
+        else args.criterion
+
+
+def _reads_data(name: str) -> bool:
+    from . import criteria
+
+    factory = getattr(criteria, "CRITERIA", {}).get(name)
+    with contextlib.suppress(TypeError, ValueError):
+        return factory is not None and "data" in inspect.signature(factory).parameters
+    return False
 
 
 def _shrink_checks(args) -> None:
+    """Every flag checked before the model is loaded, each failure with what to change."""
     from .graph.cost import METRICS
 
     if args.metric not in METRICS:
@@ -364,6 +210,48 @@ def _shrink_checks(args) -> None:
         raise UsageError("--round-to must be 'auto', 0 (no rounding) or a positive integer")
     for flag in ("out", "onnx", "plan", "report", "viz"):
         _check_out(getattr(args, flag), f"--{flag}")
+    _runtime_checks(args)
+    _data_checks(args)
+
+
+def _data_checks(args) -> None:
+    """--criterion and --data together: read the data now, so a bad file fails before any work."""
+    batches = shrink_options(args)["data"]
+    if batches is not None and not (_reads_data(args.criterion) or args.compensate):
+        raise UsageError(f"--data is read by the data-aware criteria (taylor, fisher, activation) and by "
+                         f"--compensate; with --criterion {args.criterion} it would be ignored: add one of them")
+    if batches is None and _reads_data(args.criterion):
+        raise UsageError(f"--criterion {args.criterion} scores units on calibration data: pass --data FILE "
+                         "(a .pt tensor or list of batches, or an .npy/.npz file)")
+    if args.criterion in LOSS_CRITERIA and any(isinstance(b, torch.Tensor) for b in batches or ()):
+        raise UsageError(f"--criterion {args.criterion} differentiates a loss, which needs targets: --data must "
+                         "hold (inputs, targets) pairs (a list of pairs, a dict {'x': ..., 'y': ...} or an .npz "
+                         "with arrays x and y) or dicts with input_ids")
+    try:  # a data-aware criterion is built now, which checks its batches
+        _criterion(args) if _reads_data(args.criterion) else _check_criterion(args.criterion)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise UsageError(f"--criterion {args.criterion}: {exc}") from exc
+
+
+def _check_criterion(name: str) -> None:
+    from . import criteria
+
+    known = getattr(criteria, "CRITERIA", None)
+    if known is not None and name not in known:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ValueError(f"unknown criterion; {hint}use one of {', '.join(sorted(known))}")
+
+
+def _runtime_checks(args) -> None:
+    if args.metric == "latency" and args.runtime is None:
+        raise UsageError("--metric latency is measured on a runtime: add --runtime ort-cpu or --runtime torch-cuda")
+    if args.runtime == "torch-cuda" and not torch.cuda.is_available():
+        raise UsageError("--runtime torch-cuda needs a CUDA GPU and torch sees none "
+                         "(torch.cuda.is_available() is False); use --runtime ort-cpu")
+    if args.runtime == "ort-cpu" and importlib.util.find_spec("onnxruntime") is None:
+        raise UsageError("--runtime ort-cpu times layers in onnxruntime, which is not installed: "
+                         "pip install onnxruntime")
 
 
 def _ort_pair(model: nn.Module, x: Any, onnx_rep) -> tuple[float, int, float]:
@@ -377,7 +265,8 @@ def _ort_pair(model: nn.Module, x: Any, onnx_rep) -> tuple[float, int, float]:
         return rp.ort_latency_ms(before.path, x), before.file_bytes, rp.ort_latency_ms(onnx_rep.path, x)
 
 
-def _report(args, loaded: Loaded, a, small, p, flops_after: float, onnx_rep, t0: float, prog: Progress) -> dict:
+def _report(args, loaded: Loaded, a, small, p, flops_after: float, onnx_rep, t0: float,
+            prog: Progress) -> dict:
     """Measure both models, write the report; returns the latency figures."""
     from .criteria import get_criterion
     from .verify import count_params
@@ -401,7 +290,7 @@ def _report(args, loaded: Loaded, a, small, p, flops_after: float, onnx_rep, t0:
                 f"torch CPU, {torch.get_num_threads()} threads", "torch.save"
     notes.append(f"input {shapes_of(x)}; FLOPs counted with torch.utils.flop_counter's formulas")
     with prog.step(f"writing {args.report}"):
-        scores = get_criterion(args.criterion).score(model, a.groups)
+        scores = get_criterion(_criterion(args)).score(model, a.groups)
         data = graph_data(a, plan=p, scores=scores, title=args.spec)
         rep = rp.ShrinkReport(args.spec, rp.Measure(a.cost("flops").base, count_params(model), size_b, lat_b),
                               rp.Measure(flops_after, count_params(small), size_a, lat_a), runtime, kind,
@@ -417,9 +306,10 @@ def cmd_shrink(args, prog: Progress) -> int:
     _shrink_checks(args)
     t0 = time.perf_counter()
     loaded = _load(args, prog)
+    _check_save(args, loaded)
     model, x = loaded.model, loaded.example_input
     with prog.step("tracing, coupling and grouping"):
-        a = _analyze(model, x, args.ignore)
+        a = _analyze(model, x, args)
     with prog.step(f"planning and cutting to {args.target} of the {args.metric}"):
         small, p, flops_after = _cut(a, model, x, args)
     flops_before, params_before, params_after = a.cost("flops").base, count_params(model), count_params(small)
@@ -429,28 +319,7 @@ def cmd_shrink(args, prog: Progress) -> int:
             "params_ratio": params_after / params_before if params_before else 1.0,
             "groups_shrunk": sum(d.kept < d.units for d in p.decisions), "groups": len(p.decisions),
             "files": {}}
-    if args.out:
-        with prog.step(f"saving {args.out}"):
-            torch.save(small, args.out)
-        data["files"]["out"] = args.out
-    if args.plan:
-        p.save(args.plan)
-        data["files"]["plan"] = args.plan
-    onnx_rep = None
-    if args.onnx:
-        from .exporters.onnx import export
-
-        with prog.step(f"exporting {args.onnx} and checking it in onnxruntime"):
-            onnx_rep = export(small, x, args.onnx)
-        data["files"]["onnx"] = args.onnx
-        data["onnx"] = {"file_bytes": onnx_rep.file_bytes, "weights": onnx_rep.weights,
-                        "max_rel_error": onnx_rep.max_rel_error, "latency_ms": onnx_rep.latency_ms}
-    if args.viz:
-        from .viz import visualize
-
-        with prog.step(f"drawing {args.viz}"):
-            visualize(model, x, args.viz, plan=p, analysis=a, criterion=args.criterion, title=args.spec)
-        data["files"]["viz"] = args.viz
+    onnx_rep = _write_files(args, loaded, a, small, p, data, prog)
     if args.report:
         data["latency"] = _report(args, loaded, a, small, p, flops_after, onnx_rep, t0, prog)
         data["files"]["report"] = args.report
@@ -466,6 +335,92 @@ def cmd_shrink(args, prog: Progress) -> int:
         text.append("nothing written: pass --out, --onnx, --plan, --report or --viz to keep the result")
     _emit(args, data, "\n".join(text))
     return 0
+
+
+def _write_files(args, loaded: Loaded, a, small: nn.Module, p, data: dict, prog: Progress):
+    """--out, --plan, --onnx and --viz, each written whole or not at all; recorded in ``data``.
+    Returns the ONNX export's report (None without --onnx)."""
+    from . import _atomic
+
+    model, x = loaded.model, loaded.example_input
+    rep = None
+    if args.out:
+        with prog.step(f"saving {args.out}"):
+            _save_out(args, loaded, small, p)
+        data["files"]["out"] = args.out
+    if args.plan:
+        _atomic.write_text(args.plan, p.to_json(indent=1))
+        data["files"]["plan"] = args.plan
+    if args.onnx:
+        from .exporters.onnx import export
+
+        with prog.step(f"exporting {args.onnx} and checking it in onnxruntime"):
+            rep = export(small, x, args.onnx)
+        data["files"]["onnx"] = args.onnx
+        data["onnx"] = {"file_bytes": rep.file_bytes, "weights": rep.weights,
+                        "max_rel_error": rep.max_rel_error, "latency_ms": rep.latency_ms}
+    if args.viz:
+        from . import visualize
+
+        with prog.step(f"drawing {args.viz}"):
+            visualize(model, x, args.viz, plan=p, analysis=a, criterion=_criterion(args), title=args.spec)
+        data["files"]["viz"] = args.viz
+    return rep
+
+
+def _is_hf(model: nn.Module) -> bool:
+    return callable(getattr(model, "save_pretrained", None))
+
+
+def _check_save(args, loaded: Loaded) -> None:
+    """Refuse an --out that cannot be written, before any time is spent shrinking."""
+    from . import checkpoint
+
+    if not args.out:
+        return
+    out = Path(args.out)
+    if not _is_hf(loaded.model):
+        if out.is_dir():
+            raise UsageError(f"--out {args.out} is a folder; this model is saved as one file: pass e.g. --out small.pt")
+        if loaded.factory is None:
+            raise UsageError(f"--out: {args.spec} is a pickled model, with no factory to rebuild it from, and "
+                             "surgeon saves only weights and the plan (no code); build the model with a "
+                             "file.py:FUNCTION spec (a function that returns the model) or torchvision:/timm:")
+        return
+    if args.uniform is False:
+        raise UsageError("--no-uniform prunes widths a Hugging Face config cannot describe, so the --out folder "
+                         "could not be reloaded with from_pretrained; drop --no-uniform to save it")
+    if out.suffix.lower() in (".pt", ".pth", ".safetensors", ".bin", ".onnx"):
+        raise UsageError(f"--out {args.out}: a Hugging Face model is saved with save_pretrained into a folder; "
+                         "pass a folder path such as small/")
+    if loaded.source is not None and out.resolve() == loaded.source.resolve():
+        raise UsageError(f"--out {args.out} is the folder the model was read from; pass a new folder")
+    try:
+        checkpoint.check_pretrained_dest(out)
+    except checkpoint.CheckpointError as exc:
+        raise UsageError(f"--out {exc}") from exc
+
+
+def _save_out(args, loaded: Loaded, small: nn.Module, p) -> None:
+    from . import checkpoint
+
+    try:
+        if not _is_hf(small):
+            checkpoint.save(small, (*loaded.plans, p), loaded.factory, args.out, loaded.shape)
+            return
+        with contextlib.suppress(ImportError, AttributeError):  # its bars would break the progress line
+            importlib.import_module("transformers").utils.logging.disable_progress_bar()
+        config = getattr(small, "config", None)
+        saved = {k: getattr(config, k) for k in loaded.restore}
+        try:  # the values the config had before tracing changed them (use_cache) go into the folder
+            for k, v in loaded.restore.items():
+                setattr(config, k, v)
+            checkpoint.save_pretrained(small, args.out)
+        finally:
+            for k, v in saved.items():
+                setattr(config, k, v)
+    except checkpoint.CheckpointError as exc:
+        raise UsageError(f"--out {exc}") from exc
 
 
 def _export_options(args) -> dict:
@@ -490,7 +445,7 @@ def _export_options(args) -> dict:
 def cmd_export(args, prog: Progress) -> int:
     import dataclasses
 
-    from .errors import SurgeonError
+    from . import SurgeonError
     from .exporters.onnx import export
 
     if args.fp16 and args.int8:
@@ -518,6 +473,45 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--seed", type=int, default=0, help="random seed for weights and inputs (default 0)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="DANGEROUS: load .pt files with full pickle, which RUNS CODE FROM THE FILE; only for "
+                        "files you made or fully trust (by default .pt files load with weights_only=True)")
+
+
+def _min_keep(text: str) -> int | float:
+    """``"0.1"`` -> a fraction of each group's units; ``"2"`` -> a count of units."""
+    if re.fullmatch(r"\s*\d+\s*", text) and int(text) >= 1:
+        return int(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1) or a unit count >= 1")
+    return value
+
+
+def _shrink_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", type=float, default=0.5, help="fraction of the cost to keep (default 0.5)")
+    p.add_argument("--metric", default="flops", choices=("flops", "params", "latency"),
+                   help="what --target is a fraction of (latency needs --runtime)")
+    p.add_argument("--runtime", choices=("ort-cpu", "torch-cuda"),
+                   help="time the layers on this runtime and prefer cuts that make it faster")
+    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N",
+                   help="keep widths multiples of N; 'auto' (default) rounds where the target allows, 0 never")
+    p.add_argument("--criterion", default="l2", metavar="NAME",
+                   help="unit scores: l2 (default), l1, bn_scale, lamp, random, gnn; with --data: taylor, "
+                        "fisher, activation")
+    p.add_argument("--data", metavar="FILE", help="calibration batches for data-aware criteria and --compensate: "
+                   ".pt (a tensor, split into batches of 8; a list of tensors or of (x, y) pairs), .npy or .npz")
+    p.add_argument("--compensate", action="store_true",
+                   help="refit the layers that read removed units (least squares on --data, else data-free)")
+    p.add_argument("--layers", action="store_true", help="also remove whole residual layers")
+    p.add_argument("--min-keep", type=_min_keep, default=0.1, metavar="K",
+                   help="every group keeps at least K of its units: a fraction (default 0.1) or a count")
+    p.add_argument("--uniform", action=argparse.BooleanOptionalAction, default=None,
+                   help="repeated layers keep one width, as a Hugging Face config needs (default: on for them)")
+    p.add_argument("--ignore", metavar="MODULES", help="comma-separated modules to keep whole")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -527,17 +521,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="list the pruning groups as a table")
     _common(p)
     p.add_argument("--ignore", metavar="MODULES", help="comma-separated modules to keep whole")
+    p.add_argument("--layers", action="store_true", help="also list whole residual layers as units")
+    p.add_argument("--uniform", action=argparse.BooleanOptionalAction, default=None,
+                   help="repeated layers keep one width, as a Hugging Face config needs (default: on for them)")
     p.add_argument("--viz", metavar="PATH", help="also draw the groups (.html page or .dot)")
     p.set_defaults(run=cmd_inspect)
     p = sub.add_parser("shrink", help="shrink to a fraction of the cost; save, export, report")
     _common(p)
-    p.add_argument("--target", type=float, default=0.5, help="fraction of the cost to keep (default 0.5)")
-    p.add_argument("--metric", default="flops", choices=("flops", "params", "latency"))
-    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N",
-                   help="keep widths multiples of N; 'auto' (default) rounds where the target allows, 0 never")
-    p.add_argument("--criterion", default="l2", help="unit scores: l2 (default), l1, bn_scale, random")
-    p.add_argument("--ignore", metavar="MODULES", help="comma-separated modules to keep whole")
-    p.add_argument("--out", metavar="PATH.pt", help="save the shrunk model (torch.save of the module)")
+    _shrink_flags(p)
+    p.add_argument("--out", metavar="PATH", help="save the shrunk model: one safetensors file with the weights, "
+                   "the plan and the factory spec (reload: surgeon export PATH, surgeon.checkpoint.load); "
+                   "a folder (save_pretrained) for Hugging Face models")
     p.add_argument("--onnx", metavar="PATH.onnx", help="export the shrunk model to ONNX")
     p.add_argument("--plan", metavar="PATH.json", help="save the plan as JSON")
     p.add_argument("--report", metavar="PATH.html", help="write the shrink report")
@@ -565,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: 2 on bad usage (message already on stderr), 0 on --help
         return int(exc.code or 0)
     torch.manual_seed(args.seed)
+    if args.trust_pickle:  # said even with --quiet: it is about what runs on this machine
+        print("surgeon: warning: --trust-pickle: .pt files are unpickled in full, which runs any code they "
+              "contain; use it only on files you made or fully trust", file=sys.stderr)
     try:
         return args.run(args, Progress(quiet=args.quiet))
     except UsageError as exc:

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import surgeon
-from surgeon.cli import main
+import surgeon.checkpoint
+from surgeon.cli import build_parser, main, shrink_options
 from surgeon.graph.cost import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_shrink_writes_model_plan_onnx_report_and_picture(capsys, factory, tmp_p
     assert set(data["files"]) == set(files) and all(p.exists() for p in files.values())
     assert data["latency"]["runtime"] == "onnxruntime CPU" and data["latency"]["after_ms"] > 0
     model, x = _load_make(factory)
-    small = torch.load(files["out"], weights_only=False)
+    small, _ = surgeon.checkpoint.load(files["out"])
     plan = surgeon.Plan.load(files["plan"])
     again = surgeon.apply(model, plan)
     assert [p.shape for p in again.parameters()] == [p.shape for p in small.parameters()]
@@ -159,12 +160,15 @@ def test_shrink_human_output_and_torch_latency(capsys, factory, tmp_path):
     assert "torch.save" in (tmp_path / "r.html").read_text()
 
 
-def test_export_a_saved_model(capsys, factory, tmp_path):
+def test_export_a_pickled_model_only_with_trust_pickle(capsys, factory, tmp_path):
     model, _ = _load_make(factory)
     torch.save(model, tmp_path / "m.pt")
+    code, out, err = run(capsys, "export", tmp_path / "m.pt", "--input", "1,3,32,32", "--onnx", tmp_path / "m.onnx")
+    assert code == 2 and "--trust-pickle" in err and "weights_only=True" in err and not (tmp_path / "m.onnx").exists()
     code, out, err = run(capsys, "export", tmp_path / "m.pt", "--input", "1,3,32,32", "--onnx",
-                         tmp_path / "m.onnx", "--json")
+                         tmp_path / "m.onnx", "--json", "--trust-pickle")
     assert code == 0, err
+    assert "warning: --trust-pickle" in err and "runs any code" in err
     data = json.loads(out)
     assert data["path"] == str(tmp_path / "m.onnx") and data["max_rel_error"] < 1e-4
     assert data["weights"] <= sum(p.numel() for p in model.parameters())
@@ -189,7 +193,7 @@ def test_export_precision_flags(capsys, factory, tmp_path, flag, option):
 @pytest.mark.parametrize("spec,code,says", [
     ("foo:bar", 2, ["unknown model spec prefix 'foo:'", "torchvision:NAME", "file.py:FUNCTION"]),
     ("missing.py:make", 2, ["missing.py not found", "existing Python file"]),
-    ("missing.pt", 2, ["missing.pt not found", "torch.save(model"]),
+    ("missing.pt", 2, ["missing.pt not found", "surgeon shrink SPEC --out FILE"]),
     ("{factory}:nope", 2, ["has no function 'nope'", "make", "model_only"]),
     ("{factory}:broken", 1, ["raised RuntimeError: weights file missing", "fix the factory"]),
     ("{factory}:not_a_model", 1, ["returned int", "return an nn.Module or (model, example_input)"]),
@@ -210,7 +214,7 @@ def test_bad_specs_say_what_to_fix(capsys, factory, spec, code, says):
 def test_state_dict_is_not_a_model(capsys, tmp_path):
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "sd.pt")
     code, _, err = run(capsys, "export", tmp_path / "sd.pt", "--onnx", tmp_path / "x.onnx")
-    assert code == 2 and "holds a state_dict, not a model" in err and "torch.save(model, path)" in err
+    assert code == 2 and "holds a state_dict, not a model" in err and "file.py:FUNCTION" in err
 
 
 @pytest.mark.parametrize("argv,says", [
@@ -239,6 +243,160 @@ def test_model_that_rejects_its_input_fails_with_1(capsys, factory):
     code, out, err = run(capsys, "shrink", f"{factory}:model_only", "--input", "1,5")
     assert code == 1 and out == ""
     assert "fails on the example input" in err and "SURGEON_DEBUG" in err
+
+
+# ---- files are read without running code from them ------------------------------------------------
+EVIL = """
+import builtins
+
+
+class Evil:
+    def __reduce__(self):
+        return (builtins.exec, ("open({marker!r}, 'w').close()",))
+"""
+
+
+def _evil_pt(tmp_path: Path) -> tuple[Path, Path]:
+    """A .pt whose unpickling creates ``marker``: proof that code from the file ran."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
+    scope: dict = {}
+    exec(EVIL.format(marker=str(marker)), scope)
+    torch.save({"model": scope["Evil"]()}, path)
+    return path, marker
+
+
+@pytest.mark.parametrize("argv", [["inspect", "{evil}"], ["shrink", "{evil}", "--out", "{tmp}/s.pt"],
+                                  ["export", "{evil}", "--onnx", "{tmp}/e.onnx"],
+                                  ["shrink", "{factory}:make", "--compensate", "--data", "{evil}"]])
+def test_a_pickle_that_runs_code_is_refused(capsys, factory, tmp_path, argv):
+    evil, marker = _evil_pt(tmp_path)
+    code, out, err = run(capsys, *[a.format(evil=evil, tmp=tmp_path, factory=factory) for a in argv])
+    assert not marker.exists(), "code from the .pt file ran"
+    assert code == 2 and out == "", err
+    assert f"{evil} holds pickled Python objects" in err and "runs code from the file" in err
+    assert "--trust-pickle" in err and ("--out small.pt" in err or "torch.save" in err)
+    assert not list(tmp_path.glob("s.pt*")) and not (tmp_path / "e.onnx").exists()
+
+
+def test_trust_pickle_is_loud(capsys, tmp_path):
+    evil, marker = _evil_pt(tmp_path)
+    code, _, err = run(capsys, "inspect", evil, "--trust-pickle", "--quiet")
+    assert marker.exists() and "warning: --trust-pickle" in err and "runs any code" in err
+    assert code == 2 and "not a model" in err  # what it unpickled to is no model
+    code, out, _ = run(capsys, "inspect", "--help")
+    assert code == 0 and "RUNS CODE FROM THE FILE" in " ".join(out.split())
+
+
+def test_a_damaged_pt_is_a_failure_not_a_pickle_warning(capsys, tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x02junk" * 10)
+    code, _, err = run(capsys, "inspect", tmp_path / "junk.pt")
+    assert code == 1 and "cannot read SPEC" in err and "--trust-pickle" not in err
+
+
+# ---- every shrink option of the API ------------------------------------------------------------------
+def _args(*argv):
+    return build_parser().parse_args(["shrink", "x.py:f", *argv])
+
+
+def test_shrink_options_are_the_keyword_arguments_of_surgeon_shrink():
+    opts = shrink_options(_args("--target", "0.4", "--metric", "params", "--criterion", "l1", "--round-to", "0",
+                                "--ignore", "a, b", "--min-keep", "2", "--no-uniform", "--layers",
+                                "--runtime", "ort-cpu", "--compensate"))
+    assert opts == {"target": 0.4, "metric": "params", "criterion": "l1", "round_to": None, "ignore": ["a", "b"],
+                    "min_keep": 2, "uniform": False, "layers": True, "runtime": "ort-cpu", "data": None,
+                    "compensate": True}
+    assert set(opts) <= set(inspect.signature(surgeon.shrink).parameters)
+    defaults = shrink_options(_args())
+    for k, v in defaults.items():  # the command line's defaults are the API's
+        if k not in ("ignore", "data"):
+            assert inspect.signature(surgeon.shrink).parameters[k].default == v, k
+    assert shrink_options(_args("--min-keep", "0.25"))["min_keep"] == 0.25
+
+
+def test_cut_reads_every_option_through_shrink_options(capsys, factory, monkeypatch):
+    import surgeon.cli as cli
+
+    seen = []
+    real = cli.shrink_options
+    monkeypatch.setattr(cli, "shrink_options", lambda args: seen.append(args.target) or real(args))
+    code, _, err = run(capsys, "shrink", f"{factory}:make", "--target", "0.6", "--quiet")
+    assert code == 0 and 0.6 in seen, err
+
+
+@pytest.mark.parametrize("kind", ["pairs.pt", "dict.pt", "xy.npz"])
+def test_data_aware_criterion_from_a_data_file(capsys, factory, tmp_path, kind):
+    import numpy as np
+
+    x, y = torch.randn(20, 3, 32, 32), torch.randint(0, 10, (20,))
+    path = tmp_path / kind
+    if kind == "pairs.pt":
+        torch.save([(x[:10], y[:10]), (x[10:], y[10:])], path)
+    elif kind == "dict.pt":
+        torch.save({"x": x, "y": y}, path)
+    else:
+        np.savez(path, x=x.double().numpy(), y=y.numpy())  # float64 arrays become float32 batches
+    code, out, err = run(capsys, "shrink", f"{factory}:make", "--criterion", "taylor", "--data", path,
+                         "--plan", tmp_path / "p.json", "--json", "--quiet")
+    assert code == 0, err
+    assert abs(json.loads(out)["flops_ratio"] - 0.5) <= 0.01
+    assert surgeon.Plan.load(tmp_path / "p.json").criterion == "taylor"
+
+
+def test_compensate_refits_the_kept_weights(capsys, factory, tmp_path):
+    torch.save(torch.randn(16, 3, 32, 32), tmp_path / "x.pt")  # one tensor: batches of 8
+    for name, extra in (("plain", []), ("fit", ["--compensate", "--data", tmp_path / "x.pt"])):
+        code, _, err = run(capsys, "shrink", f"{factory}:make", "--round-to", "0", "--out", tmp_path / f"{name}.pt",
+                           "--quiet", *extra)
+        assert code == 0, err
+    plain, _ = surgeon.checkpoint.load(tmp_path / "plain.pt")
+    fit, _ = surgeon.checkpoint.load(tmp_path / "fit.pt")
+    shapes = [p.shape for p in plain.parameters()]
+    assert shapes == [p.shape for p in fit.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), fit.parameters()))
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--criterion", "taylor"], "scores units on calibration data: pass --data FILE"),
+    (["--criterion", "fisher", "--data", "{tmp}/x.pt"], "needs targets"),
+    (["--data", "{tmp}/x.pt"], "it would be ignored"),
+    (["--compensate", "--data", "{tmp}/none.pt"], "--data {tmp}/none.pt not found"),
+    (["--compensate", "--data", "{tmp}/obj.npy"], "cannot be read without pickle"),
+    (["--compensate", "--data", "{tmp}/scalar.pt"], "holds a Tensor"),
+    (["--criterion", "nope"], "unknown criterion; use one of"),
+    (["--metric", "latency"], "add --runtime ort-cpu or --runtime torch-cuda"),
+    (["--runtime", "tpu"], "invalid choice: 'tpu'"),
+    (["--min-keep", "1.5"], "not a fraction in [0, 1) or a unit count >= 1"),
+    (["--min-keep", "-1"], "not a fraction in [0, 1) or a unit count >= 1"),
+    (["--layers", "--no-uniform", "--uniform", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_shrink_options_exit_2_before_any_work(capsys, factory, tmp_path, argv, says):
+    import numpy as np
+
+    torch.save(torch.randn(4, 3, 32, 32), tmp_path / "x.pt")
+    torch.save(torch.tensor(1.0), tmp_path / "scalar.pt")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    code, out, err = run(capsys, "shrink", f"{factory}:make", *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2 and out == "", err
+    assert says.format(tmp=tmp_path) in err and "surgeon: loading" not in err
+
+
+def test_runtime_ort_cpu_times_the_layers(capsys, factory):
+    pytest.importorskip("onnxruntime")
+    code, out, err = run(capsys, "shrink", f"{factory}:make", "--runtime", "ort-cpu", "--json", "--quiet")
+    assert code == 0, err
+    assert abs(json.loads(out)["flops_ratio"] - 0.5) <= 0.01
+
+
+def test_runtime_torch_cuda_without_a_gpu(capsys, factory):
+    code, _, err = run(capsys, "shrink", f"{factory}:make", "--runtime", "torch-cuda")
+    if not torch.cuda.is_available():
+        assert code == 2 and "needs a CUDA GPU" in err and "ort-cpu" in err
+
+
+def test_inspect_layers_and_uniform_flags(capsys, factory):
+    code, out, err = run(capsys, "inspect", f"{factory}:make", "--layers", "--no-uniform", "--json", "--quiet")
+    assert code == 0, err
+    assert json.loads(out)["prunable"] >= 1
 
 
 # ---- entry points ----------------------------------------------------------------------------------
