@@ -225,7 +225,7 @@ def test_whole_layers_are_units_planned_with_channels(tmp_path):
     model, x = _deep_llama()
     a = surgeon.analyze(model, x, layers=True)
     (g,) = [g for g in a.groups if g.kind.value == "layer"]
-    assert g.prunable and g.layers == [f"model.layers.{i}" for i in range(4)]
+    assert g.prunable and g.layers == tuple(f"model.layers.{i}" for i in range(4))
     # scores are normalised within each group, so units of different groups compete on cost: a
     # low target that channels alone cannot reach makes the plan drop layers, the last first
     kw = dict(min_keep=0.75, criterion=_LayersLast())  # channels alone reach 0.60 of the FLOPs
@@ -272,7 +272,7 @@ def test_residual_cnn_blocks_are_layers():
     x = torch.randn(1, 3, 16, 16)
     a = surgeon.analyze(model, x, layers=True)
     (g,) = [g for g in a.groups if g.layers]
-    assert g.layers == ["1", "2", "3", "4"]  # the stem conv and the head change shapes
+    assert g.layers == ("1", "2", "3", "4")  # the stem conv and the head change shapes
     check_zero_invariance(model, x, rounds=1, layers=True)
     small = check_shrink(model, x, 0.3, layers=True, min_keep=0.5, criterion=_LayersLast())
     assert len(small) < len(model)

@@ -57,6 +57,15 @@ class CostModel:
         width = max(1, max(map(len, idx_rows), default=0))
         self.idx = np.array([r + [one] * (width - len(r)) for r in idx_rows], dtype=np.int64).reshape(-1, width)
         self.flops = np.array(flops, dtype=np.float64)
+        n = self._index_units(groups, slot_group, slot_units, one)
+        held = self._nnz > 0
+        self._even_tables(n, held)
+        uneven = ~self._even[self._rows] | ~held[self._rows]
+        self._uneven = self._rows[uneven], self._cols[uneven], self._vals[uneven]
+        self._marginal: np.ndarray | None = None  # per unit, all groups concatenated
+
+    def _index_units(self, groups, slot_group: list[int], slot_units: list[np.ndarray], one: int) -> np.ndarray:
+        """The sparse (slot, unit) -> count entries; returns the number of units of each slot's group."""
         # kept(slot) = sum over units u of counts[slot, u] * keep[u] / size[slot] (counts: how many
         # of the slot's indices unit u holds), as one sparse product over the concatenated
         # keep-masks of all groups; entries ordered by slot, then unit
@@ -75,10 +84,12 @@ class CostModel:
         self._vals = self._counts / self._sizes[self._rows]
         self._nnz = np.bincount(self._rows, minlength=one)
         self._start = np.cumsum(self._nnz) - self._nnz  # each slot's first entry
+        return n
+
+    def _even_tables(self, n: np.ndarray, held: np.ndarray) -> None:
         # A slot is even when every unit of its group holds the same, non-zero, number of its
         # indices. Its kept ratio, a running sum of one value per kept unit (a removed unit adds
         # 0.0), depends only on how many units are kept: it is read from a table of running sums.
-        held = self._nnz > 0
         self._even = self._nnz == n
         if held.any():
             self._even[held] &= (np.minimum.reduceat(self._counts, self._start[held])
@@ -95,9 +106,6 @@ class CostModel:
                 size += key[1]
             self._table_at[i] = tables[key]
         self._tables = np.concatenate(parts) if parts else np.zeros(0)
-        uneven = ~self._even[self._rows] | ~held[self._rows]
-        self._uneven = self._rows[uneven], self._cols[uneven], self._vals[uneven]
-        self._marginal: np.ndarray | None = None  # per unit, all groups concatenated
 
     def total(self, keep: list[np.ndarray]) -> float:
         """Cost with one boolean keep-mask per group."""

@@ -104,24 +104,8 @@ class _Order:
             step = self.steps[gi]  # the floor on a whole block too, where the group has one
             self.floor[gi] = min(max(-(-_min_units(g.n_units, min_keep) // step) * step, step), g.n_units)
             cap[gi] = g.n_units - max(self.floor[gi], int(g.frozen_units.sum()))
-        # the priority of every unit of the live groups, concatenated in group order
         sizes = np.array([groups[gi].n_units for gi in live], dtype=np.int64)
-        s = _normalised([scores[gi] for gi in live], sizes)
-        if mean_cost > 0:
-            c = np.concatenate([marg[gi] for gi in live]) / mean_cost if live else np.zeros(0)
-        else:
-            c = np.ones(int(sizes.sum()))
-        if per is not None and live:  # cost per unit of ``per`` saved; a unit that saves none of it is neutral
-            per_marg = per.marginal()
-            d = np.concatenate([per_marg[gi] for gi in live])
-            mean_d = d[d > 0].mean() if (d > 0).any() else 1.0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                c = np.where(d > 0, c / (d / mean_d), 1.0)
-        c = np.where(c > 0, np.abs(c) ** cost_weight, 0.0)  # a unit that saves nothing stays
-        # a layer is not cheap to lose because it is big: rank by score
-        c[np.repeat([groups[gi].kind.value == "layer" for gi in live], sizes).astype(bool)] = 1.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            prio = np.where(c > 0, s / np.maximum(c, 1e-300), np.inf)
+        prio = _priorities(groups, live, sizes, scores, marg, mean_cost, cost_weight, per)
         frozen = np.concatenate([groups[gi].frozen_units for gi in live]) if live else np.zeros(0, bool)
         at = np.flatnonzero(~frozen & np.isfinite(prio))
         first = np.cumsum(sizes) - sizes
@@ -177,6 +161,29 @@ class _Order:
     def keep(self, n: np.ndarray) -> list[np.ndarray]:
         flat = self.flat_keep(n)  # one slice per group (np.split is slower)
         return [flat[a:b] for a, b in zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())]
+
+
+def _priorities(groups, live: list[int], sizes: np.ndarray, scores, marg, mean_cost: float, cost_weight: float,
+                per: CostModel | None) -> np.ndarray:
+    """The priority of every unit of the live groups, concatenated in group order (lowest goes
+    first): its normalised score over the cost it saves to the power ``cost_weight``."""
+    s = _normalised([scores[gi] for gi in live], sizes)
+    if mean_cost > 0:
+        c = np.concatenate([marg[gi] for gi in live]) / mean_cost if live else np.zeros(0)
+    else:
+        c = np.ones(int(sizes.sum()))
+    if per is not None and live:  # cost per unit of ``per`` saved; a unit that saves none of it is neutral
+        per_marg = per.marginal()
+        d = np.concatenate([per_marg[gi] for gi in live])
+        mean_d = d[d > 0].mean() if (d > 0).any() else 1.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = np.where(d > 0, c / (d / mean_d), 1.0)
+    c = np.where(c > 0, np.abs(c) ** cost_weight, 0.0)  # a unit that saves nothing stays
+    # a layer is not cheap to lose because it is big: rank by score
+    c[np.repeat([groups[gi].kind.value == "layer" for gi in live], sizes).astype(bool)] = 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prio = np.where(c > 0, s / np.maximum(c, 1e-300), np.inf)
+    return prio
 
 
 def _bundled(gs: np.ndarray, us: np.ndarray, prio: np.ndarray, bundles) -> tuple[np.ndarray, np.ndarray]:

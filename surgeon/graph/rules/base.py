@@ -24,7 +24,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..ir import AttrFix, Coupling, CostTerm, DimKey
-from ..trace import _hashable
+from ..flops import _hashable
 
 __all__ = ["register", "lookup", "RuleContext", "RULES", "describe_target"]
 

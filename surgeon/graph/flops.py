@@ -1,0 +1,332 @@
+"""Shapes and FLOPs of a captured graph: one run of its nodes on the example input.
+
+Each node's FLOPs come from ``torch.utils.flop_counter``'s own formulas (through
+:class:`FlopTally`), or from a shape formula for the ops whose count is known without running
+the tally (Linear, convs, zero-FLOP ops), which also lets :func:`count_known` count a model
+from forward hooks alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import conv_flop_count, flop_registry
+
+from .. import _walks
+from .run import eval_mode, run_model
+
+__all__ = ["NodeInfo", "FlopTally", "no_fast_path", "count_known"]
+
+
+@dataclass
+class NodeInfo:
+    """What shape propagation learned about one fx node."""
+
+    shape: Any  # torch.Size for a tensor, a list of NodeInfo-shapes for tuples, None otherwise
+    flops: int = 0
+    value: Any = None  # the Python value for non-tensor nodes (ints, sizes), else None
+
+
+def _fetch(root: nn.Module, target: str) -> Any:
+    obj = root
+    for atom in target.split("."):
+        obj = getattr(obj, atom)
+    return obj
+
+
+class FlopTally(TorchDispatchMode):
+    """Counts matmul-like FLOPs with the same formulas as ``torch.utils.flop_counter``.
+
+    The registered formulas take shapes; ``flop_counter`` maps every argument through pytree to
+    get them, which costs more than a small matmul (and ``addmm``'s formula calls ``mm``'s
+    wrapped one, paying it twice). For the common case (flat arguments, one output tensor) the
+    shapes are taken directly and the unwrapped formula is called.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in a dynamo-disable shim unless this says no:
+        # two Python frames per op, ~5% of a counted forward; nothing here is ever compiled
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in flop_registry:
+            raw = _raw_formula(packet)
+            if raw is not None and isinstance(out, torch.Tensor) and _flat(args) and _flat(kwargs.values()):
+                self.count += raw(*[_shape(a) for a in args], out_shape=out.shape,
+                                  **{k: _shape(v) for k, v in kwargs.items()})
+            else:
+                self.count += flop_registry[packet](*args, **kwargs, out_val=out)
+        return out
+
+
+_RAW: dict = {}
+
+
+def _raw_formula(packet: Any) -> Any:
+    """The shape-level formula registered for ``packet``, unwrapped (None if it has no such form).
+    ``addmm`` and ``baddbmm`` are the ``mm``/``bmm`` formulas on their matrix operands."""
+    if packet not in _RAW:
+        aten = torch.ops.aten
+        raw = getattr(flop_registry[packet], "__wrapped__", None)
+        mm, bmm = (getattr(flop_registry.get(p), "__wrapped__", None) for p in (aten.mm, aten.bmm))
+        if packet is aten.addmm and mm is not None:
+            raw = lambda _self, a, b, *rest, **kw: mm(a, b)  # noqa: E731
+        elif packet is aten.baddbmm and bmm is not None:
+            raw = lambda _self, a, b, *rest, **kw: bmm(a, b)  # noqa: E731
+        _RAW[packet] = raw
+    return _RAW[packet]
+
+
+def _shape(a: Any) -> Any:
+    return a.shape if isinstance(a, torch.Tensor) else a
+
+
+def _flat(values) -> bool:
+    """No tensors nested inside lists or tuples (which the pytree path would map)."""
+    return not any(isinstance(a, (list, tuple)) and any(isinstance(x, torch.Tensor) for x in a)
+                   for a in values)
+
+
+def _describe(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.shape
+    if isinstance(v, (tuple, list)) and any(isinstance(x, torch.Tensor) for x in v):
+        return [_describe(x) for x in v]
+    return None
+
+
+def _propagate(gm: Any, root: nn.Module, inputs: list) -> tuple[dict[str, NodeInfo], Any, dict[str, nn.Module], bool]:
+    """Run the graph once on real ``inputs`` (placeholders in order, as ``fx.Interpreter.run``
+    takes them; ``root`` is the module node targets name), recording each node's output shape and FLOPs. Returns (info, output, the
+    root's modules by name, whether every op is one whose FLOPs are known without the tally).
+
+    A plain loop rather than ``fx.Interpreter``: on deep models the interpreter's per-node
+    bookkeeping costs as much as the ops. Values are freed after their last use, as there.
+    It runs without autograd and with torch.nn's fused attention fast paths turned off (see
+    :func:`no_fast_path`), as ``verify.measure`` does: the ops that run are those
+    ``count_flops`` sees with autograd on."""
+    nodes = list(gm.graph.nodes)
+    modules = _walks.modules(root)
+    known = all(_known(n, modules) for n in nodes)
+    with no_fast_path(), torch.no_grad():
+        info, out = _run_nodes(gm, root, nodes, inputs, modules)
+    return info, out, modules, known
+
+
+@contextlib.contextmanager
+def no_fast_path():
+    """Turn off the fused inference path of ``nn.MultiheadAttention`` and ``nn.TransformerEncoder``
+    (one op the FLOP counter has no formula for; autograd being on also keeps it off), so that
+    they run the matmuls they are made of."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
+def _known(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if n.op == "call_function":
+        return _zero_flop_function(n.target)
+    if n.op == "call_method":
+        return n.target in _ZERO_FLOP_METHODS
+    if n.op == "call_module":
+        kind = type(modules[n.target])
+        return kind in _ZERO_FLOP_MODULES or kind in _FORMULA_MODULES
+    return True
+
+
+def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list,
+               modules: dict[str, nn.Module]) -> tuple[dict[str, NodeInfo], Any]:
+    free: dict[fx.Node, list[fx.Node]] = {}
+    seen: set[fx.Node] = set()
+    for n in reversed(nodes):
+        for a in n.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                free.setdefault(n, []).append(a)
+    env: dict[fx.Node, Any] = {}
+    info: dict[str, NodeInfo] = {}
+    look = env.__getitem__
+    graph = gm.graph
+    pending = iter(graph.process_inputs(*inputs))  # pytree codegen (export) flattens here
+    tally = FlopTally()
+    out = None
+    for n in nodes:
+        op, before = n.op, tally.count
+        if op == "placeholder":
+            if str(n.target).startswith("*"):
+                value = list(pending)
+            else:
+                value = next(pending, _MISSING)
+                if value is _MISSING:
+                    if not n.args:
+                        raise RuntimeError(f"expected an input for placeholder {n.target}")
+                    value = n.args[0]
+        elif op == "get_attr":
+            value = _fetch(root, n.target)
+        elif op == "output":
+            out = fx.node.map_arg(n.args[0], look)
+            info[n.name] = NodeInfo(shape=_describe(out))
+            out = graph.process_outputs(out)
+            break
+        else:
+            args = fx.node.map_arg(n.args, look)
+            kwargs = fx.node.map_arg(n.kwargs, look) if n.kwargs else {}
+            formula = None  # FLOPs from shapes; None: the tally counts them
+            if op == "call_function":
+                call = n.target
+                if _zero_flop_function(call):
+                    formula = _no_flops
+            elif op == "call_method":
+                call, args = getattr(args[0], n.target), args[1:]
+                if n.target in _ZERO_FLOP_METHODS:
+                    formula = _no_flops
+            else:
+                call = modules[n.target]
+                formula = _module_formula(call, args, kwargs)
+            if formula is None:
+                with tally:
+                    value = call(*args, **kwargs)
+            else:
+                value = call(*args, **kwargs)
+                tally.count += formula(call, args[0] if args else None, value)
+        env[n] = value
+        shape = _describe(value)
+        info[n.name] = NodeInfo(
+            shape=shape, flops=int(tally.count - before),
+            value=value if shape is None and isinstance(value, (int, float, bool, torch.Size, tuple)) else None)
+        for a in free.get(n, ()):
+            del env[a]
+    return info, out
+
+
+_MISSING = object()
+
+# What runs outside the FLOP tally in _propagate (the mode costs a few microseconds per ATen op,
+# as much as the ops of a small layer). Only exact types and functions that are certain to run no
+# op with a flop_counter formula (matmuls, convolutions, attention), or whose count is the
+# formula below, are listed; everything else is counted by the tally as before.
+_ZERO_FLOP_MODULES = frozenset({
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
+    nn.ELU, nn.Mish, nn.Softmax, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.Flatten,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d,
+})
+_ZERO_FLOP_FUNCTIONS = frozenset({
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg,
+    operator.getitem, operator.iadd, operator.imul, getattr,
+    torch.add, torch.sub, torch.mul, torch.div, torch.cat, torch.stack, torch.flatten, torch.relu,
+    torch.sigmoid, torch.tanh, torch.transpose, torch.permute, torch.reshape, torch.chunk, torch.split,
+    torch.mean, torch.sum, torch.sqrt, torch.rsqrt, torch.exp, torch.neg, torch.unsqueeze, torch.squeeze,
+    F.relu, F.relu6, F.gelu, F.silu, F.sigmoid, F.hardswish, F.hardsigmoid, F.dropout, F.softmax,
+    F.layer_norm, F.batch_norm, F.group_norm, F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d, F.pad,
+})
+# functions of optional packages, by qualified name (stochastic depth is the identity in eval
+# mode and an elementwise mask in training)
+_ZERO_FLOP_NAMES = frozenset({"torchvision.ops.stochastic_depth.stochastic_depth"})
+
+
+def _zero_flop_function(fn: Any) -> bool:
+    if not _hashable(fn):
+        return False
+    if fn in _ZERO_FLOP_FUNCTIONS:
+        return True
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}" in _ZERO_FLOP_NAMES
+
+
+_ZERO_FLOP_METHODS = frozenset({
+    "view", "reshape", "permute", "transpose", "flatten", "contiguous", "size", "chunk", "split",
+    "mean", "sum", "add", "sub", "mul", "div", "unsqueeze", "squeeze", "expand", "softmax", "sigmoid",
+    "relu", "tanh", "exp", "sqrt", "rsqrt", "pow", "neg", "float", "to", "type_as", "__getitem__",
+    "unbind", "dim", "numel", "clone", "masked_fill", "repeat", "narrow", "split_with_sizes",
+})
+
+
+def _no_flops(_call: Any, _x: Any, _out: Any) -> int:
+    return 0
+
+
+def _linear_flops(mod: nn.Linear, x: torch.Tensor, _out: torch.Tensor) -> int:
+    # F.linear runs addmm or mm on x folded to 2-D: flop_counter's mm formula, 2 * m * n * k
+    return 2 * x.numel() * mod.out_features
+
+
+def _conv_flops(mod: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
+    return conv_flop_count(list(x.shape), list(mod.weight.shape), list(out.shape), transposed=False)
+
+
+def _module_formula(mod: nn.Module, args: tuple, kwargs: dict) -> Callable | None:
+    """A shape formula giving exactly what the tally would count for ``mod(*args)``, or None."""
+    kind = type(mod)
+    if kind in _ZERO_FLOP_MODULES:
+        return _no_flops
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None
+    x = args[0]
+    if kind is nn.Linear and x.dim() >= 2:  # a 1-D input runs mv, which flop_counter does not count
+        return _linear_flops
+    if kind in _CONVS and x.dim() == _CONVS[kind] + 2 and mod.padding_mode == "zeros":
+        return _conv_flops
+    return None
+
+
+_CONVS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+_FORMULA_MODULES = frozenset({nn.Linear, *_CONVS})  # counted by a formula when the call fits it
+
+
+def count_known(model: nn.Module, example_input: Any) -> tuple[int, Any] | None:
+    """Run ``model`` once (eval mode, no autograd) and count the FLOPs of its Linear and Conv
+    modules by the formulas above; returns (FLOPs, output), or None when a call did not fit them.
+
+    This equals what :class:`FlopTally` (and ``FlopCounterMode``) count only for a model whose
+    capture was :attr:`Traced.plain` -- every other op it runs has no FLOP formula, and autograd
+    cannot change a count -- such as the same model after surgery. It skips the dispatch mode's
+    few microseconds per op and autograd's bookkeeping, which on deep models of small layers
+    cost more than the ops."""
+    count, fits = 0, True
+
+    def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        nonlocal count, fits
+        formula = _module_formula(mod, args, kwargs)
+        if formula is None:
+            fits = False
+        else:
+            count += formula(mod, args[0], out)
+
+    modules = list(model.modules())
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules
+               if type(m) in _FORMULA_MODULES]
+    try:
+        with eval_mode(model, modules), torch.no_grad():
+            out = run_model(model, example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return (count, out) if fits else None
+
+
+def _hashable(x: Any) -> bool:
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
