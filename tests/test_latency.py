@@ -98,7 +98,7 @@ def net():
 def test_cache_written_then_reused(fake, net, tmp_path):
     model, x = net
     a = surgeon.analyze(model, x)
-    key = latency.attach(a, x, "ort-cpu")
+    a, key = latency.attach(a, x, "ort-cpu")
     assert key == "latency:ort-cpu"
     files = list((tmp_path / "latency").glob("ort-cpu-*.json"))
     assert len(files) == 1
@@ -107,7 +107,7 @@ def test_cache_written_then_reused(fake, net, tmp_path):
     first = fake.timed
     assert first > 0
     b = surgeon.analyze(model, x)
-    latency.attach(b, x, "ort-cpu")
+    b, _ = latency.attach(b, x, "ort-cpu")
     assert fake.timed == first, "a second analysis re-measured layers the cache holds"
     keep = [np.random.default_rng(0).random(g.n_units) > 0.3 for g in a.groups]
     assert a.cost(key).total(keep) == pytest.approx(b.cost(key).total(keep))
@@ -194,7 +194,8 @@ def test_latency_plan_records_metric_and_rounds_for_the_runtime(fake, net):
 def test_latency_marginal_prefers_expensive_layers(fake, net):
     model, x = net
     a = surgeon.analyze(model, x)
-    cost = a.cost(latency.attach(a, x, "ort-cpu"))
+    a, key = latency.attach(a, x, "ort-cpu")
+    cost = a.cost(key)
     full = cost.total(a.full_keep())
     assert full == pytest.approx(cost.base)
     marg = cost.marginal()
@@ -233,7 +234,7 @@ def test_counted_target_on_a_runtime_takes_the_order_timed_faster(fake, net, mon
     # fitted to the tables and the dense model's time, predicts the two plans in the other order
     monkeypatch.setattr(fake, "ratio", lambda dense, small, x: _net_cost(small, x, 4.0) / _net_cost(dense, x, 4.0))
     a = surgeon.analyze(model, x)
-    key = latency.attach(a, x, "ort-cpu")
+    a, key = latency.attach(a, x, "ort-cpu")
     scores = get_criterion("l2").score(model, a.groups)
     cands = [solve(a, scores, "flops", 0.5, None, 0.1, key, w, per_target=True) for w in (1.0, 0.0)]
     assert [int(k.sum()) for k in cands[0]] != [int(k.sum()) for k in cands[1]]  # two real choices
@@ -259,7 +260,7 @@ def test_per_target_ranking_thins_what_is_slow_for_its_flops(fake, net, monkeypa
     monkeypatch.setattr(fake, "layers", lambda cases: [t * (4.0 if isinstance(m, nn.Conv2d) and m.groups > 1 else 1.0)
                                                        for (m, _), t in zip(cases, layers(cases))])
     a = surgeon.analyze(model, x)
-    key = latency.attach(a, x, "ort-cpu")
+    a, key = latency.attach(a, x, "ort-cpu")
     scores = get_criterion("l2").score(model, a.groups)
     dw = next(gi for gi, g in enumerate(a.groups) if any(m.name == "dw.weight" for m in g.tensors))
     by_score = solve(a, scores, "flops", 0.5, None, 0.1)
@@ -397,7 +398,8 @@ def test_ort_backend_measures_and_caches(tmp_path, monkeypatch):
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
     x = torch.randn(1, 3, 16, 16)
     a = surgeon.analyze(model, x)
-    cost = a.cost(latency.attach(a, x, "ort-cpu"))
+    a, key = latency.attach(a, x, "ort-cpu")
+    cost = a.cost(key)
     assert cost.base > 0 and cost.base_ms > 0
     assert len(list((tmp_path / "latency").glob("*.json"))) == 1
     assert all(t.table is not None for t in cost.terms if not t.elementwise)
