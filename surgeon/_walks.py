@@ -11,6 +11,7 @@ Outside the block every call walks afresh. Callers must not modify the returned 
 from __future__ import annotations
 
 import contextlib
+import gc
 from contextvars import ContextVar
 from typing import Iterator
 
@@ -24,10 +25,20 @@ _SHARED: ContextVar[dict | None] = ContextVar("surgeon_walks", default=None)
 
 @contextlib.contextmanager
 def shared() -> Iterator[None]:
+    """Inside, each model's module tree is walked once; and the objects that already exist (the
+    model itself: millions of them on a big one) are moved out of the garbage collector's
+    generations with ``gc.freeze`` for the block. The collector is never paused, so new cycles
+    (the user's forward code included) are collected as usual; it only stops re-walking the
+    long-lived heap, which cost a third of the time of a depth-400 shrink."""
     token = _SHARED.set({})
+    froze = gc.get_freeze_count() == 0  # a caller's own freeze is left alone
+    if froze:
+        gc.freeze()
     try:
         yield
     finally:
+        if froze:
+            gc.unfreeze()
         _SHARED.reset(token)
 
 
