@@ -45,12 +45,16 @@ from torch import nn
 
 from .analysis import Analysis, analyze
 from .graph.trace import eval_mode, run_model
-from .datafree import _dense, udfc
+from .datafree import RefitError, _dense, udfc
 from .datafree import bn_after as _bn_after
 from .planning.plan import Plan
-from .criteria._data import _to  # the same batch mover the criteria use
+from .criteria._data import DataError, _to, non_finite  # the same batch helpers the criteria use
 
-__all__ = ["compensate", "recalibrate_bn", "batch_input", "dense_layers"]
+__all__ = ["compensate", "recalibrate_bn", "batch_input", "dense_layers", "CalibrationError", "RefitError"]
+
+
+class CalibrationError(DataError):
+    """Calibration data, or an activation the refit reads, is not finite (NaN or inf)."""
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -122,7 +126,30 @@ def _batches(data: Any, device: torch.device) -> list:
                         f"(x, y) tuples), got {type(data).__name__}") from None
     if not items:
         raise ValueError("data is empty: pass at least one calibration batch")
-    return [_to(batch_input(b), device) for b in items]
+    batches = [_to(batch_input(b), device) for b in items]
+    for i, x in enumerate(batches):
+        where = non_finite(x)
+        if where is not None:
+            raise CalibrationError(
+                f"compensate: calibration batch {i} of data holds NaN or inf (in {where}); the refit "
+                f"would write non-finite weights. Drop or clean that batch (e.g. torch.nan_to_num) "
+                f"and pass finite data")
+    return batches
+
+
+def _check_finite(t: torch.Tensor, what: str, name: str, batch: int | None = None) -> None:
+    """Refuse a non-finite activation the refit reads (``batch`` given) or a refit result."""
+    if bool(torch.isfinite(t).all()):
+        return
+    if batch is not None:
+        raise CalibrationError(
+            f"compensate: {what} of module '{name}' on calibration batch {batch} holds NaN or inf, "
+            f"though the batch is finite (an overflow, e.g. in float16, or non-finite weights); "
+            f"refit in float32 (model.float()) or check the weights before compensate=True")
+    raise RefitError(
+        f"compensate: the refit of module '{name}' came out non-finite ({what}); nothing was written. "
+        f"Refit in float32 (model.float()) if the model runs in float16, pass more varied calibration "
+        f"batches, or shrink without compensate=True")
 
 
 def _shape_of(x: Any) -> Any:
@@ -331,6 +358,8 @@ def _refit_one(original: nn.Module, small: nn.Module, c: Layer, batches: list, b
         x_o, y_o = _capture(original, c.name, x)
         if not pairs and not c.sliced and torch.equal(x_s, x_o):
             return False  # nothing upstream changed what this layer reads
+        _check_finite(x_s, "the input (in the shrunk model)", c.name, i)
+        _check_finite(y_o if exact else x_o, "the output" if exact else "the input", c.name, i)
         pairs += _halves(i, x_s, y_o if exact else x_o)
     if exact:
         new_w, new_b = _refit_exact(mod_s, pairs, has_bias, c.out_keep, ridge)
@@ -340,6 +369,9 @@ def _refit_one(original: nn.Module, small: nn.Module, c: Layer, batches: list, b
         if shift is not None:
             b0 = mod_o.bias.detach() if mod_o.bias is not None else torch.zeros_like(shift)
             new_b = shift + (b0[list(c.out_keep)] if c.out_keep is not None else b0)
+    _check_finite(new_w, "weight", c.name)
+    if new_b is not None:
+        _check_finite(new_b, "bias", c.name)
     with torch.no_grad():
         mod_s.weight.copy_(new_w)
         if new_b is not None:
@@ -367,11 +399,13 @@ def recalibrate_bn(model: nn.Module, data: Any, skip: Iterable[str] = ()) -> int
 
 
 def _recalibrate(model: nn.Module, batches: list, skip: set[str]) -> int:
-    norms = [m for n, m in model.named_modules()
+    named = [(n, m) for n, m in model.named_modules()
              if isinstance(m, _BN) and m.track_running_stats and n not in skip]
-    if not norms:
+    if not named:
         return 0
+    norms = [m for _, m in named]
     saved = [(m, m.momentum) for m in norms]
+    stats = [{k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in norms]
     with eval_mode(model), torch.no_grad():
         for m in norms:
             m.reset_running_stats()
@@ -380,6 +414,13 @@ def _recalibrate(model: nn.Module, batches: list, skip: set[str]) -> int:
         try:
             for x in batches:
                 run_model(model, x)
+            for name, m in named:  # an overflow in float16 would leave NaN statistics
+                _check_finite(torch.cat([m.running_mean, m.running_var]), "re-estimated running statistics", name)
+        except BaseException:
+            for m, old in zip(norms, stats):  # a refusal leaves the statistics as they were
+                for k, b in old.items():
+                    getattr(m, k).copy_(b)
+            raise
         finally:
             for m, momentum in saved:
                 m.momentum = momentum
@@ -432,6 +473,8 @@ def _fit_norm(original: nn.Module, small: nn.Module, name: str, keep, batches: l
     for i, x in enumerate(batches):
         x_s, _ = _capture(small, name, x)
         _, y_o = _capture(original, name, x)
+        _check_finite(x_s, "the input (in the shrunk model)", name, i)
+        _check_finite(y_o, "the output", name, i)
         if keep is not None:
             y_o = y_o.index_select(1, torch.as_tensor(keep, device=y_o.device))
         for a, b, held_out in _halves(i, x_s, y_o):
@@ -455,6 +498,7 @@ def _fit_norm(original: nn.Module, small: nn.Module, name: str, keep, batches: l
     lam = torch.as_tensor([0.0] + grid, dtype=torch.float64, device=a0.device)[best] * scale
     a, c = _affine_fit(fit, a0, c0, lam)
     a, c = torch.where(best == 0, a0, a), torch.where(best == 0, c0, c)
+    _check_finite(torch.cat([a, c]), "BatchNorm scale and shift", name)
     with torch.no_grad():  # y = a x + c with the running statistics left as they are
         norm.weight.copy_((a * std).to(norm.weight.dtype))
         norm.bias.copy_((c + a * norm.running_mean.double()).to(norm.bias.dtype))
@@ -477,6 +521,11 @@ def compensate(original: nn.Module, small: nn.Module, plan: Plan, analysis: Anal
     per-channel scale and shift to the original outputs, ``"recalibrate"`` re-estimates their
     statistics on the data after the refits, ``"keep"`` leaves them.
 
+    Non-finite values are refused, never written: a batch holding NaN or inf, or an activation
+    a refit reads that is not finite, raises :class:`CalibrationError` (naming the batch and the
+    module); a refit that comes out non-finite raises :class:`RefitError`. On any error ``small``
+    gets every value back as it was (a copy is kept on the CPU while fitting).
+
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     >>> x = torch.randn(64, 8)
@@ -493,7 +542,8 @@ def compensate(original: nn.Module, small: nn.Module, plan: Plan, analysis: Anal
     if data is None:
         if analysis is None:
             raise ValueError("compensate without data needs the analysis or example_input")
-        udfc(original, small, plan, analysis, ridge)
+        with _all_or_nothing(small):
+            udfc(original, small, plan, analysis, ridge)
         return small
     device = next((p.device for p in small.parameters()), torch.device("cpu"))
     batches = _batches(data, device)
@@ -503,7 +553,7 @@ def compensate(original: nn.Module, small: nn.Module, plan: Plan, analysis: Anal
     calls = _check_data(original, batches, example_input, names)
     keep = {s.tensor: s.keep for s in plan.slices if s.dim == 0}
     covered = set()  # BatchNorms fed by a refitted layer or an unchanged input keep their statistics
-    with _inference(original), _inference(small):
+    with _all_or_nothing(small), _inference(original), _inference(small):
         for name in names:
             if calls[name] != 1:  # a module called several times has no single input to match
                 continue
@@ -517,9 +567,23 @@ def compensate(original: nn.Module, small: nn.Module, plan: Plan, analysis: Anal
                     covered.add(name)  # nothing upstream changed: its statistics still hold
                 elif norms == "fit":
                     _fit_norm(original, small, name, k, batches, ridge)
-    if norms == "recalibrate":
-        _recalibrate(small, batches, covered)
+        if norms == "recalibrate":
+            _recalibrate(small, batches, covered)
     return small
+
+
+@contextlib.contextmanager
+def _all_or_nothing(small: nn.Module):
+    """On an error (a refusal included), put back every value of ``small`` as it was: a refusal
+    leaves no half-compensated model. The copy is kept on the CPU."""
+    saved = {k: v.detach().to("cpu", copy=True) for k, v in small.state_dict().items()}
+    try:
+        yield small
+    except BaseException:
+        with torch.no_grad():
+            for k, v in small.state_dict().items():
+                v.copy_(saved[k])
+        raise
 
 
 @contextlib.contextmanager

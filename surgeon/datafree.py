@@ -14,9 +14,14 @@ import torch
 from torch import nn
 
 from .analysis import Analysis
+from .errors import SurgeonError
 from .planning.plan import Plan
 
-__all__ = ["udfc"]
+__all__ = ["udfc", "RefitError"]
+
+
+class RefitError(SurgeonError, ValueError):
+    """A compensation refit came out non-finite (NaN or inf); it is refused, never written."""
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -131,6 +136,10 @@ def _fold_columns(original, small, member, keep_of, kept_units, gone, s) -> None
     s_cols = s[:, torch.as_tensor([pos[int(unit_of[c])] for c in kept_cols])]
     removed = w[:, torch.as_tensor([col_of_unit[int(u)] for u in gone])]
     delta = torch.einsum("or...,rk->ok...", removed, s_cols)
+    if not bool(torch.isfinite(delta).all()):
+        raise RefitError(f"compensate (data-free): folding the removed input channels of module '{name}' "
+                         f"into the kept ones came out non-finite (NaN or inf); nothing was written. Check "
+                         f"the model's weights for NaN/inf, or shrink without compensate=True")
     target = small.get_submodule(name).weight
     with torch.no_grad():
         target.add_(delta.to(target.dtype))

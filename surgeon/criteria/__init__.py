@@ -1,7 +1,8 @@
 """Criteria score every unit of every group; the planner removes the lowest-scoring units.
 
 A criterion is any object with a ``name`` and ``score(model, groups) -> list[np.ndarray]``
-(one score per unit, per group, higher means more important). Register new ones with
+(one score per unit, per group, higher means more important; :func:`checked_scores` refuses
+anything else with a :class:`ScoreError`). Register new ones with
 :func:`register_criterion`; ``shrink(..., criterion="name")`` looks them up here.
 
 Registered criteria:
@@ -43,9 +44,11 @@ from ._data import DataError  # noqa: F401
 from .activation import Activation  # noqa: F401
 from .lamp import LAMP  # noqa: F401
 from .taylor import Fisher, Taylor  # noqa: F401
+from .validate import MetaDeviceError, ScoreError, check_not_meta, check_scores, checked_scores  # noqa: F401
 
 __all__ = ["Criterion", "Magnitude", "BNScale", "Random", "Taylor", "Fisher", "Activation", "LAMP",
-           "DataError", "get_criterion", "register_criterion", "CRITERIA", "layer_rms"]
+           "DataError", "ScoreError", "MetaDeviceError", "get_criterion", "register_criterion", "CRITERIA",
+           "layer_rms", "checked_scores", "check_scores", "check_not_meta"]
 
 
 def _gnn(data=None, loss_fn=None) -> Criterion:
@@ -87,6 +90,7 @@ def get_criterion(criterion: str | Criterion, *, data: Any = None, loss_fn: Call
     """The criterion named ``criterion`` (built with ``data``/``loss_fn`` when its factory takes
     them), or ``criterion`` itself if it is already an object with ``score``.
 
+    >>> import torch
     >>> get_criterion("l2").name
     'l2'
     >>> get_criterion("taylor", data=[(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]).name

@@ -30,7 +30,7 @@ from torch import nn
 from ..errors import SurgeonError
 from ..graph.trace import run_model
 
-__all__ = ["DataError", "Batch", "Batches", "default_loss", "logits_of", "forward", "loss_of"]
+__all__ = ["DataError", "Batch", "Batches", "default_loss", "logits_of", "forward", "loss_of", "non_finite"]
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 
@@ -119,8 +119,27 @@ def device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def non_finite(obj: Any, path: str = "the inputs") -> str | None:
+    """Where a floating tensor in ``obj`` (a tensor, dict, tuple or list) holds NaN or inf."""
+    if isinstance(obj, torch.Tensor):
+        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
+            return f"{path}, {_describe(obj)}"
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (tuple, list)) else ()
+    for k, v in items:
+        where = non_finite(v, f"{path}[{k!r}]")
+        if where is not None:
+            return where
+    return None
+
+
 def forward(model: nn.Module, inputs: Any, index: int, name: str) -> Any:
-    """Run ``model`` on one batch's inputs; if it rejects them, say where and what it was given."""
+    """Run ``model`` on one batch's inputs; if it rejects them, say where and what it was given.
+    Inputs holding NaN or inf are refused: every score would come out NaN."""
+    where = non_finite(inputs)
+    if where is not None:
+        raise DataError(f"criterion {name!r}: batch {index} of data holds NaN or inf (in {where}); "
+                        f"drop or clean that batch (e.g. torch.nan_to_num) and pass finite data")
     inputs = _to(inputs, device_of(model))
     try:
         return run_model(model, inputs)

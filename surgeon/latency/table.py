@@ -10,16 +10,19 @@ bilinearly, and the table is made monotone (never cheaper at a larger width) bef
 Tables are cached as JSON under ``$SURGEON_CACHE`` (default ``~/.cache/surgeon``)
 ``/latency/<runtime>-<machine>.json``, keyed by the layer signature; the machine part names the
 CPU (or GPU), the onnxruntime or torch version and the thread count, so a table measured
-elsewhere is never reused.
+elsewhere is never reused. A cache file that cannot be read as such (truncated, corrupt, or JSON of
+another shape) is ignored with a warning naming it, and rewritten with the tables measured again;
+writes are atomic, so a concurrent reader sees the old file or the new one, whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
-import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,6 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from .._atomic import write_text
 
 __all__ = ["GRID", "LayerSig", "Table", "TableCache", "widths_for", "build_layer"]
 
@@ -189,15 +194,11 @@ class TableCache:
         self.path = cache_dir() / f"{runtime}-{digest}.json"
         self.machine = machine
         self.measured = 0  # tables measured (not found in the cache) by this object
-        try:
-            data = json.loads(self.path.read_text())
-            self.tables = data["tables"] if data.get("machine") == machine else {}
-        except (OSError, ValueError, KeyError):
-            self.tables = {}
+        self.tables = _load(self.path, machine)
 
     def get(self, sig: LayerSig, step: int, measure: Measure) -> Table:
         hit = self.tables.get(sig.key)
-        if hit is not None and hit.get("step") == step:
+        if hit is not None and hit["step"] == step and _fits(hit, sig):
             return Table(sig, hit["out_w"], hit["in_w"], hit["ms"])
         out_w, in_w = widths_for(sig, step)
         if sig.one_axis:
@@ -213,10 +214,63 @@ class TableCache:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"machine": self.machine, "tables": self.tables}, f)
-        os.replace(tmp, self.path)  # atomic: a concurrent reader sees the old or the new file
+        # atomic: a concurrent reader sees the old or the new file, never a part
+        write_text(self.path, json.dumps({"machine": self.machine, "tables": self.tables}))
+
+
+def _load(path: Path, machine: str) -> dict:
+    """The tables cached in ``path`` for ``machine``; ``{}`` when there are none, with a warning
+    when the file is there but is not a cache file this code wrote (it is rewritten on save)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON (e.g. truncated)
+        return _ignored(path, f"it cannot be read ({type(exc).__name__}: {str(exc)[:120]})")
+    if not isinstance(data, dict):
+        return _ignored(path, f"it holds a JSON {_JSON.get(type(data), 'value')}, not an object with "
+                              f"'machine' and 'tables'")
+    if not isinstance(data.get("tables"), dict):
+        return _ignored(path, f"its 'tables' is a JSON {_JSON.get(type(data.get('tables')), 'value')}, "
+                              f"not an object")
+    if data.get("machine") != machine:
+        return {}  # measured elsewhere (or with another library version): never reused
+    bad = [k for k, v in data["tables"].items() if not _valid_entry(v)]
+    if bad:
+        return _ignored(path, f"{len(bad)} of its {len(data['tables'])} tables are malformed")
+    return data["tables"]
+
+
+_JSON = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+         type(None): "null"}
+
+
+def _ignored(path: Path, why: str) -> dict:
+    warnings.warn(f"latency cache file {path} is ignored: {why}. The layers are timed again and the "
+                  f"file is rewritten; delete it if this repeats", RuntimeWarning, stacklevel=3)
+    return {}
+
+
+def _fits(entry: dict, sig: LayerSig) -> bool:
+    """Whether a (valid) cached table has the axes of ``sig``: one latency per out width along
+    the single axis of a depthwise or grouped conv, one per (out, in) pair otherwise."""
+    return len(entry["ms"][0]) == (1 if sig.one_axis else len(entry["in_w"]))
+
+
+def _valid_entry(entry) -> bool:
+    """Whether a cached table has the shape :meth:`TableCache.get` writes: an int step, the out and
+    in widths, and a finite non-negative latency per (out, in) pair (or per out width)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
+        return False
+    out_w, in_w, ms = entry.get("out_w"), entry.get("in_w"), entry.get("ms")
+    if not all(isinstance(w, list) and w and all(type(v) is int and v > 0 for v in w) for w in (out_w, in_w)):
+        return False
+    if not isinstance(ms, list) or len(ms) != len(out_w) or not all(isinstance(r, list) for r in ms):
+        return False
+    widths = {len(r) for r in ms}
+    if widths != {len(in_w)} and widths != {1}:
+        return False
+    return all(type(v) in (int, float) and math.isfinite(v) and v >= 0 for r in ms for v in r)
 
 
 def machine_id(runtime: str, threads: int) -> str:
