@@ -12,7 +12,7 @@ from torch import nn
 from . import _walks
 from .analysis import Analysis, analyze
 from .compensate import compensate as _compensate
-from .criteria import Criterion, get_criterion, layer_rms
+from .criteria import Criterion, check_not_meta, checked_scores, get_criterion, layer_rms
 from .errors import PlanError
 from .landing import Landing, land
 from .latency import rounding
@@ -148,6 +148,7 @@ class Planner:
     @classmethod
     def prepare(cls, model: nn.Module, example_input: Any, cfg: ShrinkConfig,
                 analysis: Analysis | None = None) -> "Planner":
+        check_not_meta(model, example_input)  # shapes without values: nothing to score or run
         crit = get_criterion(cfg.criterion, data=cfg.data, loss_fn=cfg.loss_fn)
         a = analysis or analyze(model, example_input, cfg.ignore, cfg.uniform, cfg.layers)
         scores = tuple(_scores(crit, model, a))
@@ -193,10 +194,10 @@ def _scores(crit: Criterion, model: nn.Module, a: Analysis) -> list:
     if getattr(crit, "per_group", False):  # a group's scores depend on it alone: skip those kept whole
         live = [gi for gi, g in enumerate(a.groups) if g.prunable]
         scores = [np.zeros(g.n_units) for g in a.groups]
-        for gi, s in zip(live, crit.score(model, [a.groups[gi] for gi in live])):
+        for gi, s in zip(live, checked_scores(crit, model, [a.groups[gi] for gi in live])):
             scores[gi] = s
     else:
-        scores = crit.score(model, list(a.groups))
+        scores = checked_scores(crit, model, list(a.groups))
     for gi, g in enumerate(a.groups):
         if g.layers and not np.any(scores[gi]):
             scores[gi] = layer_rms(model, list(g.layers))

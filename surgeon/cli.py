@@ -268,7 +268,7 @@ def _ort_pair(model: nn.Module, x: Any, onnx_rep) -> tuple[float, int, float]:
 def _report(args, loaded: Loaded, a, small, p, flops_after: float, onnx_rep, t0: float,
             prog: Progress) -> dict:
     """Measure both models, write the report; returns the latency figures."""
-    from .criteria import get_criterion
+    from .criteria import checked_scores, get_criterion
     from .verify import count_params
     from .viz import graph_data
     from .viz import report as rp
@@ -290,7 +290,7 @@ def _report(args, loaded: Loaded, a, small, p, flops_after: float, onnx_rep, t0:
                 f"torch CPU, {torch.get_num_threads()} threads", "torch.save"
     notes.append(f"input {shapes_of(x)}; FLOPs counted with torch.utils.flop_counter's formulas")
     with prog.step(f"writing {args.report}"):
-        scores = get_criterion(_criterion(args)).score(model, a.groups)
+        scores = checked_scores(get_criterion(_criterion(args)), model, list(a.groups))
         data = graph_data(a, plan=p, scores=scores, title=args.spec)
         rep = rp.ShrinkReport(args.spec, rp.Measure(a.cost("flops").base, count_params(model), size_b, lat_b),
                               rp.Measure(flops_after, count_params(small), size_a, lat_a), runtime, kind,

@@ -18,7 +18,7 @@ from torch import nn
 
 from .._atomic import write_text
 from ..analysis import Analysis, analyze
-from ..criteria import get_criterion
+from ..criteria import checked_scores, get_criterion
 from ..planning.plan import Plan
 from .dot import to_dot
 from .graphdata import graph_data
@@ -55,7 +55,7 @@ def visualize(model: nn.Module, example_input: Any, path: str | os.PathLike, pla
     if plan is not None and not isinstance(plan, Plan):
         raise TypeError(f"plan must be a surgeon.Plan (or None), got {type(plan).__name__}")
     a = analysis or analyze(model, example_input)
-    scores = get_criterion(criterion).score(model, a.groups)
+    scores = checked_scores(get_criterion(criterion), model, list(a.groups))
     data = graph_data(a, plan=plan, scores=scores, title=title or type(model).__name__, max_nodes=max_nodes)
     text = to_dot(data) if path.suffix.lower() == ".dot" else page(data)
     write_text(path, text)  # atomic: a failed or interrupted write leaves any older picture whole
