@@ -59,8 +59,20 @@ def record(path: str, only: str | None = None) -> None:
     tmp.replace(path)
 
 
+def _decisions(text: str) -> str:
+    """A recorded plan without its model fingerprint (a field newer plans carry; it names the model,
+    not a decision), so recordings from before it compare."""
+    try:
+        d = json.loads(text)
+    except ValueError:  # a refusal
+        return text
+    d.pop("fingerprint", None)
+    return json.dumps(d, sort_keys=True)
+
+
 def compare(a: str, b: str) -> int:
     old, new = json.loads(Path(a).read_text()), json.loads(Path(b).read_text())
+    old, new = {k: _decisions(v) for k, v in old.items()}, {k: _decisions(v) for k, v in new.items()}
     same = [k for k in old if k in new and old[k] == new[k]]
     differ = [k for k in old if k in new and old[k] != new[k]]
     missing = sorted(set(old) ^ set(new))

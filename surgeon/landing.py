@@ -57,6 +57,8 @@ def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, p
             if attempt == 0:
                 raise  # the user's own target is out of reach
             break  # a re-aimed goal fell past the floor: keep the best landing so far
+        if best is not None:  # one shrunk copy at a time beside the model: the best is re-made if needed
+            best = best[:3] + (None,)
         small = apply(model, p)
         if not cfg.verify:
             check_config(a, small, cfg.uniform)
@@ -67,13 +69,15 @@ def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, p
         else:
             cost = flops if cfg.metric is Metric.FLOPS else count_params(small)
             got, tol = (cost / base if base else 1.0), TOLERANCE
-        if best is None or abs(got - want) < abs(best[2] - want):
-            best = (small, p, got, flops)
+        if best is None or abs(got - want) < abs(best[1] - want):
+            best = (p, got, flops, small)
+        del small
         if abs(got - want) <= tol or want >= 1.0 or got <= 0:
             break
         tried.append((goal, got))
         goal = reaim(tried, want) if cfg.metric is Metric.LATENCY else min(1.0, max(1e-6, goal * want / got))
-    small, p, got, flops = best
+    p, got, flops, small = best
+    small = apply(model, p) if small is None else small
     check_config(a, small, cfg.uniform)
     return Landing(small, p, a, got, flops)
 

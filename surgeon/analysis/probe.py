@@ -24,6 +24,7 @@ from ..graph.groups import build_groups
 from ..graph.ir import AttrFix, Coupling, DimKey
 from ..graph.rules.shape import size_spec
 from ..graph.trace import trace
+from ..slicing.clone import meta_copy, to_meta
 from ..slicing.edits import slice_model
 from .realise import attr_updates, kept_width, member_index, slices_for
 
@@ -83,17 +84,25 @@ def _trial_cut(groups, held) -> tuple[list[np.ndarray], list]:
 
 
 def _capture_cut(model, example_input, traced, groups, keep, fixes, attrs, width):
-    """The trial cut realised on a copy and captured again, or None where that fails."""
-    try:
-        slices, _ = slices_for(groups, keep, lambda name: tuple(traced.tensor(name).shape))
-        cut = slice_model(model, slices, attr_updates(model, fixes, width))
-        for (module, attr), value in attrs.items():
-            setattr(cut.get_submodule(module), attr, value)
-        cut = trace(cut, example_input)
-    except Exception as exc:  # noqa: BLE001 - any failure keeps every probed width frozen
-        log.info("surgeon: width probe failed (%s: %s); reshape widths stay frozen", type(exc).__name__, exc)
-        return None
-    return cut if cut.mode == traced.mode else None
+    """The trial cut realised on a copy and captured again, or None where that fails. The copy
+    is made on the meta device first (a capture needs shapes, not weights: no second copy of a
+    big model's weights); where a model cannot run on meta, on a real copy."""
+    slices, _ = slices_for(groups, keep, lambda name: tuple(traced.tensor(name).shape))
+    updates = attr_updates(model, fixes, width)
+    for on_meta in (True, False):
+        try:
+            source = meta_copy(model) if on_meta else model
+            cut = slice_model(source, slices, updates, inplace=on_meta)
+            for (module, attr), value in attrs.items():
+                setattr(cut.get_submodule(module), attr, value)
+            cut = trace(cut, to_meta(example_input) if on_meta else example_input)
+        except Exception as exc:  # noqa: BLE001 - any failure keeps every probed width frozen
+            log.info("surgeon: width probe failed%s (%s: %s)", " on meta" if on_meta else "",
+                     type(exc).__name__, exc)
+            continue
+        if cut.mode == traced.mode:
+            return cut
+    return None
 
 
 def _passed(c: Coupling, traced, cut, tested, held, width) -> set[DimKey]:

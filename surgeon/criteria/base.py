@@ -46,6 +46,41 @@ def _powered(t: torch.Tensor, p: int) -> torch.Tensor:
     return x * x if p == 2 else x.abs()
 
 
+CHUNK = 1 << 23  # elements (32 MB in float32): the scratch buffer |t|^p is written into
+
+
+class _Scratch:
+    """One float32 buffer that every tensor's ``|t|^p`` is written into, in blocks of rows where a
+    tensor is bigger than it. A fresh temporary per tensor would leave the allocator's heap at
+    the size of the biggest few (glibc keeps freed blocks under 32 MB): on a 600M-parameter
+    Llama, scoring held 0.6x the weights that way, and 0.01x this way."""
+
+    def __init__(self, tensors):
+        biggest = max((t.numel() for t in tensors), default=0)
+        self.buf = torch.empty(min(biggest, CHUNK), dtype=torch.float32)
+
+    def powered(self, t: torch.Tensor, p: int) -> torch.Tensor:
+        """``|t|^p`` in float32 (t has at most CHUNK elements), in the buffer: valid until the next call."""
+        if t.device != self.buf.device or t.numel() > self.buf.numel():
+            return _powered(t, p)
+        x = self.buf[:t.numel()].view(t.shape)
+        x.copy_(t)
+        return x.mul_(x) if p == 2 else x.abs_()
+
+    def sums(self, t: torch.Tensor, dims: list[int], p: int) -> list[torch.Tensor]:
+        """``sum |t|^p`` over every dim but ``d``, for each ``d`` in ``dims``."""
+        if t.numel() <= CHUNK or t.dim() < 2 or t.device != self.buf.device:
+            x = self.powered(t, p)
+            return [_sum_but(x, d) for d in dims]
+        rows = max(1, CHUNK // max(1, t[0].numel()))
+        parts: list[list[torch.Tensor]] = [[] for _ in dims]
+        for start in range(0, t.shape[0], rows):
+            x = self.powered(t[start:start + rows], p)
+            for i, d in enumerate(dims):
+                parts[i].append(_sum_but(x, d))
+        return [torch.cat(ps) if d == 0 else torch.stack(ps).sum(0) for d, ps in zip(dims, parts)]
+
+
 def _sum_but(x: torch.Tensor, dim: int) -> torch.Tensor:
     dims = [d for d in range(x.dim()) if d != dim]
     return x.sum(dim=dims) if dims else x
@@ -180,15 +215,14 @@ class Magnitude:
                 size = tensors[n].shape[0]
                 span[n, 0] = slice(at, at + size)
                 at += size
+        scratch = _Scratch(tensors[n] for n in dims_of if tensors[n].device.type == "cpu")
         for name, dims in dims_of.items():
             if ndim[name] == 1 and vectors:
                 continue
-            x = _powered(tensors[name], self.p)
-            for d in dims:
-                found.append(_sum_but(x, d))
-                size = x.shape[d]
-                span[name, d] = slice(at, at + size)
-                at += size
+            for d, sums in zip(dims, scratch.sums(tensors[name], dims, self.p)):
+                found.append(sums)
+                span[name, d] = slice(at, at + len(sums))
+                at += len(sums)
         if devices != {torch.device("cpu")}:
             found = [f.cpu() for f in found]
         flat = torch.cat(found).numpy()

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-__all__ = ["clone_module"]
+__all__ = ["clone_module", "meta_copy", "to_meta"]
 
 _ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size})
 _EMPTY = frozenset({dict, OrderedDict, set})  # a fresh empty one is the copy
@@ -91,3 +91,32 @@ def _tensor(t: Any, memo: dict[int, Any]) -> Any:
     if type(t) is nn.Parameter:
         return t.__deepcopy__(memo)  # records itself in memo
     return copy.deepcopy(t, memo)
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers live on the meta device (shapes, dtypes and
+    tying kept, no storage): what a capture that only needs shapes can run on."""
+    tensors = {id(t): t for m in model.modules() for store in (m._parameters, m._buffers)
+               for t in store.values() if t is not None}
+    copy_ = clone_module(model, replace=tensors.values())  # shares every tensor, copies none
+    meta: dict[int, torch.Tensor] = {}
+    for m in copy_.modules():
+        for store in (m._parameters, m._buffers):
+            for name, t in store.items():
+                if t is not None:
+                    if id(t) not in meta:
+                        empty = torch.empty_like(t, device="meta")
+                        meta[id(t)] = nn.Parameter(empty, t.requires_grad) if isinstance(t, nn.Parameter) else empty
+                    store[name] = meta[id(t)]
+    return copy_
+
+
+def to_meta(x: Any) -> Any:
+    """``x`` (tensors in tuples, lists, dicts) with every tensor on the meta device."""
+    if isinstance(x, torch.Tensor):
+        return x.to("meta")
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_meta(v) for v in x)
+    if isinstance(x, dict):
+        return {k: to_meta(v) for k, v in x.items()}
+    return x
