@@ -16,11 +16,9 @@ import torch
 from torch import nn
 
 import surgeon
-from surgeon import latency
 from surgeon.compensate import CalibrationError, RefitError, compensate
 from surgeon.criteria import DataError, MetaDeviceError, ScoreError, check_not_meta
 from surgeon.errors import SurgeonError
-from surgeon.latency import Backend
 from surgeon.latency.table import TableCache
 from surgeon.verify import count_flops
 
@@ -220,34 +218,7 @@ def test_builtin_criterion_on_inf_weights_is_refused():
 
 
 # -- latency cache: a file that is not one is ignored, rebuilt and rewritten atomically -------------
-class _FakeBackend(Backend):
-    """Timings from the multiply-accumulates alone; counts the layers it times."""
-
-    def __init__(self):
-        super().__init__("ort-cpu")
-        self.timed = 0
-
-    def machine(self) -> str:
-        return "fake machine"
-
-    def layers(self, cases):
-        self.timed += len(cases)
-        with torch.no_grad():
-            return [1.0 + float(m(x).numel() * m.weight[0].numel()) / 1e4 for m, x in cases]
-
-    def model(self, model, x):
-        return 5.0 + count_flops(model, x) / 2e4, 0.01
-
-    def ratio(self, dense, small, x):
-        return self.model(small, x)[0] / self.model(dense, x)[0]
-
-
-@pytest.fixture
-def fake(monkeypatch, tmp_path):
-    monkeypatch.setenv("SURGEON_CACHE", str(tmp_path))
-    backend = _FakeBackend()
-    monkeypatch.setitem(latency.BACKENDS, "ort-cpu", backend)
-    return backend
+from fakes import fake  # noqa: E402,F401 - the analytic backend, as in test_latency
 
 
 def _small_net() -> nn.Module:

@@ -13,6 +13,8 @@ import os
 
 import pytest
 import torch
+
+from fakes import ort_run as _run, rel_error as _rel
 from torch import nn
 
 import surgeon
@@ -28,17 +30,6 @@ SUBSET = ["resnet50", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "c
           "shufflenet_v2_x1_0"]
 ZOO = [pytest.param(n, id=n) for n in SUBSET] + \
       [pytest.param(n, id=n, marks=pytest.mark.zoo) for n in zoo_names() if n not in SUBSET]
-
-
-def _run(path, x: torch.Tensor) -> torch.Tensor:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
-
-
-def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float((ref.double() - out.double()).abs().max() / ref.double().abs().max())
 
 
 def _initializer_dtypes(path) -> set[int]:

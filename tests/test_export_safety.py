@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from fakes import ort_run as _run, rel_error as _rel
 from torch import nn
 
 from surgeon.errors import SurgeonError
@@ -42,17 +44,6 @@ def mlp():
     ref = reference_output(model, x)
     assert float(ref.std()) > MIN_STD
     return model, x, ref
-
-
-def _run(path, x: torch.Tensor) -> torch.Tensor:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
-
-
-def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float((ref.double() - out.double()).abs().max() / ref.double().abs().max())
 
 
 def _float_initializers(path) -> int:
