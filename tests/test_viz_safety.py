@@ -8,6 +8,7 @@ hostile pages in headless Chromium (``apt-get install -y chromium`` on Debian) a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -50,11 +51,13 @@ def _evil_plan(model: nn.Module, x: torch.Tensor, tmp_path: Path) -> surgeon.Pla
     """/work/shared/repros/xss_plan.py's plan: decision fields hold markup, read back from a file."""
     d = json.loads(surgeon.plan(model, x, 0.5).to_json())
     for dec in d["decisions"]:
-        dec["units"], dec["kept"], dec["kind"], dec["reason"] = "zzz", EVIL, EVIL, EVIL
+        dec["kind"], dec["reason"] = EVIL, EVIL
         dec["tensors"] = [EVIL + t for t in dec["tensors"]]
     d["model"] = d["metric"] = d["criterion"] = EVIL
     (tmp_path / "evil_plan.json").write_text(json.dumps(d))
-    return surgeon.Plan.load(tmp_path / "evil_plan.json")
+    plan = surgeon.Plan.load(tmp_path / "evil_plan.json")  # from_dict refuses non-integer counts...
+    return dataclasses.replace(plan, decisions=tuple(dataclasses.replace(d, units="zzz", kept=EVIL)  # ...a plan
+                                                     for d in plan.decisions))  # built in Python can still hold them
 
 
 def _poison(obj):

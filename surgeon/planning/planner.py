@@ -25,7 +25,7 @@ from ..analysis import Analysis
 from ..errors import PlanError
 from ..graph.cost import CostModel
 from ..analysis.realise import attr_updates, slices_for
-from .plan import AttrUpdate, Decision, Plan, Slice
+from .plan import AttrUpdate, Decision, Plan, Slice, fingerprint_of
 
 __all__ = ["solve", "build_plan"]
 
@@ -438,5 +438,5 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
     return Plan(type(model).__name__, float(target), metric, criterion, round_to, c.base,
                 after[metric] if metric in after else c.total(keep),
                 tuple(slices), tuple(attrs), tuple(decisions), tuple(sorted(shapes.items())), extra, config,
-                drops)
+                drops, fingerprint=fingerprint_of(model))
 

@@ -8,21 +8,22 @@ passes ``inplace=True``. The result keeps the user's own classes, so its methods
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import nn
 
-from ..errors import PlanError
 from ..planning.plan import Plan
 from ..slicing.edits import Modules, slice_model
 from ..slicing.fixers import FIXERS, NAMED_FIXERS, has_fixer, register_fixer
+from .validate import check_plan
 
 __all__ = ["apply", "FIXERS", "NAMED_FIXERS", "register_fixer", "has_fixer"]
 
 
 def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     """Physically remove what ``plan`` says from ``model`` (a deep copy unless ``inplace``).
+
+    The plan is checked against the model first (see :mod:`surgeon.surgery.validate`): a plan
+    made for another model, or one whose indices or attributes were edited, raises
+    :class:`~surgeon.errors.PlanError` and leaves ``model`` as it was.
 
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
@@ -36,11 +37,5 @@ def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a surgeon.Plan, got {type(plan).__name__}")
     source = Modules(model)
-    found: dict[str, Any] = {}
-    for name, shape in plan.shapes:
-        t = found[name] = source.tensor(name, None)
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else None
-            raise PlanError(f"the plan was made for a model where '{name}' has shape {tuple(shape)}, "
-                            f"this one has {got}; build a new plan for this model")
+    found = check_plan(model, plan, source)  # before the model is touched or copied
     return slice_model(model, plan.slices, plan.attrs, plan.drops, plan.config, inplace, source, found)
