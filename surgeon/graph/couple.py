@@ -2,7 +2,9 @@
 
 Invariant: a dimension is prunable only if every op that touches it says how. Model inputs and
 outputs are frozen, every dim of an op with no rule is frozen with the reason, and after a rule
-runs, any dim of its inputs or output that it did not tie is frozen too.
+runs, any dim of its inputs or output that it did not tie is frozen too. A tensor the forward
+makes from constants (``torch.ones(16)``) keeps its sizes, so its dims are frozen; a width used
+as a number by an op whose rule does not read it (``y / y.shape[1]``) makes its dim inexact.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .. import _walks
 from .ir import Coupling, DimKey
 from .rules import RuleContext, lookup
+from .rules.width import READS_SIZES
+from .._gc import own_loop
 
 __all__ = ["couple", "where"]
 
@@ -110,12 +115,14 @@ def _direct(ref) -> bool:
     return isinstance(ref, tuple) and len(ref) == 2 and isinstance(ref[0], fx.Node)
 
 
+@own_loop
 def couple(traced) -> Coupling:
     """Apply the registered rules to every node of ``traced`` and return the coupling."""
     c = Coupling()
     refs = size_refs(traced)
     memo: dict = {}
     rules: dict = {}
+    owned = _model_tensor_names(traced.model)
     for node in traced.graph.nodes:
         info = traced.info.get(node.name)
         if info is None:
@@ -123,6 +130,10 @@ def couple(traced) -> Coupling:
         if node.op == "placeholder":
             for key in _keys(c, traced, node) + _tuple_keys(c, traced, node):
                 c.freeze(key, f"model input '{node.target}'")
+        elif node.op == "get_attr" and node.target not in owned:
+            # a constant the capture made (fx's _tensor_constant0): surgery has nothing to slice
+            for key in _keys(c, traced, node):
+                c.freeze(key, f"a constant tensor made in forward ('{node.target}') keeps its sizes")
         elif node.op == "get_attr":
             for d, key in enumerate(_keys(c, traced, node)):
                 c.eq(key, c.add(("p", node.target, d), c.sizes[key]))
@@ -136,6 +147,14 @@ def couple(traced) -> Coupling:
     if traced.mode == "export":
         _tie_multihead_attention(c, traced.model)
     return c.seal()
+
+
+def _model_tensor_names(model: nn.Module) -> set[str]:
+    """Qualified names of the user's parameters and buffers, aliases included: what surgery can
+    slice."""
+    names = set(_walks.parameters(model))
+    names.update(n for n, _ in model.named_buffers(remove_duplicate=False))
+    return names
 
 
 def _tie_multihead_attention(c: Coupling, model: nn.Module) -> None:
@@ -191,12 +210,44 @@ def _apply_rule(c: Coupling, traced, node: fx.Node, refs, memo: dict, rules: dic
     if rule is None:
         for key in in_keys + out_keys:
             c.freeze(key, f"no coupling rule for {what} at {loc}")
+        _width_numbers(c, traced, node, refs, f"{what} at {loc}")
         return
     ctx = RuleContext(c, traced, node, loc, refs)
     rule(ctx)
+    if rule not in READS_SIZES:
+        _width_numbers(c, traced, node, refs, f"{what} at {loc}")
     for key in out_keys:
         if key not in ctx.touched:
             c.freeze(key, f"dim {key[2]} of the output of {what} at {loc} is tied to no parameter")
     for key in in_keys:
         if key not in ctx.touched:
             c.freeze(key, f"{what} at {loc} does not say how it uses dim {key[2]} of '{key[1]}'")
+
+
+def _ref_dims(ref) -> list[tuple[fx.Node, int]]:
+    """The tensor dims a :func:`size_refs` entry was computed from."""
+    if isinstance(ref, set):
+        return list(ref)
+    if not isinstance(ref, tuple):
+        return []
+    if ref[0] == "shape":
+        return [(ref[1], d) for d in ref[2]]
+    if ref[0] == "div":
+        return _ref_dims(ref[1])
+    return [ref] if isinstance(ref[0], fx.Node) else []
+
+
+def _width_numbers(c: Coupling, traced, node: fx.Node, refs, where_: str) -> None:
+    """Numbers computed from widths (``y.shape[1]``) reaching an op whose rule does not read them
+    change when those widths are pruned: ``y / y.shape[1]`` is a mean by hand, so its dim is
+    inexact, as a mean's is."""
+    for arg in _inputs(node):
+        if traced.info.get(arg.name) is None or traced.info[arg.name].shape is not None:
+            continue  # a tensor (or a tuple of them): its dims are the rule's business
+        for t, d in _ref_dims(refs.get(arg.name)):
+            shape = traced.shape(t)
+            if shape is None:
+                continue
+            d %= len(shape)
+            key = c.add(("v", t.name, d), shape[d])
+            c.mark_inexact(key, f"the width of dim {d} of '{t.name}' is used as a number by {where_}")

@@ -3,11 +3,16 @@ trailing dims), group norm (per group of channels)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ...slicing.fixers import has_fixer
 from .base import RuleContext, register
+from .shape import _find_attr
+from .width import depends_on_width, follow_size, reads_sizes
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -82,6 +87,7 @@ def layer_norm_module(ctx: RuleContext) -> None:
             ctx.attr_fix(ctx.node.target, "normalized_shape", ctx.out(nd - n + k), index=k)
 
 
+@reads_sizes
 @register(F.layer_norm, F.rms_norm, torch.ops.aten.layer_norm, torch.ops.aten.rms_norm)
 def layer_norm_fn(ctx: RuleContext) -> None:
     shape = ctx.arg(1, "normalized_shape")
@@ -89,8 +95,56 @@ def layer_norm_fn(ctx: RuleContext) -> None:
     b = ctx.arg(3, "bias") if ctx.node.target not in (F.rms_norm, torch.ops.aten.rms_norm.default) else None
     if isinstance(b, float):
         b = None
-    couple_trailing_norm(ctx, ctx.arg(0), len(shape), (lambda k: ctx.v(w, k)) if w is not None else None,
+    items = _normalized_items(ctx, shape)
+    couple_trailing_norm(ctx, ctx.arg(0), len(items), (lambda k: ctx.v(w, k)) if w is not None else None,
                          (lambda k: ctx.v(b, k)) if b is not None else None)
+    if ctx.traced.mode == "fx":  # an exported graph writes every size as a number: nothing to tell
+        _check_normalized(ctx, items)
+
+
+def _normalized_items(ctx: RuleContext, shape) -> list:
+    """``normalized_shape`` as one entry per normalised dim: ints, int-valued nodes, or
+    ``(tensor, dim)`` for a node that is a slice of a tensor's shape (``x.shape[-1:]``)."""
+    if isinstance(shape, fx.Node):
+        ref = ctx.size_refs.get(shape.name)
+        if isinstance(ref, tuple) and ref[0] == "shape":
+            return [(ref[1], d) for d in ref[2]]
+        value = ctx.value(shape)
+        return list(value) if isinstance(value, (list, tuple, torch.Size)) else [value]
+    return [shape] if isinstance(shape, int) else list(shape)
+
+
+def _check_normalized(ctx: RuleContext, items: list) -> None:
+    """The normalised widths must follow pruning: read from the tensor (tied to it), kept in an
+    attribute surgery rewrites (a LayerNorm subclass, or an int attribute), or frozen."""
+    nd = len(ctx.out_shape)
+    written = tuple(ctx.c.sizes[ctx.v(*i)] if isinstance(i, tuple) else ctx.value(i) for i in items)
+    owner = _owner(ctx)
+    if owner is not None and has_fixer(owner) and tuple(getattr(owner, "normalized_shape", ())) == written:
+        return  # F.layer_norm(x, self.normalized_shape, ...) inside a LayerNorm subclass
+    for k, item in enumerate(items):
+        d = nd - len(items) + k
+        key = ctx.out(d)
+        if isinstance(item, tuple) and ctx.c.sizes[ctx.v(*item)] == ctx.c.sizes[key]:
+            n = ctx.c.sizes[key]  # x.shape[-1:]: the width read from a tensor
+            ctx.rel(key, ctx.v(*item), np.arange(n), np.arange(n))
+        elif isinstance(item, fx.Node) and follow_size(ctx, key, item):
+            continue
+        elif type(item) is int and (found := _find_attr(ctx, item)):
+            for module, attr in found:  # self.dim written into the call: surgery updates it
+                ctx.attr_fix(module, attr, key)
+        else:
+            depends_on_width(ctx, [key], d, f"normalized_shape {written} is written in the code")
+
+
+def _owner(ctx: RuleContext) -> nn.Module | None:
+    """The innermost module whose forward made this call."""
+    stack = ctx.node.meta.get("nn_module_stack") or {}
+    paths = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+    try:
+        return ctx.traced.model.get_submodule(paths[-1]) if paths else None
+    except AttributeError:
+        return None
 
 
 def couple_group_norm(ctx: RuleContext, x, groups: int, members) -> None:

@@ -1,5 +1,8 @@
-"""Ops that move, slice, join or regroup dimensions: cat, split, getitem, view/reshape/flatten,
-permute/transpose, expand/repeat, pad, roll, pixel shuffle and channel shuffle."""
+"""Ops that move, slice, join or regroup dimensions: cat, stack, split, getitem,
+view/reshape/flatten/unflatten, permute/transpose, expand, pad, pixel shuffle and channel
+shuffle. Ops whose result depends on the width they see (roll, flip, repeat, narrow, index
+tensors) are in :mod:`.width`; the sizes and bounds written into the ops here are checked with
+its helpers."""
 
 from __future__ import annotations
 
@@ -13,12 +16,18 @@ from torch import nn
 
 from ...slicing.fixers import has_fixer
 from .base import RuleContext, register
+from .width import depends_on_width, follow_size, reads_sizes, stacked_whole, unbind_count, whole_unbind
 
 aten = torch.ops.aten
 
 
 # -- joining and slicing ------------------------------------------------------------------------------
 def _tensor_list(ctx: RuleContext, seq) -> list:
+    """The tensors of a sequence argument; a tuple-valued node (``torch.cat(y.chunk(2, 1))``)
+    stands for its elements, ``(node, i)``."""
+    if isinstance(seq, fx.Node):
+        shapes = ctx.traced.info[seq.name].shape
+        seq = [(seq, i) for i in range(len(shapes))] if isinstance(shapes, list) else [seq]
     return [t for t in seq if ctx.shape(t) is not None]
 
 
@@ -41,13 +50,20 @@ def cat(ctx: RuleContext) -> None:
 
 @register(torch.stack, aten.stack)
 def stack(ctx: RuleContext) -> None:
-    tensors = _tensor_list(ctx, ctx.arg(0, "tensors"))
+    """Each tensor's dims line up with the output's around the new one. The new dim counts the
+    tensors, so it is tied only when they are all of ``x.unbind(d)``: then it is ``x``'s dim d."""
+    seq = ctx.arg(0, "tensors")
+    tensors = _tensor_list(ctx, seq)
     dim = ctx.arg(1, "dim", 0) % len(ctx.out_shape)
     for t in tensors:
         for d in range(len(ctx.shape(t))):
             ctx.eq(ctx.v(t, d), ctx.out(d if d < dim else d + 1))
+    source = whole_unbind(ctx, seq)
+    if source is not None and stacked_whole(seq):
+        ctx.eq(ctx.v(*source), ctx.out(dim))
 
 
+@reads_sizes
 @register(torch.split, torch.chunk, torch.tensor_split, torch.unbind, "method:split", "method:chunk",
           "method:tensor_split", "method:unbind", "method:split_with_sizes", aten.split,
           aten.split_with_sizes, aten.chunk, aten.unbind, aten.tensor_split)
@@ -79,13 +95,16 @@ def split(ctx: RuleContext) -> None:
         ctx.rel(ctx.v(x, dim), ctx.out(dim, i), offset + np.arange(n), np.arange(n))
         pieces.append(ctx.out(dim, i))
         offset += n
-    if unbind or not pieces:
+    if unbind:
+        return unbind_count(ctx, x, dim)
+    if not pieces:
         return
     sizes = {ctx.c.sizes[p] for p in pieces}
-    if "chunk" in name and len(sizes) == 1:
+    size_arg = ctx.arg(1, "split_size_or_sections", ctx.node.kwargs.get("split_size"))
+    # chunk(k) and tensor_split(k) cut the width they see into k: equal pieces stay equal
+    if len(sizes) == 1 and ("chunk" in name or "tensor_split" in name and type(size_arg) is int):
         _tie_equal(ctx, pieces)
         return
-    size_arg = ctx.arg(1, "split_size_or_sections", ctx.node.kwargs.get("split_size"))
     if isinstance(size_arg, int) and len(sizes) == 1 and ctx.c.is_channel_like(ctx.v(x, dim)):
         found = _find_attr(ctx, size_arg)
         if ctx.traced.mode == "export":
@@ -97,7 +116,7 @@ def split(ctx: RuleContext) -> None:
             for module, attr in found:
                 ctx.attr_fix(module, attr, pieces[0])
             return
-    ctx.freeze(ctx.v(x, dim), "split sizes are written in the code")
+    depends_on_width(ctx, [ctx.v(x, dim)], dim, "split sizes are written in the code")
 
 
 def _tie_equal(ctx: RuleContext, pieces: list) -> None:
@@ -106,6 +125,7 @@ def _tie_equal(ctx: RuleContext, pieces: list) -> None:
         ctx.rel(pieces[0], p, np.arange(n), np.arange(n))
 
 
+@reads_sizes
 @register(operator.getitem, aten.slice, aten.select, aten.unsqueeze_copy)
 def getitem(ctx: RuleContext) -> None:
     src = ctx.arg(0)
@@ -117,16 +137,26 @@ def getitem(ctx: RuleContext) -> None:
         if isinstance(idx, int) and ctx.out_shape is not None:
             for d in range(len(ctx.out_shape)):
                 ctx.eq(ctx.v((src, idx % len(src_shape)), d), ctx.out(d))
+        elif isinstance(idx, slice):  # y.split(8, 1)[::-1]: element i is the source's element j
+            for i, j in enumerate(range(len(src_shape))[idx]):
+                if ctx.shape((src, j)) is not None:
+                    for d in range(len(ctx.shape((src, j)))):
+                        ctx.eq(ctx.v((src, j), d), ctx.out(d, i))
         return
     if not isinstance(src_shape, torch.Size) or ctx.out_shape is None:
         return
     _tensor_index(ctx, src, idx if isinstance(idx, tuple) else (idx,))
 
 
+def _advanced(ctx: RuleContext, it) -> bool:
+    """An index that picks positions (a tensor, a list): it names positions of the full width."""
+    return isinstance(it, (list, tuple, torch.Tensor)) or ctx.shape(it) is not None
+
+
 def _tensor_index(ctx: RuleContext, x, items: tuple) -> None:
     xs = ctx.shape(x)
-    if any(isinstance(it, (fx.Node, list, torch.Tensor)) and ctx.shape(it) is not None for it in items):
-        return  # advanced indexing: every dim is frozen by default
+    if any(_advanced(ctx, it) for it in items):
+        return _index_positions(ctx, x, items)
     n_real = sum(1 for it in items if it is not None and it is not Ellipsis)
     expanded = []
     for it in items:
@@ -144,12 +174,31 @@ def _tensor_index(ctx: RuleContext, x, items: tuple) -> None:
             rng = range(xs[i])[slice(start, stop, step)]
             a, b = ctx.v(x, i), ctx.out(o)
             if len(rng) == xs[i] and (len(rng) < 2 or rng.step == 1):
-                ctx.eq(a, b)
+                ctx.eq(a, b)  # a literal bound past the end clamps: the whole dim at any width
+                if isinstance(it.stop, fx.Node):
+                    follow_size(ctx, a, it.stop)  # y[:, :z.size(1)] stays whole only while z is as wide
             else:  # the bounds are written in the code: they cannot follow pruning
-                ctx.freeze(a, "sliced with fixed bounds")
+                bounds = ":".join("" if v is None else str(v) for v in (start, stop))
+                bounds += "" if step is None else f":{step}"
+                depends_on_width(ctx, [a, b], i, f"sliced with fixed bounds [{bounds}]")
             i += 1
             o += 1
         else:  # an integer drops the dim
+            depends_on_width(ctx, [ctx.v(x, i)], i, f"selects position {ctx.value(it)}")
+            i += 1
+
+
+def _index_positions(ctx: RuleContext, x, items: tuple) -> None:
+    """Advanced indexing: the dims indexed by positions are frozen here, the rest by default."""
+    xs = ctx.shape(x)
+    n_real = sum(1 for it in items if it is not None and it is not Ellipsis)
+    i = 0
+    for it in items:
+        if it is Ellipsis:
+            i += len(xs) - n_real
+        elif it is not None:
+            if _advanced(ctx, it) and i < len(xs):
+                depends_on_width(ctx, [ctx.v(x, i)], i, "indexed by positions of the full width")
             i += 1
 
 
@@ -160,6 +209,7 @@ def _aten_slice(ctx: RuleContext, x) -> None:
         for d in range(len(xs)):
             if d != dim:
                 ctx.eq(ctx.v(x, d), ctx.out(d if d < dim else d - 1))
+        depends_on_width(ctx, [ctx.v(x, dim)], dim, f"selects position {ctx.arg(2, 'index')}")
         return
     start, end, step = ctx.arg(2, "start", None), ctx.arg(3, "end", None), ctx.arg(4, "step", 1)
     items = [slice(None)] * len(xs)
@@ -195,7 +245,7 @@ def _strides(shape: list[int]) -> list[int]:
     return list(reversed(out))
 
 
-def regroup(ctx: RuleContext, x, literal_spec: list | None = None) -> None:
+def regroup(ctx: RuleContext, x, literal_spec: list | None = None, first: int = 0) -> None:
     """Tie the dims of ``x`` to the output's after a view/reshape/flatten/unflatten/squeeze.
 
     When a channel dim is split into factors (heads x head_dim, groups x channels) one factor
@@ -243,7 +293,7 @@ def regroup(ctx: RuleContext, x, literal_spec: list | None = None) -> None:
             if t != k:
                 ctx.freeze(p, "factor of a reshape that keeps its size")
     if literal_spec is not None and len(literal_spec) == len(os_):
-        _check_sizes(ctx, literal_spec)
+        _check_sizes(ctx, literal_spec, first=first)
 
 
 def _atoms(a: list[int], b: list[int]) -> list[tuple[int, int, int]] | None:
@@ -290,9 +340,10 @@ def _regroup_many(ctx: RuleContext, x, gi: list[int], go: list[int]) -> None:
             ctx.freeze(ctx.out(go[j]), "factor of a reshape that keeps its size")
 
 
-def _check_sizes(ctx: RuleContext, spec: list) -> None:
-    """Sizes written into a reshape must follow pruning: fix the attribute they come from,
-    tie them to the tensor they were read from, or freeze the dim."""
+def _check_sizes(ctx: RuleContext, spec: list, what: str = "reshape", first: int = 0) -> None:
+    """Sizes written into a reshape (or an expand) must follow pruning: fix the attribute they
+    come from, tie them to the tensor they were read from, or freeze the dim. ``spec`` lines up
+    with the output's dims; its entry d is entry ``d - first`` of :func:`size_spec`."""
     for d, item in enumerate(spec):
         key = ctx.out(d)
         if not ctx.c.is_channel_like(key) or key not in ctx.touched:
@@ -302,12 +353,12 @@ def _check_sizes(ctx: RuleContext, spec: list) -> None:
                 continue
             found = _find_attr(ctx, item)
             if ctx.traced.mode == "export":  # every size is a number there: ask the model
-                _probe(ctx, key, d, item, found, f"reshape hard-codes width {item}")
+                _probe(ctx, key, d - first, item, found, f"{what} hard-codes width {item}")
             elif found:
                 for module, attr in found:
                     ctx.attr_fix(module, attr, key)
             else:
-                ctx.freeze(key, f"reshape hard-codes width {item}")
+                depends_on_width(ctx, [key], d, f"{what} hard-codes width {item}")
         elif isinstance(item, fx.Node):
             ref = ctx.size_refs.get(item.name)
             if isinstance(ref, tuple) and ref[0] == "div" and key in ctx.splits:
@@ -370,7 +421,11 @@ def _find_attr(ctx: RuleContext, value: int) -> list[tuple[str, str]]:
 
 
 def size_spec(node: fx.Node) -> list:
-    """The sizes a view/reshape (or a split's size and dim) node is called with, flattened."""
+    """The sizes a view/reshape (or a split's size and dim) node is called with, flattened; for
+    ``unflatten(dim, sizes)``, the sizes."""
+    if _is_unflatten(node):
+        sizes = node.kwargs.get("sizes", node.args[2] if len(node.args) > 2 else None)
+        return list(sizes) if isinstance(sizes, (list, tuple)) else []
     rest = list(node.args[1:])
     if "shape" in node.kwargs:
         rest = [node.kwargs["shape"]]
@@ -379,6 +434,7 @@ def size_spec(node: fx.Node) -> list:
     return rest
 
 
+@reads_sizes
 @register("method:view", "method:reshape", torch.reshape, aten.view, aten.reshape, aten._unsafe_view)
 def view(ctx: RuleContext) -> None:
     x = ctx.arg(0)
@@ -388,12 +444,33 @@ def view(ctx: RuleContext) -> None:
     regroup(ctx, x, rest)
 
 
-@register(torch.flatten, "method:flatten", nn.Flatten, nn.Unflatten, "method:unflatten",
-          torch.unflatten, torch.squeeze, torch.unsqueeze, "method:squeeze", "method:unsqueeze",
-          "method:view_as", "method:reshape_as", aten.flatten, aten.squeeze, aten.unsqueeze,
-          aten.unflatten, torch.ravel, "method:ravel", aten.squeeze_copy, aten.view_copy)
+@register(torch.flatten, "method:flatten", nn.Flatten, torch.squeeze, torch.unsqueeze, "method:squeeze",
+          "method:unsqueeze", "method:view_as", "method:reshape_as", aten.flatten, aten.squeeze,
+          aten.unsqueeze, torch.ravel, "method:ravel", aten.squeeze_copy, aten.view_copy)
 def regroup_only(ctx: RuleContext) -> None:
     regroup(ctx, ctx.arg(0))
+
+
+@reads_sizes
+@register(nn.Unflatten, "method:unflatten", torch.unflatten, aten.unflatten)
+def unflatten(ctx: RuleContext) -> None:
+    """``unflatten(dim, sizes)`` is a view whose sizes are written for one dim: checked like a
+    reshape's (``(4, -1)`` follows pruning, a literal ``(4, 4)`` freezes the channels)."""
+    x = ctx.arg(0)
+    if ctx.module is not None:
+        dim, sizes = ctx.module.dim, ctx.module.unflattened_size
+    else:
+        dim, sizes = ctx.arg(1, "dim"), ctx.arg(2, "sizes")
+    nd = len(ctx.shape(x))
+    if not isinstance(dim, int) or not isinstance(sizes, (list, tuple, torch.Size)):
+        return regroup(ctx, x)  # sizes computed as a whole at run time
+    dim %= nd
+    regroup(ctx, x, [None] * dim + list(sizes) + [None] * (nd - dim - 1), first=dim)
+
+
+def _is_unflatten(node: fx.Node) -> bool:
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return node.op != "call_module" and target.split(".")[0] == "unflatten"
 
 
 def _permutation(ctx: RuleContext, n: int) -> list[int] | None:
@@ -436,22 +513,17 @@ def permute(ctx: RuleContext) -> None:
         ctx.eq(ctx.v(x, i), ctx.out(o))
 
 
+@reads_sizes
 @register("method:expand", "method:expand_as", torch.broadcast_to, "method:broadcast_to", aten.expand)
 def expand(ctx: RuleContext) -> None:
+    """Broadcast; a size written for a dim that is not broadcast must follow its width (an
+    ``expand(1, 16, h, w)`` of a pruned 16-channel tensor fails)."""
     ctx.broadcast([ctx.arg(0)], ctx.node)
-
-
-@register("method:repeat", torch.tile, "method:tile", aten.repeat)
-def repeat(ctx: RuleContext) -> None:
-    x = ctx.arg(0)
-    xs, os_ = ctx.shape(x), ctx.out_shape
-    off = len(os_) - len(xs)
-    for d, n in enumerate(xs):
-        m = os_[d + off]
-        if m == n:
-            ctx.eq(ctx.v(x, d), ctx.out(d + off))
-        else:
-            ctx.rel(ctx.v(x, d), ctx.out(d + off), np.arange(m) % n, np.arange(m))
+    if ctx.traced.mode != "fx":
+        return  # an exported expand writes every size as a number, the computed ones too
+    spec = size_spec(ctx.node)
+    if len(spec) == len(ctx.out_shape) and not any(ctx.shape(s) is not None for s in spec):
+        _check_sizes(ctx, spec, "expand")
 
 
 @register(F.pad, aten.pad, aten.constant_pad_nd)
@@ -459,34 +531,6 @@ def pad(ctx: RuleContext) -> None:
     x = ctx.arg(0)
     for d, (a, b) in enumerate(zip(ctx.shape(x), ctx.out_shape)):
         if a == b:
-            ctx.eq(ctx.v(x, d), ctx.out(d))
-
-
-@register(torch.roll, "method:roll", aten.roll)
-def roll(ctx: RuleContext) -> None:
-    x = ctx.arg(0)
-    xs = ctx.shape(x)
-    shifts, dims = ctx.arg(1, "shifts"), ctx.arg(2, "dims", None)
-    if dims is None:
-        return  # roll of the flattened tensor: frozen by default
-    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
-    dims = [d % len(xs) for d in ([dims] if isinstance(dims, int) else list(dims))]
-    for d, n in enumerate(xs):
-        if d in dims:
-            s = shifts[dims.index(d)]
-            ctx.rel(ctx.v(x, d), ctx.out(d), np.arange(n), (np.arange(n) + s) % n)
-        else:
-            ctx.eq(ctx.v(x, d), ctx.out(d))
-
-
-@register(torch.flip, "method:flip", aten.flip)
-def flip(ctx: RuleContext) -> None:
-    x = ctx.arg(0)
-    dims = [d % len(ctx.shape(x)) for d in ctx.arg(1, "dims")]
-    for d, n in enumerate(ctx.shape(x)):
-        if d in dims:
-            ctx.rel(ctx.v(x, d), ctx.out(d), np.arange(n), n - 1 - np.arange(n))
-        else:
             ctx.eq(ctx.v(x, d), ctx.out(d))
 
 
