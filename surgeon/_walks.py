@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["shared", "modules", "parameters"]
+__all__ = ["shared", "modules", "parameters", "remember", "settle"]
 
 _SHARED: ContextVar[dict | None] = ContextVar("surgeon_walks", default=None)
 
@@ -30,8 +30,8 @@ def shared() -> Iterator[None]:
     generations with ``gc.freeze`` for the block. The collector is never paused, so new cycles
     (the user's forward code included) are collected as usual; it only stops re-walking the
     long-lived heap, which cost a third of the time of a depth-400 shrink."""
-    token = _SHARED.set({})
     froze = gc.get_freeze_count() == 0  # a caller's own freeze is left alone
+    token = _SHARED.set({"frozen": froze})
     if froze:
         gc.freeze()
     try:
@@ -63,3 +63,17 @@ def parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:
     """``dict(model.named_parameters(remove_duplicate=False))`` (aliases under every name, in
     walk order), walked once per shared block."""
     return _remembered(model, "parameters", lambda: dict(model.named_parameters(remove_duplicate=False)))
+
+
+def remember(model: nn.Module, what: str, compute) -> object:
+    """``compute()``, once per model and ``what`` inside a shared block (a value that only the
+    model's structure decides, such as its plan fingerprint)."""
+    return _remembered(model, what, compute)
+
+
+def settle() -> None:
+    """Inside a shared block that froze the heap: freeze what exists now too (a capture's graph,
+    built once and read by every later step); unfrozen with the rest when the block ends."""
+    cache = _SHARED.get()
+    if cache is not None and cache.get("frozen"):
+        gc.freeze()

@@ -21,7 +21,7 @@ from .errors import PlanError, SurgeryError
 from .graph.trace import count_known, eval_mode, run_model, shapes_of
 from .options import Metric, ShrinkConfig
 from .planning.plan import Plan
-from .surgery import apply
+from .surgery import apply_own
 from .verify import count_params, measure
 
 __all__ = ["Landing", "land"]
@@ -59,7 +59,7 @@ def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, p
             break  # a re-aimed goal fell past the floor: keep the best landing so far
         if best is not None:  # one shrunk copy at a time beside the model: the best is re-made if needed
             best = best[:3] + (None,)
-        small = apply(model, p)
+        small = apply_own(model, p)  # the plan was made from this model just now
         if not cfg.verify:
             check_config(a, small, cfg.uniform)
             return Landing(small, p, a, p.ratio, None)
@@ -77,7 +77,7 @@ def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, p
         tried.append((goal, got))
         goal = reaim(tried, want) if cfg.metric is Metric.LATENCY else min(1.0, max(1e-6, goal * want / got))
     p, got, flops, small = best
-    small = apply(model, p) if small is None else small
+    small = apply_own(model, p) if small is None else small
     check_config(a, small, cfg.uniform)
     return Landing(small, p, a, got, flops)
 

@@ -90,9 +90,11 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
     per ``ModuleList``/``Sequential`` of residual blocks whose removal is exact."""
     names = ignored_names(model, ignore)
     traced = trace(model, example_input)
+    _walks.settle()  # the capture lives as long as the analysis: the collector need not re-walk it
     c = couple(traced)
     if c.probes:
         c = resolve_probes(model, example_input, traced, c)
+    _walks.settle()  # and so does the coupling
     params = set(_walks.parameters(model))  # every name, aliases included
     groups = [g if g.reason is not None or any(m.name in params for m in g.tensors)
               else dataclasses.replace(g, reason="only buffers, no parameters, in this group")
@@ -113,8 +115,7 @@ def _with_unit_costs(a: Analysis) -> Analysis:
     """The groups with their FLOPs per unit, and parameters per unit computed on first read."""
     flops = a.cost("flops").mean_marginal()
     params = functools.cache(lambda: a.cost("params").mean_marginal())
-    groups = tuple(dataclasses.replace(g, flops_per_unit=float(m), params_source=params)
-                   for g, m in zip(a.groups, flops))
+    groups = tuple(g.with_costs(m, params) for g, m in zip(a.groups, flops))
     out = dataclasses.replace(a, groups=groups)
     out._memo.update((k, v) for k, v in a._memo.items() if k == "flops")  # the same groups' costs
     return out

@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import _walks
 from ..graph.groups import PruneGroup
+from .._gc import own_loop
 
 __all__ = ["Criterion", "Magnitude", "BNScale", "Random", "combine", "per_index", "layer_rms"]
 
@@ -47,6 +48,7 @@ def _powered(t: torch.Tensor, p: int) -> torch.Tensor:
 
 
 CHUNK = 1 << 23  # elements (32 MB in float32): the scratch buffer |t|^p is written into
+SMALL = 1 << 18  # elements (1 MB): smaller tensors get a plain temporary
 
 
 class _Scratch:
@@ -61,9 +63,11 @@ class _Scratch:
 
     def powered(self, t: torch.Tensor, p: int) -> torch.Tensor:
         """``|t|^p`` in float32 (t has at most CHUNK elements), in the buffer: valid until the next call."""
-        if t.device != self.buf.device or t.numel() > self.buf.numel():
-            return _powered(t, p)
+        if t.numel() < SMALL or t.device != self.buf.device or t.numel() > self.buf.numel():
+            return _powered(t, p)  # a small temporary costs less than the view (and the heap reuses it)
         x = self.buf[:t.numel()].view(t.shape)
+        if t.dtype == torch.float32:  # one pass, as ``t * t`` makes it
+            return torch.mul(t, t, out=x) if p == 2 else torch.abs(t, out=x)
         x.copy_(t)
         return x.mul_(x) if p == 2 else x.abs_()
 
@@ -175,6 +179,7 @@ class Magnitude:
         with torch.no_grad():
             return self._score(model, groups)
 
+    @own_loop
     def _score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]:
         params = _walks.parameters(model)
         tensors: dict[str, torch.Tensor | None] = {}

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _walks
 from ..errors import SurgeonError
 from ..graph.groups import PruneGroup
 
@@ -107,10 +108,13 @@ def checked_scores(crit: Any, model: nn.Module, groups: Sequence[PruneGroup]) ->
 
 
 def _first_meta(model: nn.Module) -> str | None:
-    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-        for qualname, t in named:
+    for name, t in _walks.parameters(model).items():  # the walks the rest of the call shares
+        if t.is_meta:
+            return f"parameter '{name}'"
+    for name, mod in _walks.modules(model).items():
+        for leaf, t in mod._buffers.items() if mod._buffers else ():
             if t is not None and t.is_meta:
-                return f"{kind} '{qualname}'"
+                return f"buffer '{name + '.' if name else ''}{leaf}'"
     return None
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from .. import _walks
 from .groups import PruneGroup
 from .ir import Coupling
+from .._gc import own_loop
 
 __all__ = ["CostModel", "METRICS"]
 
@@ -22,6 +23,7 @@ METRICS = ("flops", "params", "latency")  # latency: a measured model, surgeon.l
 class CostModel:
     """``total(keep)`` for a list of boolean keep-masks, one per group."""
 
+    @own_loop
     def __init__(self, traced, coupling: Coupling, groups: list[PruneGroup], metric: str):
         if metric not in ("flops", "params"):
             raise ValueError(f"unknown metric {metric!r} for a counted cost model; use 'flops' or 'params' "

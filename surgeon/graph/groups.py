@@ -8,6 +8,7 @@ connected set of elements is one *unit*: the thing the planner keeps or removes.
 from __future__ import annotations
 
 import enum
+import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .ir import Coupling, DimKey
+from .._gc import own_loop
 
 __all__ = ["UnitKind", "Member", "PruneGroup", "build_groups", "components"]
 
@@ -73,9 +75,18 @@ class PruneGroup:
         object.__setattr__(self, "where", tuple(self.where))
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
-        frozen = np.array(self.frozen_units, dtype=bool)  # a copy: the caller's array stays theirs
-        frozen.setflags(write=False)
-        object.__setattr__(self, "frozen_units", frozen)
+        frozen = self.frozen_units
+        if not (isinstance(frozen, np.ndarray) and frozen.dtype == bool and not frozen.flags.writeable):
+            frozen = np.array(frozen, dtype=bool)  # a copy: the caller's array stays theirs
+            frozen.setflags(write=False)
+            object.__setattr__(self, "frozen_units", frozen)
+
+    def with_costs(self, flops_per_unit: float, params_source: Any) -> "PruneGroup":
+        """This group with its cost figures set: ``dataclasses.replace`` without re-checking the
+        fields this group already holds checked (it runs for every group of every analysis)."""
+        new = object.__new__(PruneGroup)
+        new.__dict__.update(self.__dict__, flops_per_unit=float(flops_per_unit), params_source=params_source)
+        return new
 
     @property
     def params_per_unit(self) -> float:
@@ -85,10 +96,10 @@ class PruneGroup:
     def prunable(self) -> bool:
         return self.reason is None
 
-    @property
-    def tensors(self) -> list[Member]:
-        """Members that are parameters or buffers (what surgery slices)."""
-        return [m for m in self.members if m.is_tensor]
+    @functools.cached_property
+    def tensors(self) -> tuple[Member, ...]:
+        """Members that are parameters or buffers (what surgery slices); read often, made once."""
+        return tuple(m for m in self.members if m.key[0] == "p")
 
     def unit_indices(self, member: Member, units) -> np.ndarray:
         """Indices of ``member`` that belong to ``units``."""
@@ -126,6 +137,7 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             parent = jumped
 
 
+@own_loop
 def build_groups(c: Coupling) -> list[PruneGroup]:
     """Groups of ``c`` that hold at least one parameter or buffer dimension."""
     classes: dict = defaultdict(list)

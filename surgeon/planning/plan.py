@@ -64,14 +64,16 @@ def fingerprint_of(model: nn.Module, modules: Mapping[str, nn.Module] | None = N
     >>> fingerprint_of(a) == fingerprint_of(b) != fingerprint_of(torch.nn.Linear(4, 3))
     True
     """
-    mods = _walks.modules(model) if modules is None else modules
+    if modules is None:  # within one shrink the model's structure does not change: hashed once
+        return _walks.remember(model, "fingerprint", lambda: fingerprint_of(model, _walks.modules(model)))
+    mods = modules
     rows = []
     for name, mod in mods.items():
-        prefix = f"{name}." if name else ""
         for kind, store in (("p", mod._parameters), ("b", mod._buffers)):
-            rows.extend(f"{kind} {prefix}{leaf} {tuple(t.shape)}" for leaf, t in store.items() if t is not None)
+            if store:
+                rows.extend((name, leaf, kind, tuple(t.shape)) for leaf, t in store.items() if t is not None)
     rows.sort()
-    return hashlib.blake2b("\n".join([type(model).__name__, *rows]).encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(repr((type(model).__name__, rows)).encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)

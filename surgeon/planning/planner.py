@@ -26,6 +26,8 @@ from ..errors import PlanError
 from ..graph.cost import CostModel
 from ..analysis.realise import attr_updates, slices_for
 from .plan import AttrUpdate, Decision, Plan, Slice, fingerprint_of
+from .._gc import own_loop
+
 
 __all__ = ["solve", "build_plan"]
 
@@ -267,6 +269,7 @@ def _rank_in_group(gs: np.ndarray) -> np.ndarray:
     return rank
 
 
+@own_loop
 def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
           round_to: int | None = None, min_keep: int | float = 0.1, rank_by: str | None = None,
           cost_weight: float = 0.0, bundles: Sequence[Sequence[int]] = (),
@@ -411,6 +414,7 @@ def _param_counts(model, slices: list[Slice], drops: tuple[str, ...]) -> tuple[i
     return before, after
 
 
+@own_loop
 def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: str, criterion: str,
                round_to: int | None) -> Plan:
     """Turn keep-masks into the slices and attribute updates that realise them."""

@@ -19,6 +19,7 @@ from .. import _walks
 from ..errors import PlanError
 from .clone import clone_module
 from .fixers import fixer_for
+from .._gc import own_loop
 
 __all__ = ["Slice", "AttrUpdate", "Modules", "slice_model"]
 
@@ -104,6 +105,7 @@ def _index(keep: tuple[int, ...], device: torch.device, cache: dict) -> torch.Te
     return index
 
 
+@own_loop
 def slice_model(model: nn.Module, slices: Sequence[Slice], attrs: Sequence[AttrUpdate] = (),
                 drops: Sequence[str] = (), config: Sequence[AttrUpdate] = (), inplace: bool = False,
                 source: Modules | None = None, found: dict[str, Any] | None = None) -> nn.Module:

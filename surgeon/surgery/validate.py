@@ -84,7 +84,7 @@ def _check_shapes(plan: Plan, mods: Modules) -> dict[str, torch.Tensor]:
 
 
 def _check_fingerprint(model: nn.Module, plan: Plan, mods: Modules) -> None:
-    mine = fingerprint_of(model, mods)
+    mine = fingerprint_of(model)  # shared with build_plan within one shrink
     if plan.fingerprint != mine:
         raise PlanError(f"the plan was made for another model: its fingerprint (class name, names and shapes "
                         f"of parameters and buffers) is {str(plan.fingerprint)[:40]!r}, this "
