@@ -181,7 +181,9 @@ FROZEN = {
     "expand_literal": (lambda m, y: y + y[:, :, :1].expand(1, 16, 8, 8), ["Tensor.expand", "hard-codes width 16"]),
     "gather_channels": (lambda m, y: torch.gather(y, 1, m.idx_c), ["torch.gather", f"{WIDTH} 1"]),
     "take_along_channels": (lambda m, y: torch.take_along_dim(y, m.idx_c, 1), ["torch.take_along_dim"]),
-    "index_select": (lambda m, y: torch.index_select(y, 1, m.perm), ["torch.index_select", f"{WIDTH} 1"]),
+    # "index_select", not "torch.index_select": importing torch_geometric replaces torch.index_select by
+    # a Python function fx cannot trace, and the capture then goes through torch.export (aten.index_select)
+    "index_select": (lambda m, y: torch.index_select(y, 1, m.perm), ["index_select", f"{WIDTH} 1"]),
     "index_tensor": (lambda m, y: y[:, m.perm], ["operator.getitem", "indexed by positions"]),
     "index_list": (lambda m, y: y[:, [1, 0] + list(range(2, 16))], ["operator.getitem", "indexed by positions"]),
     "narrow_literal": (lambda m, y: torch.cat([y.narrow(1, 8, 8), y.narrow(1, 0, 8)], 1),
