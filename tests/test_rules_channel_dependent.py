@@ -245,5 +245,6 @@ def test_repro_single_group_is_refused_with_its_reason(op, parts):
     (the Sandwich cases above show the rest of a model still shrinking)."""
     model = Pair(op)
     assert_frozen(group_of(surgeon.analyze(model, X), "conv1.weight", 0), *parts)
-    with pytest.raises(PlanError, match="lowest reachable"):
+    with pytest.raises(PlanError, match="lowest reachable") as refused:
         surgeon.shrink(model, X, 0.5)
+    assert all(part in str(refused.value) for part in parts), "the refusal names what keeps the group whole"

@@ -309,6 +309,7 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
             f"the lowest reachable {metric} ratio is {floor / cost.base:.4f} "
             f"({len([g for g in a.groups if g.prunable])} prunable groups, each keeping at least "
             f"{_describe_min(min_keep)}). Ask for target >= {min(1.0, math.ceil(floor / cost.base * 1000 - 1e-6) / 1000)}."
+            + _kept_whole(a)
         )
     if n == 0:
         return a.full_keep()
@@ -357,6 +358,14 @@ def _polish(n: np.ndarray, removable: np.ndarray, steps: np.ndarray, total, goal
         if not improved:
             break
     return best
+
+
+def _kept_whole(a: Analysis, most: int = 3) -> str:
+    """The reasons of the costliest groups that are kept whole (what stops the target), if any."""
+    whole = sorted((g for g in a.groups if not g.prunable and g.n_units > 1),
+                   key=lambda g: -g.flops_per_unit * g.n_units)
+    reasons = list(dict.fromkeys(g.reason for g in whole if g.reason))[:most]
+    return (" Kept whole: " + "; ".join(reasons) + ".") if reasons else ""
 
 
 def _refine(seq: np.ndarray, n_groups: int, total, goal: float, rounds: int = 24) -> np.ndarray:
