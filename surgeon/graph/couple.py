@@ -210,12 +210,12 @@ def _apply_rule(c: Coupling, traced, node: fx.Node, refs, memo: dict, rules: dic
     if rule is None:
         for key in in_keys + out_keys:
             c.freeze(key, f"no coupling rule for {what} at {loc}")
-        _width_numbers(c, traced, node, refs, f"{what} at {loc}")
+        _width_numbers(c, traced, node, refs, what, loc)
         return
     ctx = RuleContext(c, traced, node, loc, refs)
     rule(ctx)
-    if rule not in READS_SIZES:
-        _width_numbers(c, traced, node, refs, f"{what} at {loc}")
+    if rule not in READS_SIZES and refs:  # refs: the graph reads some width as a number
+        _width_numbers(c, traced, node, refs, what, loc)
     for key in out_keys:
         if key not in ctx.touched:
             c.freeze(key, f"dim {key[2]} of the output of {what} at {loc} is tied to no parameter")
@@ -237,7 +237,7 @@ def _ref_dims(ref) -> list[tuple[fx.Node, int]]:
     return [ref] if isinstance(ref[0], fx.Node) else []
 
 
-def _width_numbers(c: Coupling, traced, node: fx.Node, refs, where_: str) -> None:
+def _width_numbers(c: Coupling, traced, node: fx.Node, refs, what: str, loc: str) -> None:
     """Numbers computed from widths (``y.shape[1]``) reaching an op whose rule does not read them
     change when those widths are pruned: ``y / y.shape[1]`` is a mean by hand, so its dim is
     inexact, as a mean's is."""
@@ -250,4 +250,4 @@ def _width_numbers(c: Coupling, traced, node: fx.Node, refs, where_: str) -> Non
                 continue
             d %= len(shape)
             key = c.add(("v", t.name, d), shape[d])
-            c.mark_inexact(key, f"the width of dim {d} of '{t.name}' is used as a number by {where_}")
+            c.mark_inexact(key, f"the width of dim {d} of '{t.name}' is used as a number by {what} at {loc}")
