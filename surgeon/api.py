@@ -118,8 +118,9 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     result = shrink_landing(model, example_input, cfg)
     if not inplace:
         return result.model
-    apply(model, result.plan, inplace=True)  # the user's own objects take the landed shapes
-    model.load_state_dict(result.model.state_dict())  # copied into them: identities stay
+    apply(model, result.plan, inplace=True)  # the user's own objects take the landed shapes and values
+    if cfg.compensate:  # only a refit made the landed copy's values differ from the same slicing
+        model.load_state_dict(result.model.state_dict())  # copied into the same objects: identities stay
     return model
 
 

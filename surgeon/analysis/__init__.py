@@ -117,7 +117,7 @@ def _with_unit_costs(a: Analysis) -> Analysis:
     params = functools.cache(lambda: a.cost("params").mean_marginal())
     groups = tuple(g.with_costs(m, params) for g, m in zip(a.groups, flops))
     out = dataclasses.replace(a, groups=groups)
-    out._memo.update((k, v) for k, v in a._memo.items() if k == "flops")  # the same groups' costs
+    out._memo["flops"] = a._memo["flops"]  # built just above, on groups with the same members
     return out
 
 

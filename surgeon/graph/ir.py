@@ -103,7 +103,7 @@ class Coupling:
     splits: list[tuple[DimKey, DimKey, int]] = field(default_factory=list)  # (whole, carrier, others)
     # frozen dims whose only fault is a width written as a number in an exported graph:
     # key -> [(node name, argument position, the number, ((module, attr), ...) holding it)],
-    # for surgeon.probe to test
+    # for surgeon.analysis.probe to test
     probes: dict[DimKey, list[tuple[str, int, int, tuple]]] = field(default_factory=dict)
     kinds: dict[DimKey, str] = field(default_factory=dict)  # dims whose units are heads/layers
     layer_keys: dict[str, DimKey] = field(default_factory=dict)  # removable layer -> its unit's dim

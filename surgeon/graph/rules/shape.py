@@ -384,7 +384,7 @@ def _check_sizes(ctx: RuleContext, spec: list, what: str = "reshape", first: int
 
 
 def _probe(ctx: RuleContext, key, pos: int, value: int, candidates, reason: str) -> None:
-    """Freeze ``key`` for now and leave a question for :mod:`surgeon.probe`: does argument
+    """Freeze ``key`` for now and leave a question for :mod:`surgeon.analysis.probe`: does argument
     ``pos`` of this node follow the width of ``key`` (with ``candidates``, attributes that hold
     the same number, updated too)?"""
     ctx.freeze(key, reason)
