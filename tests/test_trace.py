@@ -99,3 +99,21 @@ def test_training_flags_restored():
     model.bn.eval()
     trace(model, x)
     assert model.training and model.c1.training and not model.bn.training
+
+
+def test_capture_leaves_no_constant_on_the_users_model():
+    """fx stores tensors made in forward on the root as ``_tensor_constant0``: not on the user's model."""
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            return self.conv(x) * torch.linspace(0.5, 1.5, 8).view(1, -1, 1, 1)
+
+    model = Scaled().eval()
+    before = dict(vars(model))
+    t = trace(model, torch.randn(1, 3, 8, 8))
+    assert t.mode == "fx" and any(n.op == "get_attr" and n.target.startswith("_tensor_constant")
+                                  for n in t.graph.nodes)
+    assert vars(model).keys() == before.keys()

@@ -111,10 +111,12 @@ def _describe(v: Any) -> Any:
     return None
 
 
-def _propagate(gm: Any, root: nn.Module, inputs: list) -> tuple[dict[str, NodeInfo], Any, dict[str, nn.Module], bool]:
+def _propagate(gm: Any, root: nn.Module, inputs: list, constants: dict[str, Any]
+               ) -> tuple[dict[str, NodeInfo], Any, dict[str, nn.Module], bool]:
     """Run the graph once on real ``inputs`` (placeholders in order, as ``fx.Interpreter.run``
-    takes them; ``root`` is the module node targets name), recording each node's output shape and FLOPs. Returns (info, output, the
-    root's modules by name, whether every op is one whose FLOPs are known without the tally).
+    takes them; ``root`` is the module node targets name, ``constants`` the tensors fx made in
+    forward), recording each node's output shape and FLOPs. Returns (info, output, the root's
+    modules by name, whether every op is one whose FLOPs are known without the tally).
 
     A plain loop rather than ``fx.Interpreter``: on deep models the interpreter's per-node
     bookkeeping costs as much as the ops. Values are freed after their last use, as there.
@@ -125,7 +127,7 @@ def _propagate(gm: Any, root: nn.Module, inputs: list) -> tuple[dict[str, NodeIn
     modules = _walks.modules(root)
     known = all(_known(n, modules) for n in nodes)
     with no_fast_path(), torch.no_grad():
-        info, out = _run_nodes(gm, root, nodes, inputs, modules)
+        info, out = _run_nodes(gm, root, nodes, inputs, modules, constants)
     return info, out, modules, known
 
 
@@ -153,8 +155,8 @@ def _known(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return True
 
 
-def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list,
-               modules: dict[str, nn.Module]) -> tuple[dict[str, NodeInfo], Any]:
+def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list, modules: dict[str, nn.Module],
+               constants: dict[str, Any]) -> tuple[dict[str, NodeInfo], Any]:
     free: dict[fx.Node, list[fx.Node]] = {}
     seen: set[fx.Node] = set()
     for n in reversed(nodes):
@@ -181,7 +183,7 @@ def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list,
                         raise RuntimeError(f"expected an input for placeholder {n.target}")
                     value = n.args[0]
         elif op == "get_attr":
-            value = _fetch(root, n.target)
+            value = constants[n.target] if n.target in constants else _fetch(root, n.target)
         elif op == "output":
             out = fx.node.map_arg(n.args[0], look)
             info[n.name] = NodeInfo(shape=_describe(out))

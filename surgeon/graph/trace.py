@@ -92,9 +92,10 @@ class _FxCapture:
     own model as its root (node targets are qualified names in it). Attribute look-ups such as
     ``get_submodule`` and ``get_parameter`` go to the root."""
 
-    def __init__(self, root: nn.Module, graph: fx.Graph):
+    def __init__(self, root: nn.Module, graph: fx.Graph, constants: dict[str, Any] | None = None):
         self.root = root
         self.graph = graph
+        self.constants = constants or {}  # tensors fx made in forward (``_tensor_constant0``), by name
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.root, name)
@@ -167,8 +168,12 @@ def _fx_capture(model: nn.Module, args: tuple, kwargs: dict) -> _FxCapture:
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
     tracer = _Tracer()
-    graph = tracer.trace(model, concrete_args=concrete or None)
-    return _FxCapture(tracer.root, graph)
+    before = set(vars(model))
+    try:
+        graph = tracer.trace(model, concrete_args=concrete or None)
+    finally:  # fx stores constants made in forward on the root: keep them off the user's model
+        constants = {name: vars(model).pop(name) for name in set(vars(model)) - before}
+    return _FxCapture(tracer.root, graph, constants)
 
 
 @contextlib.contextmanager
@@ -227,7 +232,8 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
             try:
                 gm = capture(model, args, kwargs)
                 flat = list(args) + [kwargs[k] for k in _placeholder_kwargs(gm, args, kwargs)]
-                info, out, modules, known = _propagate(gm, _root(gm), flat)
+                constants = gm.constants if isinstance(gm, _FxCapture) else {}
+                info, out, modules, known = _propagate(gm, _root(gm), flat, constants)
             except Exception as exc:  # noqa: BLE001 - any failure means "try the next capture"
                 site = _failure_site(exc, model)
                 errors.append(f"{mode}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
