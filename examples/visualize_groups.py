@@ -2,9 +2,13 @@
 
     python examples/visualize_groups.py [--model resnet18] [--target 0.5] [--out-dir .]
 
-Open the .html file in a browser: every prunable group has its own colour, grey ops cannot be
-pruned (hover for why), click a box for the group's members, cost share, scores and what the
-plan keeps. The same page comes from the command line:
+Open the .html file in a browser: it opens on the model's top-level blocks, folded by module
+and coloured by the groups inside them (click a fold to open it; capture machinery is hidden
+unless you tick it), with a target slider that shows what the plan at each target from 0.9 to
+0.3 removes, the predicted FLOPs and parameters, and which groups stay whole, why and the fix.
+Every prunable group has its own colour, grey ops cannot be pruned (hover for why), click a box
+for the group's members, cost share, scores and what the plan keeps. The same page (without
+the slider) comes from the command line:
 
     surgeon inspect torchvision:resnet18 --viz groups.html
 """

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import surgeon
-from surgeon.viz import graph_data, page, to_dot
+from surgeon.viz import graph_data, page, target_plans, to_dot
 from surgeon.viz._page_js import JS
 
 from cdp import Browser, find_chromium
@@ -78,7 +78,9 @@ def hostile(tmp_path):
     model, x = _model(), torch.randn(1, 3, 16, 16)
     plan = _evil_plan(model, x, tmp_path)
     repro = surgeon.visualize(model, x, tmp_path / "repro.html", plan=plan, title=EVIL)
-    data = _poison(graph_data(surgeon.analyze(model, x), plan=plan, title=EVIL))
+    data = _poison(graph_data(surgeon.analyze(model, x), plan=plan, title=EVIL,
+                              targets=target_plans(model, x, surgeon.analyze(model, x), targets=(0.9, 0.5))))
+    data["targets"].append({"target": 0.1, "error": EVIL})  # a target the page reports as failed
     everything = tmp_path / "everything.html"
     everything.write_text(page(data), encoding="utf-8")
     return {"model": model, "x": x, "plan": plan, "data": data, "repro": repro, "everything": everything}
@@ -243,7 +245,8 @@ def test_chromium_runs_no_payload(chromium, hostile, tmp_path):
     states = [(repro, "", EVIL), (repro, f"#select={prunable}", f"Group {prunable}"),
               (every, "", EVIL + EVIL), (every, f"#select={prunable}", f"Group {prunable}"),
               (every, f"#select={kept}", f"Group {kept}"),
-              (every, "#node=" + quote(grey["name"], safe=""), grey["name"])]
+              (every, "#node=" + quote(grey["name"], safe=""), grey["name"]),
+              (every, "#target=0.1", EVIL + EVIL), (every, "#open=all&machinery=1&target=0.9", EVIL + EVIL)]
     urls = [path.resolve().as_uri() + frag for path, frag, _ in states]
     t0 = time.monotonic()
     with ThreadPoolExecutor(len(states)) as pool:  # one Chromium per state, side by side
@@ -255,6 +258,8 @@ def test_chromium_runs_no_payload(chromium, hostile, tmp_path):
         st = json.loads(dom.status)  # the page's own script did run, and drew the graph and the panel
         assert st["ready"] and st["errors"] == [], (path.name, frag, st["errors"])
         assert dom.nodes == st["visibleNodes"] > 0 and st["panelTitle"] == title
+        if frag == "#target=0.1":  # the failed target's error is shown, as text
+            assert st["target"] == 0.1 and st["figures"].startswith("target 0.1: no plan (" + EVIL[:20])
 
 
 def test_chromium_report_runs_no_payload(chromium, hostile, tmp_path):

@@ -9,17 +9,22 @@ it reaches the page only as text: ``textContent``/``setAttribute`` for the drawi
 side panel the ``html`` template tag, which escapes every value put into it (``esc``) unless
 the value is itself an ``html`` result; ``setHtml`` is the only writer of ``innerHTML`` and
 takes nothing else. Colours are checked to be ``#rrggbb`` before they reach a style.
+
+The side panel, search,
+toolbar and status are in ``_page_panel_js`` (the same closure; split only for length).
 """
 
-JS = r"""
+from ._page_panel_js import PANEL
+
+_GRAPH = r"""
 (function () {
 'use strict';
 const D = JSON.parse(document.getElementById('surgeon-data').textContent);
 const safeColor = (c, dflt) => (typeof c === 'string' && /^#[0-9a-fA-F]{6}$/.test(c)) ? c : dflt;
 const GREY = safeColor(D.grey, '#c8c8c8'), NS = 'http://www.w3.org/2000/svg';
-const NW = 132, FW = 176, HGAP = 46, VGAP = 16, CH = 9, CG = 2;
+const NW = 150, FW = 190, HGAP = 18, VGAP = 26, CH = 9, CG = 2;
 const G = new Map(D.groups.map(g => [g.id, g]));
-const S = {depth: D.foldDepth, expanded: new Set(), selected: null, k: 1, tx: 0, ty: 0,
+const S = {open: new Set(D.open || []), machinery: false, t: -1, marked: 0, selected: null, k: 1, tx: 0, ty: 0,
            hits: [], hitAt: -1, V: [], E: [], vOf: []};
 const svg = document.getElementById('view'), vp = document.getElementById('viewport');
 const panel = document.getElementById('panel'), tip = document.getElementById('tip');
@@ -49,65 +54,61 @@ function el(tag, attrs, parent) {
   return e;
 }
 const colorOf = gid => safeColor((G.get(gid) || {}).color, GREY);
-const parts = p => (p ? p.split('.') : []);
 
-// ---- the visible graph: nodes, or folds of nodes sharing a module-path prefix ------------------
-function foldKey(n) {  // the module-path prefix at the fold depth; shallower unprunable ops fold per module
-  const p = parts(n.path);
-  if (p.length >= S.depth) return p.slice(0, S.depth).join('.');
-  const grey = n.group < 0 && !n.chips.length && n.op !== 'placeholder' && n.op !== 'output';
-  return grey ? (n.path || '(top level)') + ' · unprunable ops' : null;
-}
-function foldCounts() {
-  const c = new Map();
-  for (const n of D.nodes) { const k = foldKey(n); if (k) c.set(k, (c.get(k) || 0) + 1); }
-  return c;
-}
-function foldOf(n, counts) {
-  if (!S.depth) return null;
-  const pre = foldKey(n);
-  return (pre && !S.expanded.has(pre) && counts.get(pre) > 1) ? pre : null;
+// ---- the visible graph: ops, or folds (module paths) holding several ------------------------------
+const F = D.folds || [];
+function chainOf(n) { const c = []; for (let f = n.fold; f >= 0; f = F[f].parent) c.push(f); return c.reverse(); }
+const CHAIN = D.nodes.map(chainOf);
+const shownOp = n => S.machinery || !n.hide;
+function boxOf(n) {  // the outermost closed fold holding n, or -1: n is drawn itself
+  for (const f of CHAIN[n.id]) if (!S.open.has(f)) return f;
+  return -1;
 }
 function buildVisible() {
-  const counts = S.depth ? foldCounts() : new Map();
   const map = new Map(), V = [], vOf = [];
   for (const n of D.nodes) {
-    const fold = foldOf(n, counts), key = fold ? 'f:' + fold : 'n:' + n.id;
+    if (!shownOp(n)) { vOf[n.id] = null; continue; }
+    const f = boxOf(n), key = f >= 0 ? 'f' + f : 'n' + n.id;
     let v = map.get(key);
     if (!v) {
-      v = {key, fold, node: fold ? null : n, members: [], i: V.length, groups: new Set(), primary: -1};
+      v = {key, fold: f >= 0 ? F[f].key : null, fi: f, node: f >= 0 ? null : n, members: [], i: V.length,
+           groups: new Set(), primary: -1, weight: new Map()};
       map.set(key, v); V.push(v);
     }
     v.members.push(n.id); vOf[n.id] = v;
-    if (n.group >= 0) v.groups.add(n.group);
-    n.chips.forEach(c => v.groups.add(c));
+    if (n.group >= 0) { v.groups.add(n.group); v.weight.set(n.group, (v.weight.get(n.group) || 0) + 1 + n.flops); }
+    n.chips.forEach(c => { v.groups.add(c); if (!v.weight.has(c)) v.weight.set(c, 0); });
   }
   V.forEach(v => { if (v.node) v.primary = v.node.group; });
   const seen = new Set(), E = [];
-  for (const [a, b] of D.edges) {
-    const va = vOf[a], vb = vOf[b], key = va.i + ',' + vb.i;
-    if (va !== vb && !seen.has(key)) { seen.add(key); E.push([va, vb]); }
-  }
+  const add = (a, b) => {
+    const va = vOf[a], vb = vOf[b];
+    if (!va || !vb || va === vb) return;
+    const key = va.i + ',' + vb.i;
+    if (!seen.has(key)) { seen.add(key); E.push([va, vb]); }
+  };
+  D.edges.forEach(([a, b]) => add(a, b));
+  if (!S.machinery) (D.bridges || []).forEach(([a, b]) => add(a, b));
   S.V = V; S.E = E; S.vOf = vOf;
 }
 
-// ---- layered layout, left to right ---------------------------------------------------------------
-function chipsOf(v) { return [...v.groups].filter(g => g !== v.primary).sort((a, b) => a - b); }
+// ---- layered layout, top to bottom -----------------------------------------------------------------
+function chipsOf(v) { return v.fold ? [] : [...v.groups].filter(g => g !== v.primary).sort((a, b) => a - b); }
 function sizeOf(v) {
   v.w = v.fold ? FW : NW;
   v.chips = chipsOf(v);
   const perRow = Math.floor((v.w - 10) / (CH + CG));
-  v.h = 32 + (v.chips.length ? Math.ceil(v.chips.length / perRow) * (CH + CG) + 2 : 0);
+  v.h = (v.fold ? 46 : 34) + (v.chips.length ? Math.ceil(v.chips.length / perRow) * (CH + CG) + 2 : 0);
 }
-function place(nodes, want) {  // keep order, at least VGAP apart, centred on what they want
+function place(nodes, want) {  // keep order, at least HGAP apart, centred on what they want
   if (!nodes.length) return;
   nodes.sort((a, b) => want(a) - want(b) || a.i - b.i);
-  let y = -Infinity, shift = 0;
+  let x = -Infinity, shift = 0;
   nodes.forEach((v, j) => {
-    const min = j ? y + (nodes[j - 1].h + v.h) / 2 + VGAP : -Infinity;
-    v.y = Math.max(want(v), min); y = v.y; shift += want(v) - v.y;
+    const min = j ? x + (nodes[j - 1].w + v.w) / 2 + HGAP : -Infinity;
+    v.x = Math.max(want(v), min); x = v.x; shift += want(v) - v.x;
   });
-  nodes.forEach(v => { v.y += shift / nodes.length; });
+  nodes.forEach(v => { v.x += shift / nodes.length; });
 }
 function layout() {
   const V = S.V, pre = V.map(() => []), suc = V.map(() => []);
@@ -124,51 +125,74 @@ function layout() {
   const layers = [];
   V.forEach(v => { (layers[v.L] = layers[v.L] || []).push(v); });
   const mean = (xs, f) => xs.reduce((s, x) => s + f(x), 0) / xs.length;
-  const wantPre = v => pre[v.i].length ? mean(pre[v.i], p => p.y) : (v.y || 0);
-  layers.forEach(l => { l.forEach(v => { v.y = 0; }); place(l, wantPre); });
+  const wantPre = v => pre[v.i].length ? mean(pre[v.i], p => p.x) : (v.x || 0);
+  layers.forEach(l => { l.forEach(v => { v.x = 0; }); place(l, wantPre); });
   for (let l = layers.length - 1; l >= 0; l--) {  // pull sources towards their consumers
     const ls = layers[l] || [];
     if (ls.some(v => !pre[v.i].length && suc[v.i].length)) {
-      place(ls, v => (!pre[v.i].length && suc[v.i].length) ? mean(suc[v.i], s => s.y) : v.y);
+      place(ls, v => (!pre[v.i].length && suc[v.i].length) ? mean(suc[v.i], s => s.x) : v.x);
     }
   }
-  let x = 0;
+  let y = 0;
   layers.forEach(l => {
-    const w = Math.max(...l.map(v => v.w));
-    l.forEach(v => { v.x = x + w / 2; });
-    x += w + HGAP;
+    if (!l) return;
+    const h = Math.max(...l.map(v => v.h));
+    l.forEach(v => { v.y = y + h / 2; });
+    y += h + VGAP;
   });
 }
 
 // ---- drawing ---------------------------------------------------------------------------------------
 function edgePath(a, b, back) {
-  const x1 = a.x + a.w / 2, y1 = a.y, x2 = b.x - b.w / 2, y2 = b.y, dx = Math.max(x2 - x1, 30);
-  if (back) return `M${a.x},${a.y + a.h / 2}C${a.x},${a.y + 120} ${b.x},${b.y + 120} ${b.x},${b.y + b.h / 2}`;
+  const x1 = a.x, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y - b.h / 2, dy = Math.max(y2 - y1, 20);
+  const ax = a.x + a.w / 2, bx = b.x + b.w / 2;  // a back edge loops round the right-hand side
+  if (back) return `M${ax},${a.y}C${ax + 120},${a.y} ${bx + 120},${b.y} ${bx},${b.y}`;
   if (b.L - a.L > 1) {
-    const lift = Math.min(30 + (b.L - a.L) * 6, 160) + Math.max(a.h, b.h) / 2;
-    const top = Math.min(y1, y2) - lift;
-    return `M${x1},${y1}C${x1 + 40},${top} ${x2 - 40},${top} ${x2},${y2}`;
+    const side = Math.min(30 + (b.L - a.L) * 6, 160) + Math.max(a.w, b.w) / 2;
+    const right = Math.max(x1, x2) + side;
+    return `M${x1 + a.w / 2},${a.y}C${right},${y1} ${right},${y2} ${x2 + b.w / 2},${b.y}`;
   }
-  return `M${x1},${y1}C${x1 + dx / 2},${y1} ${x2 - dx / 2},${y2} ${x2},${y2}`;
+  return `M${x1},${y1}C${x1},${y1 + dy / 2} ${x2},${y2 - dy / 2} ${x2},${y2}`;
 }
+const clip = (s, n) => s.length > n ? s.slice(0, n - 1) + '…' : s;
 function label(v) {
   if (v.fold) {
-    const p = v.fold.length > 26 ? '…' + v.fold.slice(-25) : v.fold;
-    return [p, `${v.members.length} ops · folded`];
+    const f = F[v.fi];
+    const what = f.repeat ? `${f.repeat} × ${clip(String(f.block || 'block'), 18)}` : clip(String(f.cls || 'module'), 22);
+    return [clip(f.repeat ? `${f.label} (repeated)` : f.label, 28), `${what} · ${v.members.length} ops`];
   }
-  const n = v.node, t = n.label.length > 20 ? n.label.slice(0, 19) + '…' : n.label;
-  return [t, n.type.length > 22 ? n.type.slice(0, 21) + '…' : n.type];
+  const n = v.node, own = n.path && n.op === 'call_function' && (n.fold < 0 || F[n.fold].key !== n.path);
+  if (own) return [clip(n.path.split('.').pop(), 22), clip(n.label + ' · ' + n.type, 24)];  // a module's one op
+  return [clip(n.label, 22), clip(n.type, 24)];
+}
+function drawStrip(v, g) {  // a fold is coloured by the groups inside it, by their FLOPs
+  const gs = [...v.weight.entries()].sort((a, b) => a[0] - b[0]), x0 = 6, W = v.w - 12;
+  const tot = gs.reduce((s, [, w]) => s + w, 0) || 1, minW = Math.min(3, W / Math.max(1, gs.length));
+  let x = x0;
+  const free = W - minW * gs.length;
+  v.segs = gs.map(([gid, w]) => {
+    const width = minW + Math.max(0, free) * w / tot;
+    const r = el('rect', {class: 'seg', 'data-group': gid, x: x.toFixed(2), y: 30, width: width.toFixed(2), height: 10,
+                          fill: colorOf(gid)}, g);
+    const cut = el('rect', {class: 'cut', x: x.toFixed(2), y: 30, width: 0, height: 10}, g);
+    x += width;
+    return {gid, r, cut, x: +r.getAttribute('x'), w: width};
+  });
 }
 function drawNode(v, layer) {
   const fill = v.fold ? '#f3f3f3' : (v.primary >= 0 ? colorOf(v.primary) : GREY);
-  const g = el('g', {class: 'node' + (v.fold ? ' fold' : '') + (!v.fold && v.primary < 0 ? ' grey' : ''),
+  const g = el('g', {class: 'node' + (v.fold ? ' fold' : '') + (!v.fold && v.primary < 0 ? ' grey' : '') +
+                     (v.node && v.node.hide ? ' machinery' : ''),
                      'data-v': v.i, transform: `translate(${v.x - v.w / 2},${v.y - v.h / 2})`}, layer);
+  if (v.fold) g.setAttribute('data-fold', v.fi);
   const box = el('rect', {class: 'box', width: v.w, height: v.h, rx: 5, fill}, g);
   if (!v.fold && v.primary >= 0) box.setAttribute('data-group', v.primary);
   if (!v.fold && v.primary < 0 && v.node.kept_group >= 0) box.setAttribute('data-kept-group', v.node.kept_group);
   const [a, b] = label(v);
   el('text', {x: 6, y: 13, class: 'lbl'}, g).textContent = a;
   el('text', {x: 6, y: 25, class: 'sub'}, g).textContent = b;
+  if (v.fold) drawStrip(v, g);
+  else if (v.primary >= 0) v.cut = el('rect', {class: 'cut', x: 0, y: v.h - 5, width: 0, height: 5}, g);
   const perRow = Math.floor((v.w - 10) / (CH + CG));
   v.chips.forEach((gid, j) => {
     el('rect', {class: 'chip', 'data-group': gid, width: CH, height: CH, rx: 2, fill: colorOf(gid),
@@ -185,7 +209,43 @@ function render() {
     e.el = el('path', {d: edgePath(a, b, e.back), stroke: c, class: 'edge' + (e.back ? ' back' : '')}, edges);
   }
   S.V.forEach(v => drawNode(v, nodes));
-  sizeMini(); highlight(); markHits(); writeStatus();
+  sizeMini(); highlight(); markHits(); paintTarget(); writeStatus();
+}
+
+// ---- the target slider: what the plan at each target removes ----------------------------------------
+const T = D.targets || [];
+const rec = () => (S.t >= 0 && S.t < T.length && !T[S.t].error) ? T[S.t] : null;
+function removedShare(gid) {
+  const r = rec(), g = G.get(gid);
+  if (!r || !g || !r.groups[gid]) return 0;
+  return 1 - r.groups[gid][0] / g.units;
+}
+function paintTarget() {
+  let marked = 0;
+  S.V.forEach(v => {
+    if (v.cut) {
+      const s = removedShare(v.primary);
+      v.cut.setAttribute('width', (v.w * s).toFixed(2)); v.cut.setAttribute('x', (v.w * (1 - s)).toFixed(2));
+      if (s > 0) marked++;
+    }
+    (v.segs || []).forEach(sg => {
+      const s = removedShare(sg.gid);
+      sg.cut.setAttribute('width', (sg.w * s).toFixed(2)); sg.cut.setAttribute('x', (sg.x + sg.w * (1 - s)).toFixed(2));
+      if (s > 0) marked++;
+    });
+  });
+  S.marked = marked;
+  const r = T[S.t], fig = document.getElementById('figures');
+  if (!r) fig.textContent = '';
+  else if (r.error) fig.textContent = `target ${r.target}: no plan (${clip(r.error, 90)})`;
+  else fig.textContent = `FLOPs ${num(r.flops[0])} → ${num(r.flops[1])} (${pct(r.flops[1] / (r.flops[0] || 1))}) · ` +
+    `params ${num(r.params[0])} → ${num(r.params[1])} (${pct(r.params[1] / (r.params[0] || 1))}) · ` +
+    `${Object.keys(r.groups).length} groups shrink`;
+}
+function setTarget(i) {
+  S.t = i; slider.value = i;
+  document.getElementById('target-label').textContent = T[i] ? `keep ${T[i].target}` : '';
+  paintTarget(); if (!S.selected || S.selected.type !== 'node') showPanel(); writeStatus();
 }
 
 // ---- view: pan and zoom ------------------------------------------------------------------------
@@ -196,23 +256,27 @@ function applyView() {
 }
 function bounds() {
   const V = S.V;
-  return {x0: Math.min(...V.map(v => v.x - v.w / 2)) - 10, x1: Math.max(...V.map(v => v.x + v.w / 2)) + 10,
-          y0: Math.min(...V.map(v => v.y - v.h / 2)) - 60, y1: Math.max(...V.map(v => v.y + v.h / 2)) + 20};
+  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+  V.forEach(v => {
+    x0 = Math.min(x0, v.x - v.w / 2); x1 = Math.max(x1, v.x + v.w / 2);
+    y0 = Math.min(y0, v.y - v.h / 2); y1 = Math.max(y1, v.y + v.h / 2);
+  });
+  return {x0: x0 - 20, x1: x1 + 20, y0: y0 - 20, y1: y1 + 20};
 }
 function fit() {
   const r = svg.getBoundingClientRect();
   if (!S.V.length) return;
   const b = bounds();
-  S.k = Math.max(0.02, Math.min(1.5, 0.95 * Math.min(r.width / (b.x1 - b.x0), r.height / (b.y1 - b.y0))));
+  S.k = Math.max(0.01, Math.min(1.5, 0.95 * Math.min(r.width / (b.x1 - b.x0), r.height / (b.y1 - b.y0))));
   S.tx = r.width / 2 - S.k * (b.x0 + b.x1) / 2; S.ty = r.height / 2 - S.k * (b.y0 + b.y1) / 2;
   applyView();
 }
-function home() {  // whole graph if it is legible that small, else its start at a legible zoom
+function fitOrTop() {  // the whole graph if legible that small, else its top at a legible zoom
   fit();
-  if (S.k >= 0.35) return;
+  if (S.k >= 0.4) return;
   const r = svg.getBoundingClientRect(), b = bounds();
-  S.k = Math.max(0.55, Math.min(1, r.height / (b.y1 - b.y0)));
-  S.tx = 20 - b.x0 * S.k; S.ty = r.height / 2 - S.k * (b.y0 + b.y1) / 2;
+  S.k = Math.max(0.4, Math.min(1, 0.95 * r.width / (b.x1 - b.x0)));
+  S.tx = r.width / 2 - S.k * (b.x0 + b.x1) / 2; S.ty = 10 - S.k * b.y0;
   applyView();
 }
 const mini = document.getElementById('mini');
@@ -223,7 +287,9 @@ function miniScale() {  // uniform scale, graph centred in the canvas
 }
 function drawMini() {
   if (!S.V.length || !mini.getContext) return;
-  const ctx = mini.getContext('2d'), {b, s} = miniScale(), r = svg.getBoundingClientRect();
+  const ctx = mini.getContext('2d'), {b, s} = miniScale(), r = svg.getBoundingClientRect(), w = bounds();
+  mini.hidden = S.tx + S.k * w.x0 >= -1 && S.ty + S.k * w.y0 >= -1 &&  // all in view: no map needed
+    S.tx + S.k * w.x1 <= r.width + 1 && S.ty + S.k * w.y1 <= r.height + 1;
   ctx.clearRect(0, 0, mini.width, mini.height);
   ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, mini.width, mini.height);
   S.V.forEach(v => {
@@ -298,11 +364,14 @@ svg.addEventListener('mousemove', e => {
 svg.addEventListener('mouseleave', () => { tip.hidden = true; });
 function groupLine(gid) {
   const g = G.get(gid);
-  return `group ${gid} · ${g.kind} ×${g.units} · ${pct(g.flops_share)} of FLOPs`;
+  const r = rec(), cut = r && r.groups[gid] ? ` · at ${r.target}: keeps ${r.groups[gid][0]}` : '';
+  return `group ${gid} · ${g.kind} ×${g.units} · ${pct(g.flops_share)} of FLOPs${cut}`;
 }
 function tipText(v) {
   if (v.fold) {
-    return `${v.fold}: ${v.members.length} ops folded, ${v.groups.size} prunable groups (click twice to expand)`;
+    const f = F[v.fi];
+    return `${v.fold}${f.repeat ? ` (${f.repeat} × ${f.block})` : ''}: ${v.members.length} ops folded, ` +
+      `${v.groups.size} prunable groups (click to open)`;
   }
   const n = v.node, lines = [`${n.name}: ${n.type}${n.path ? ' in ' + n.path : ''}`];
   if (n.shape) lines.push('shape [' + n.shape.join(', ') + ']' + (n.flops ? ` · ${num(n.flops)} FLOPs` : ''));
@@ -310,214 +379,6 @@ function tipText(v) {
   if (v.chips.length) lines.push('also touches groups ' + v.chips.join(', '));
   return lines.join('\n');
 }
-
-// ---- selection and the side panel --------------------------------------------------------------
-function onClick(t) {
-  const chip = t.closest && t.closest('.chip');
-  if (chip) return select({type: 'group', id: +chip.getAttribute('data-group')});
-  const g = t.closest && t.closest('.node');
-  if (!g) return select(null);
-  const v = S.V[+g.getAttribute('data-v')];
-  if (v.fold) {
-    if (S.selected && S.selected.type === 'fold' && S.selected.key === v.fold) return expand(v.fold);
-    return select({type: 'fold', key: v.fold});
-  }
-  if (v.primary >= 0) return select({type: 'group', id: v.primary, node: v.node.id});
-  return select({type: 'node', id: v.node.id});
-}
-function select(sel) { S.selected = sel; highlight(); showPanel(); writeStatus(); }
-function highlight() {
-  const s = S.selected, gid = s && s.type === 'group' ? s.id : null;
-  S.V.forEach(v => {
-    v.el.classList.toggle('dim', gid != null && !v.groups.has(gid));
-    const mine = s && v.node && (s.node === v.node.id || (s.type === 'node' && s.id === v.node.id));
-    const on = s && ((s.type === 'fold' && v.fold === s.key) || (s.type !== 'fold' && mine));
-    v.el.classList.toggle('sel', !!on);
-  });
-  S.E.forEach(e => e.el.classList.toggle('dim', gid != null && !(e[0].groups.has(gid) && e[1].groups.has(gid))));
-}
-function expand(pre) { S.expanded.add(pre); S.selected = null; render(); showPanel(); }
-function swatch(gid) {
-  return html`<a href="#" class="gl" data-group="${gid}"><i style="background:${colorOf(gid)}"></i>${gid}</a>`;
-}
-const table = rows => html`<table>${rows.map(([a, b]) => html`<tr><th>${a}</th><td>${b}</td></tr>`)}</table>`;
-function scoreChart(g) {
-  const sc = g.scores;
-  if (!sc) return html`<p class="muted">no scores</p>`;
-  const W = 340, H = 70, n = sc.sorted.length, lo = Math.min(0, sc.min), hi = sc.max > lo ? sc.max : lo + 1;
-  const bars = sc.sorted.map((s, i) => {
-    const h = Math.max(1, (s - lo) / (hi - lo) * (H - 2)), kept = sc.kept[i] >= 0.5;
-    const x = (i * W / n).toFixed(2), w = Math.max(W / n - 0.3, 0.4).toFixed(2);
-    return html`<rect x="${x}" y="${(H - h).toFixed(2)}" width="${w}" height="${h.toFixed(2)}"
-      fill="${kept ? safeColor(g.color, GREY) : '#9a9a9a'}"/>`;
-  });
-  return html`<svg class="scores" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">${bars}</svg>
-<p class="muted">${sc.n} units sorted by score · min ${sc.min} · median ${sc.median} · max ${sc.max}${
-    g.decision ? ' · grey bars are removed' : ''}</p>`;
-}
-function list(items, more, fmt) {
-  const rest = more > items.length ? html`<li class="muted">… ${more - items.length} more</li>` : '';
-  return html`<ul class="members">${items.map(x => html`<li>${fmt(x)}</li>`)}${rest}</ul>`;
-}
-function decisionPart(d) {
-  const out = [html`<p class="plan">plan keeps <b>${d.kept}</b> of ${d.units} units
-(${pct(d.kept / d.units)}), removes <b>${d.units - d.kept}</b></p>`];
-  if (Array.isArray(d.removed) && d.removed.length) {
-    const runs = d.removed.slice(0, 40).map(([a, b]) => b - a > 1 ? `${a}–${b - 1}` : a);
-    out.push(html`<p class="muted">removed units: ${runs.join(', ')}${d.removed.length > 40 ? ', …' : ''}</p>`);
-  }
-  return out;
-}
-function groupPanel(g) {
-  const rows = [['units', `${g.units} ${g.kind}s` + (g.frozen ? ` (${g.frozen} must stay)` : '')],
-    ['FLOPs share', `${pct(g.flops_share)} (${num(g.flops_per_unit)} per unit)`],
-    ['params share', `${pct(g.params_share)} (${num(g.params_per_unit)} per unit)`],
-    ['exact', g.exact ? 'yes' : 'no: ' + g.inexact]];
-  const value = ([n, d]) => html`<a href="#" class="nl" data-node="${String(n).split('#')[0]}">${n}</a>
-<span class="muted">dim ${d}</span>`;
-  return html`<h2><i class="sw" style="background:${safeColor(g.color, GREY)}"></i>Group ${g.id}</h2>${
-    g.prunable ? html`<p class="ok">prunable</p>` : html`<p class="bad">kept whole: ${g.reason}</p>`}${
-    g.decision ? decisionPart(g.decision) : ''}${table(rows)}<h3>Scores</h3>${scoreChart(g)}
-<h3>Tensors (${g.n_tensors})</h3>${list(g.tensors, g.n_tensors,
-    ([n, d, s]) => html`${n} <span class="muted">dim ${d} · ${s}</span>`)}
-<details><summary>Values (${g.n_values}) and ops</summary>${list(g.values, g.n_values, value)}${
-    g.virtual.length ? html`<p>virtual: ${g.virtual.join(', ')}</p>` : ''}${
-    list(g.where, g.where.length, x => x)}</details>`;
-}
-function nodePanel(n) {
-  const v = S.vOf[n.id];
-  const rows = [['op', n.op + ' ' + n.type], ['module', n.path || '(top level)'],
-                ['shape', n.shape ? '[' + n.shape.join(', ') + ']' : '—'], ['FLOPs', num(n.flops)]];
-  return html`<h2><i class="sw" style="background:${n.group >= 0 ? colorOf(n.group) : GREY}"></i>${n.name}</h2>${
-    table(rows)}${n.group >= 0 ? html`<p>output channels: group ${swatch(n.group)}</p>`
-                               : html`<p class="bad">not prunable: ${n.reason}</p>`}${
-    v.chips.length ? html`<p>also touches: ${v.chips.map(swatch)}</p>` : ''}`;
-}
-function foldPanel(pre) {
-  const v = S.V.find(v => v.fold === pre);
-  if (!v) return overview();
-  const gs = [...v.groups].sort((a, b) => a - b).map(swatch);
-  return html`<h2>${pre}</h2><p>${v.members.length} ops folded into one box.</p>
-<p><button id="expand-one">Expand ${pre}</button></p><p>prunable groups inside:</p><p>${gs}</p>`;
-}
-function overview() {
-  const t = D.totals, plan = D.plan ? String(D.plan.summary).split('\n').slice(0, 3).join('\n') : null;
-  const gs = D.groups.filter(g => g.prunable).sort((a, b) => b.flops_share - a.flops_share);
-  const row = g => html`<tr><td>${swatch(g.id)}</td><td>${g.kind} ×${g.units}${
-    g.decision ? ' → ' + g.decision.kept : ''}</td><td>${pct(g.flops_share)}</td></tr>`;
-  const kept = D.groups.filter(g => !g.prunable);
-  return html`<h2>${D.title}</h2>
-<p>${t.nodes} ops (${D.mode} capture) · ${num(t.flops)} FLOPs · ${num(t.params)} params</p>
-<p><b>${t.prunable}</b> prunable groups of ${t.groups}. Click a box or a chip to see its group.</p>${
-    plan != null ? html`<h3>Plan</h3><pre>${plan}</pre>` : ''}
-<h3>Groups by FLOPs share</h3><table class="legend">${gs.map(row)}</table>${
-    kept.length ? html`<h3>Kept whole</h3>${list(kept, kept.length, g => `group ${g.id}: ${g.reason}`)}` : ''}`;
-}
-function showPanel() {
-  const s = S.selected;
-  if (!s) setHtml(panel, overview());
-  else if (s.type === 'group') setHtml(panel, groupPanel(G.get(s.id)));
-  else if (s.type === 'node') setHtml(panel, nodePanel(D.nodes[s.id]));
-  else setHtml(panel, foldPanel(s.key));
-  const b = document.getElementById('expand-one');
-  if (b) b.addEventListener('click', () => expand(s.key));
-}
-panel.addEventListener('click', e => {
-  const a = e.target.closest('a');
-  if (!a) return;
-  e.preventDefault();
-  if (a.dataset.group != null) { select({type: 'group', id: +a.dataset.group}); focusGroup(+a.dataset.group); }
-  if (a.dataset.node != null) selectNodeByName(a.dataset.node);
-});
-function selectNodeByName(name) {
-  const n = D.nodes.find(n => n.name === name);
-  if (!n) return false;
-  reveal(n);
-  select(n.group >= 0 ? {type: 'group', id: n.group, node: n.id} : {type: 'node', id: n.id});
-  return true;
-}
-function reveal(n) {
-  let v = S.vOf[n.id];
-  if (v.fold) { S.expanded.add(v.fold); render(); v = S.vOf[n.id]; }
-  focusV(v, 1);
-}
-
-// ---- search by module name ---------------------------------------------------------------------
-const box = document.getElementById('search'), count = document.getElementById('hits');
-function markHits() {
-  const hit = new Set(S.hits.map(id => S.vOf[id]));
-  S.V.forEach(v => v.el.classList.toggle('hit', hit.has(v)));
-}
-box.addEventListener('input', () => {
-  const q = box.value.trim().toLowerCase();
-  const text = n => (n.path + ' ' + n.name + ' ' + n.target).toLowerCase();
-  S.hits = q ? D.nodes.filter(n => text(n).includes(q)).map(n => n.id) : [];
-  S.hitAt = -1;
-  count.textContent = q ? `${S.hits.length} match${S.hits.length === 1 ? '' : 'es'}` : '';
-  markHits();
-});
-box.addEventListener('keydown', e => {
-  if (e.key === 'Enter' && S.hits.length) {
-    S.hitAt = (S.hitAt + 1) % S.hits.length;
-    const n = D.nodes[S.hits[S.hitAt]];
-    reveal(n); markHits();
-    select(n.group >= 0 ? {type: 'group', id: n.group, node: n.id} : {type: 'node', id: n.id});
-  }
-  if (e.key === 'Escape') { box.value = ''; box.dispatchEvent(new Event('input')); }
-});
-
-// ---- toolbar, keys, status, start --------------------------------------------------------------
-const foldSel = document.getElementById('fold');
-const depthMax = Math.max(0, ...D.nodes.map(n => parts(n.path).length));
-for (let d = 0; d <= depthMax; d++) {
-  const o = document.createElement('option');
-  o.value = d; o.textContent = d ? `fold at depth ${d}` : 'no folding';
-  foldSel.appendChild(o);
-}
-foldSel.value = S.depth;
-foldSel.addEventListener('change', () => {
-  S.depth = +foldSel.value; S.expanded.clear(); render(); home(); showPanel();
-});
-document.getElementById('fit').addEventListener('click', fit);
-document.getElementById('zin').addEventListener('click', () => zoom(1.3));
-document.getElementById('zout').addEventListener('click', () => zoom(1 / 1.3));
-document.getElementById('expand-all').addEventListener('click', () => {
-  S.depth = 0; foldSel.value = 0; render(); home(); showPanel();
-});
-window.addEventListener('keydown', e => {
-  if (e.target === box) return;
-  if (e.key === '/') { e.preventDefault(); box.focus(); }
-  if (e.key === 'f') fit();
-  if (e.key === 'Escape') select(null);
-});
-function writeStatus() {
-  const drawn = new Set();
-  svg.querySelectorAll('[data-group]').forEach(x => {
-    if (x.getAttribute('fill') !== GREY) drawn.add(+x.getAttribute('data-group'));
-  });
-  const grey = new Set([...svg.querySelectorAll('[data-kept-group]')].map(x => +x.getAttribute('data-kept-group')));
-  const h = panel.querySelector('h2');
-  const st = {ready: true, errors: window.__errors || [], groupsDrawn: drawn.size, greyGroupsDrawn: grey.size,
-              prunableGroups: D.totals.prunable, groups: D.totals.groups, visibleNodes: S.V.length,
-              totalNodes: D.nodes.length, foldDepth: S.depth, selected: S.selected,
-              panelTitle: h ? h.textContent : ''};
-  document.getElementById('surgeon-status').textContent = JSON.stringify(st);
-  return st;
-}
-function fromHash() {
-  const q = new URLSearchParams(location.hash.replace(/^#/, ''));
-  if (q.get('fold') != null) { S.depth = +q.get('fold'); foldSel.value = S.depth; render(); fit(); }
-  if (q.get('search')) { box.value = q.get('search'); box.dispatchEvent(new Event('input')); }
-  if (q.get('node')) selectNodeByName(q.get('node'));
-  const id = q.get('select') != null ? +q.get('select') : null;
-  if (id != null && G.has(id)) { select({type: 'group', id}); focusGroup(id); }
-}
-window.__surgeon = {status: writeStatus, select: id => { select({type: 'group', id}); return focusGroup(id); },
-                    selectNode: selectNodeByName, focusGroup, fit, render, data: D,
-                    focusNode: name => { const n = D.nodes.find(n => n.name === name); if (!n) return null;
-                                         reveal(n); return S.vOf[n.id].el; }};
-render(); home(); showPanel(); fromHash(); writeStatus();
-window.addEventListener('hashchange', fromHash);
-window.addEventListener('resize', () => { sizeMini(); applyView(); });
-})();
 """
+
+JS = _GRAPH + PANEL  # one script: the graph part defines what the panel part uses

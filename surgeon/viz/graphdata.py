@@ -19,6 +19,8 @@ import torch.fx as fx
 from ..analysis import Analysis
 from ..graph.groups import PruneGroup
 from ..planning.plan import Plan
+from .overview import bridges, folds, machinery, overview_open
+from .explain import explain
 
 __all__ = ["graph_data", "group_colors", "GREY", "fold_depth"]
 
@@ -143,6 +145,7 @@ def _nodes(a: Analysis, drawn: list[fx.Node], outputs: dict, touch: dict) -> lis
             reason = "carries no channel dimension that a parameter controls"
         out.append({
             "id": i, "name": n.name, "op": n.op, "label": label, "type": kind,
+            "hide": machinery(n, info) if gid < 0 and not extra.get(i) else None,
             "target": n.target if isinstance(n.target, str) else label,
             "path": _module_path(n), "shape": _shape(info), "flops": int(getattr(info, "flops", 0) or 0),
             "group": gid, "chips": sorted(extra.get(i, set()) - {gid}), "reason": reason, "kept_group": kept,
@@ -211,8 +214,10 @@ def _group(g: PruneGroup, color: str | None, scores, plan: Plan | None,
                         "removed": _runs(np.nonzero(~kept)[0])[:200] if kept is not None else None}
     flops = g.flops_per_unit * g.n_units
     params = g.params_per_unit * g.n_units
+    plain, fix = explain(g.reason) if not g.prunable else (None, None)
     return {
         "id": g.id, "kind": g.kind.value, "units": g.n_units, "prunable": g.prunable, "reason": g.reason,
+        "plain": plain, "fix": fix,
         "exact": g.exact, "inexact": g.inexact_reason, "color": color,
         "frozen": int(np.asarray(g.frozen_units).sum()),
         "flops_per_unit": _sig(g.flops_per_unit), "params_per_unit": _sig(g.params_per_unit),
@@ -240,13 +245,20 @@ def fold_depth(paths: list[str], max_nodes: int) -> int:
 
 
 def graph_data(a: Analysis, *, plan: Plan | None = None, scores: list[np.ndarray] | None = None,
-               title: str = "", max_nodes: int = 600) -> dict:
-    """Everything the page draws, as a JSON-ready dict (see the module docstring)."""
+               title: str = "", max_nodes: int = 30, targets: list[dict] | None = None) -> dict:
+    """Everything the page draws, as a JSON-ready dict (see the module docstring). ``targets``
+    holds :func:`surgeon.viz.targets.target_plans` records for the slider; the page opens
+    folded by module (:mod:`surgeon.viz.overview`) unless at most ``max_nodes`` ops show."""
     drawn, attr_to = _drawn_nodes(a.traced.gm)
     ids = {n.name: i for i, n in enumerate(drawn)}
     outputs, touch = _touching(a, ids, attr_to)
     nodes = _nodes(a, drawn, outputs, touch)
     edges = sorted({(ids[p.name], ids[n.name]) for n in drawn for p in n.all_input_nodes if p.name in ids})
+    hidden = {n["id"] for n in nodes if n["hide"]}
+    shown = [not n["hide"] for n in nodes]
+    fold_list, deepest = folds([n["path"] for n in nodes], shown, a.model)
+    for n, f in zip(nodes, deepest):
+        n["fold"] = f
     totals = {"flops": float(a.cost("flops").base), "params": float(a.cost("params").base)}
     colors = group_colors(a.groups)
     score_of = {g.id: s for g, s in zip(a.groups, scores)} if scores is not None else {}
@@ -259,7 +271,9 @@ def graph_data(a: Analysis, *, plan: Plan | None = None, scores: list[np.ndarray
     return {
         "title": title or type(a.model).__name__, "mode": a.traced.mode,
         "totals": {**totals, "nodes": len(nodes), "groups": len(a.groups),
-                   "prunable": sum(g.prunable for g in a.groups)},
-        "nodes": nodes, "edges": [list(e) for e in edges], "groups": groups, "plan": plan_info,
+                   "prunable": sum(g.prunable for g in a.groups), "hidden": len(hidden)},
+        "nodes": nodes, "edges": [list(e) for e in edges], "bridges": bridges(edges, hidden, len(nodes)),
+        "groups": groups, "plan": plan_info, "folds": fold_list,
+        "open": overview_open(fold_list, deepest, shown, max_nodes), "targets": targets or [],
         "foldDepth": fold_depth([n["path"] for n in nodes], max_nodes), "grey": GREY,
     }

@@ -15,7 +15,7 @@ html, body { margin: 0; height: 100%; font: 13px/1.4 system-ui, -apple-system, "
 header { display: flex; gap: 8px; align-items: center; padding: 6px 10px; border-bottom: 1px solid #ddd;
   background: #fafafa; flex-wrap: wrap; }
 header h1 { font-size: 14px; margin: 0 10px 0 0; font-weight: 600; }
-header input { width: 240px; padding: 3px 6px; }
+header input[type=search] { width: 240px; padding: 3px 6px; }
 header button, header select { padding: 2px 8px; }
 #hits { color: #666; min-width: 70px; }
 main { flex: 1; display: flex; min-height: 0; }
@@ -49,6 +49,13 @@ a.gl { text-decoration: none; color: inherit; display: inline-flex; align-items:
 .node.sel .box { stroke: #000; stroke-width: 3; }
 .node.hit .box { stroke: #e60000; stroke-width: 3; }
 .chip { stroke: #0005; stroke-width: 0.5; }
+.seg { stroke: #fff; stroke-width: 0.5; }
+.cut { fill: #3a0d0d; opacity: 0.75; pointer-events: none; }
+.node.machinery .box { stroke-dasharray: 2 2; opacity: 0.7; }
+#slider { display: inline-flex; gap: 6px; align-items: center; }
+#slider input { width: 160px; }
+#figures { color: #333; font-size: 12px; }
+ul.whole li { margin-bottom: 3px; }
 .edge { fill: none; stroke-width: 1.3; opacity: 0.55; }
 .edge.back { stroke-dasharray: 5 4; }
 .edge.dim { opacity: 0.06; }
@@ -76,8 +83,12 @@ _BODY = """<div id="app">
 <input id="search" type="search" placeholder="search module name (/), Enter for next" autocomplete="off">
 <span id="hits"></span>
 <button id="fit" title="fit the graph (f)">fit</button><button id="zin">+</button><button id="zout">&minus;</button>
-<select id="fold" title="fold ops by module path"></select><button id="expand-all">expand all</button>
-<span class="muted">drag to pan, wheel to zoom, click a box or chip</span>
+<button id="overview" title="fold back to the top-level blocks">overview</button>
+<button id="expand-all">expand all</button>
+<label title="export checks, size arithmetic, device moves, index and mask bookkeeping"><input id="machinery"
+ type="checkbox"> capture machinery <span id="mach-count" class="muted"></span></label>
+<span id="slider"><label for="target">target</label> <input id="target" type="range" min="0" max="0" step="1">
+<b id="target-label"></b> <span id="figures"></span></span>
 </header>
 <main><div id="stage"><svg id="view" xmlns="http://www.w3.org/2000/svg"><g id="viewport"></g></svg>
 <canvas id="mini" width="300" height="60" title="overview: click or drag to move"></canvas></div>
