@@ -68,6 +68,7 @@ def sdpa(ctx: RuleContext) -> None:
     ctx.eq(ctx.v(k, -2), ctx.v(v, -2))
     ctx.eq(ctx.v(q, -2), ctx.out(-2))
     ctx.eq(ctx.v(v, -1), ctx.out(-1))
+    _attn_mask(ctx, ctx.arg(3, "attn_mask"), k)
     if ctx.arg(6, "scale") is None:
         ctx.inexact(ctx.v(q, -1), "the default attention scale depends on head_dim")
     ctx.inexact(ctx.v(k, -2), "softmax over keys")
@@ -78,3 +79,21 @@ def sdpa(ctx: RuleContext) -> None:
     lead = [ctx.out(d) for d in range(nb)]
     ctx.cost_parts([(2.0 * batch * qs[-2] * s * qs[-1], lead + [ctx.out(-2), ctx.v(k, -2), ctx.v(q, -1)]),
                     (2.0 * batch * qs[-2] * s * os_[-1], lead + [ctx.out(-2), ctx.v(k, -2), ctx.out(-1)])])
+
+
+def _attn_mask(ctx: RuleContext, mask, k) -> None:
+    """The mask (or additive bias, T5's position bias) broadcasts against the scores
+    ``(..., L, S)``: a dim as wide as the scores' is tied to it (a per-head bias goes with its
+    head), a broadcast (size-1) dim ties nothing."""
+    ms = ctx.shape(mask)
+    if ms is None:
+        return
+    os_ = ctx.out_shape
+    scores = [ctx.out(d) for d in range(len(os_) - 1)] + [ctx.v(k, -2)]
+    sizes = list(os_[:-1]) + [ctx.shape(k)[-2]]
+    off = len(scores) - len(ms)
+    for d, n in enumerate(ms):
+        if d + off >= 0 and n == sizes[d + off]:
+            ctx.eq(ctx.v(mask, d), scores[d + off])
+        elif n == 1:
+            ctx.touched.add(ctx.v(mask, d))

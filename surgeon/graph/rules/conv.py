@@ -10,6 +10,7 @@ case of the same rule, so a depthwise conv follows its input channel by channel.
 from __future__ import annotations
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -57,15 +58,36 @@ def conv_module(ctx: RuleContext) -> None:
                 isinstance(m, TRANSPOSED), ctx.node.target)
 
 
+def _owner_conv(ctx: RuleContext, w, groups: int) -> str | None:
+    """The path of the conv module whose own forward made this call with its own weight and
+    ``groups`` (torch.export records ``nn.Conv2d`` as ``aten.conv2d``): surgery updates that
+    module's ``groups``, so the literal count follows pruning."""
+    if not isinstance(w, fx.Node) or w.op != "get_attr" or not isinstance(w.target, str):
+        return None
+    path, _, leaf = w.target.rpartition(".")
+    stack = ctx.node.meta.get("nn_module_stack") or {}
+    inner = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()][-1:]
+    try:
+        mod = ctx.traced.model.get_submodule(path)
+    except AttributeError:
+        return None
+    if leaf == "weight" and inner == [path] and isinstance(mod, nn.modules.conv._ConvNd) and mod.groups == groups:
+        return path
+    return None
+
+
 def _functional(transposed: bool):
     def rule(ctx: RuleContext) -> None:
         x, w, b = ctx.arg(0, "input"), ctx.arg(1, "weight"), ctx.arg(2, "bias")
         groups = ctx.arg(7 if transposed else 6, "groups", 1)
         if transposed and len(ctx.node.args) <= 7:
             groups = ctx.node.kwargs.get("groups", 1)
+        owner = _owner_conv(ctx, w, groups) if groups != 1 else None
         couple_conv(ctx, x, lambda d: ctx.v(w, d), (lambda d: ctx.v(b, d)) if b is not None else None,
-                    groups, transposed, None)
-        if groups != 1:
+                    groups, transposed, owner)
+        for d in range(2, len(ctx.shape(w))):
+            ctx.freeze(ctx.v(w, d), "the kernel size is kept")
+        if groups != 1 and owner is None:
             ctx.freeze(ctx.v(x, 1), "functional grouped conv has a literal groups count")
     return rule
 

@@ -34,13 +34,13 @@ UNARY_FUNCTIONS = (
     aten.leaky_relu, aten.elu, aten.mish, aten.softplus, aten.dropout, aten.clone, aten.exp,
     aten.log, aten.sqrt, aten.rsqrt, aten.abs, aten.neg, aten.sin, aten.cos, aten.erf,
     aten.clamp, aten.clamp_min, aten.clamp_max, aten.pow, aten.alias, aten.detach,
-    aten.contiguous, aten.lift_fresh_copy, aten._to_copy, aten.to, aten.type_as, aten.square,
+    aten.contiguous, aten.lift_fresh_copy, aten._to_copy, aten.square,
     aten.reciprocal, aten.log1p, aten.expm1,
 )
 UNARY_METHODS = (
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "sqrt", "rsqrt", "abs",
     "neg", "clamp", "clamp_", "clamp_min", "clip", "contiguous", "clone", "detach", "float",
-    "half", "bfloat16", "double", "to", "type", "type_as", "square", "pow", "pow_", "sin", "cos",
+    "half", "bfloat16", "double", "type", "square", "pow", "pow_", "sin", "cos",
     "erf", "reciprocal", "sign", "exp_", "mul_scalar", "requires_grad_", "cpu", "cuda",
 )
 
@@ -66,7 +66,8 @@ BINARY = (
     aten.add, aten.add_, aten.sub, aten.sub_, aten.mul, aten.mul_, aten.div, aten.div_,
     aten.maximum, aten.minimum, aten.where, aten.masked_fill, aten.rsub, aten.eq, aten.ne,
     aten.bitwise_and, aten.bitwise_or, aten.bitwise_not, aten.logical_not, aten.logical_and,
-    aten.lt, aten.gt, aten.le, aten.ge,
+    aten.lt, aten.gt, aten.le, aten.ge, aten.__and__, aten.__or__, aten.__xor__, aten.bitwise_xor,
+    aten.logical_or, aten.floor_divide, aten.remainder, aten.masked_fill_, aten.copy_,
 )
 BINARY_METHODS = (
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "masked_fill", "masked_fill_",

@@ -11,7 +11,7 @@ from torch import nn
 
 from ...slicing.fixers import has_fixer
 from .base import RuleContext, register
-from .shape import _find_attr
+from .shape import SIZE_ARG, _find_attr, _probe
 from .width import depends_on_width, follow_size, reads_sizes
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
@@ -98,8 +98,33 @@ def layer_norm_fn(ctx: RuleContext) -> None:
     items = _normalized_items(ctx, shape)
     couple_trailing_norm(ctx, ctx.arg(0), len(items), (lambda k: ctx.v(w, k)) if w is not None else None,
                          (lambda k: ctx.v(b, k)) if b is not None else None)
-    if ctx.traced.mode == "fx":  # an exported graph writes every size as a number: nothing to tell
+    if ctx.traced.mode == "fx":
         _check_normalized(ctx, items)
+    else:  # an exported graph writes every size as a number
+        _exported_normalized(ctx, items, w is not None)
+
+
+SIZE_ARG[torch.ops.aten.layer_norm] = SIZE_ARG[torch.ops.aten.rms_norm] = 1
+
+
+def _exported_normalized(ctx: RuleContext, items: list, affine: bool) -> None:
+    """``nn.LayerNorm`` recorded by torch.export as ``aten.layer_norm(x, [64], ...)``: its own
+    ``normalized_shape`` follows pruning (from the weight's shape, or set by surgery when it has
+    no weight). A literal from any other code is frozen and left to the width probe."""
+    nd = len(ctx.out_shape)
+    path = _owner_path(ctx)
+    owner = _owner(ctx)
+    written = tuple(ctx.value(i) for i in items)
+    if owner is not None and has_fixer(owner) and tuple(getattr(owner, "normalized_shape", ())) == written:
+        if not affine or getattr(owner, "weight", None) is None:
+            for k in range(len(items)):
+                ctx.attr_fix(path, "normalized_shape", ctx.out(nd - len(items) + k), index=k)
+        return
+    for k, item in enumerate(items):
+        d = nd - len(items) + k
+        if type(item) is int and ctx.c.is_channel_like(ctx.out(d)):
+            _probe(ctx, ctx.out(d), k, item, _find_attr(ctx, item),
+                   f"normalized_shape {written} is written in the code")
 
 
 def _normalized_items(ctx: RuleContext, shape) -> list:
@@ -137,12 +162,17 @@ def _check_normalized(ctx: RuleContext, items: list) -> None:
             depends_on_width(ctx, [key], d, f"normalized_shape {written} is written in the code")
 
 
-def _owner(ctx: RuleContext) -> nn.Module | None:
-    """The innermost module whose forward made this call."""
+def _owner_path(ctx: RuleContext) -> str | None:
     stack = ctx.node.meta.get("nn_module_stack") or {}
     paths = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
+    return paths[-1] if paths else None
+
+
+def _owner(ctx: RuleContext) -> nn.Module | None:
+    """The innermost module whose forward made this call."""
+    path = _owner_path(ctx)
     try:
-        return ctx.traced.model.get_submodule(paths[-1]) if paths else None
+        return ctx.traced.model.get_submodule(path) if path is not None else None
     except AttributeError:
         return None
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...slicing.fixers import has_fixer
+from .aten_index import couple_index
 from .base import RuleContext, register
 from .width import depends_on_width, follow_size, reads_sizes, stacked_whole, unbind_count, whole_unbind
 
@@ -137,6 +138,12 @@ def getitem(ctx: RuleContext) -> None:
         if isinstance(idx, int) and ctx.out_shape is not None:
             for d in range(len(ctx.out_shape)):
                 ctx.eq(ctx.v((src, idx % len(src_shape)), d), ctx.out(d))
+        elif isinstance(idx, int) and isinstance(src_shape[idx], list):  # a nested tuple: (h_n, c_n)
+            for j, s in enumerate(src_shape[idx]):  # "src#idx#j", if the producing rule named it
+                for d in range(len(s) if isinstance(s, torch.Size) else 0):
+                    inner = ("v", f"{src.name}#{idx % len(src_shape)}#{j}", d)
+                    if inner in ctx.c.sizes:  # else left untouched: frozen as tied to no parameter
+                        ctx.eq(inner, ctx.out(d, j))
         elif isinstance(idx, slice):  # y.split(8, 1)[::-1]: element i is the source's element j
             for i, j in enumerate(range(len(src_shape))[idx]):
                 if ctx.shape((src, j)) is not None:
@@ -189,8 +196,14 @@ def _tensor_index(ctx: RuleContext, x, items: tuple) -> None:
 
 
 def _index_positions(ctx: RuleContext, x, items: tuple) -> None:
-    """Advanced indexing: the dims indexed by positions are frozen here, the rest by default."""
+    """Advanced indexing: by index tensors and whole dims only (``x[:, idx]``), as ``aten.index``
+    does; otherwise the dims indexed by positions are frozen here, the rest by default."""
     xs = ctx.shape(x)
+    whole = [it for it in items if not (isinstance(it, slice) and it == slice(None)) and it is not Ellipsis]
+    if items.count(Ellipsis) <= 1 and all(isinstance(it, fx.Node) and ctx.shape(it) is not None for it in whole):
+        at = items.index(Ellipsis) if Ellipsis in items else len(items)
+        flat = list(items[:at]) + [slice(None)] * (len(xs) - len(items) + (at < len(items))) + list(items[at + 1:])
+        return couple_index(ctx, x, [it if isinstance(it, fx.Node) else None for it in flat])
     n_real = sum(1 for it in items if it is not None and it is not Ellipsis)
     i = 0
     for it in items:
@@ -209,6 +222,9 @@ def _aten_slice(ctx: RuleContext, x) -> None:
         for d in range(len(xs)):
             if d != dim:
                 ctx.eq(ctx.v(x, d), ctx.out(d if d < dim else d - 1))
+        if not ctx.node.users and ctx.arg(2, "index") in (0, -1):
+            ctx.touched.add(ctx.v(x, dim))  # read for its shape only (BART's `x[:, :, -1]`): 0 and -1 always exist
+            return
         depends_on_width(ctx, [ctx.v(x, dim)], dim, f"selects position {ctx.arg(2, 'index')}")
         return
     start, end, step = ctx.arg(2, "start", None), ctx.arg(3, "end", None), ctx.arg(4, "step", 1)
@@ -420,9 +436,19 @@ def _find_attr(ctx: RuleContext, value: int) -> list[tuple[str, str]]:
     return []
 
 
+# call target (an ATen overload packet) -> position of the sizes it is called with, for ops whose
+# sizes are not all of their arguments after the tensor (``aten.zeros(size)``,
+# ``aten.layer_norm(x, normalized_shape, ...)``); the rules of such ops add them
+SIZE_ARG: dict = {}
+
+
 def size_spec(node: fx.Node) -> list:
     """The sizes a view/reshape (or a split's size and dim) node is called with, flattened; for
-    ``unflatten(dim, sizes)``, the sizes."""
+    ``unflatten(dim, sizes)``, the sizes; for the ops of :data:`SIZE_ARG`, their size argument."""
+    at = SIZE_ARG.get(getattr(node.target, "overloadpacket", None))
+    if at is not None:
+        sizes = node.args[at] if len(node.args) > at else None
+        return list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]
     if _is_unflatten(node):
         sizes = node.kwargs.get("sizes", node.args[2] if len(node.args) > 2 else None)
         return list(sizes) if isinstance(sizes, (list, tuple)) else []
@@ -474,7 +500,7 @@ def _is_unflatten(node: fx.Node) -> bool:
 
 
 def _permutation(ctx: RuleContext, n: int) -> list[int] | None:
-    target = ctx.node.target
+    target = getattr(ctx.node.target, "overloadpacket", ctx.node.target)  # aten.t.default -> aten.t
     name = target if isinstance(target, str) else getattr(target, "__name__", "")
     if isinstance(ctx.module, nn.Module) and hasattr(ctx.module, "dims"):
         return [d % n for d in ctx.module.dims]
@@ -483,7 +509,7 @@ def _permutation(ctx: RuleContext, n: int) -> list[int] | None:
         dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
         dims = ctx.node.kwargs.get("dims", dims)
         return [d % n for d in dims]
-    if name in ("t", "method:t") or name == "t":
+    if name in ("t", "method:t"):
         return [1, 0] if n == 2 else list(range(n))
     if "movedim" in name or "moveaxis" in name:
         src, dst = args[0], args[1]
