@@ -9,7 +9,11 @@ channels, ``torch.roll`` (channels or space, any shift, 0 included), ``flip`` (i
 list, ``fliplr``), ``torch.stack(x.unbind(1), 1)``, ``unflatten(1, sizes).flatten(1, 2)`` with
 literal or inferred factors, ``gather``/``index_select`` with fixed index buffers (channels or
 space), literal and inferred reshapes, swapped chunks, literal slices and ``repeat_interleave``,
-then a conv head or a mean + Linear head. Input 2x3x8x8; widths 4..16.
+and two habits of user modules (issue 15): a conv wrapped in a module that keeps its input
+width in an int attribute and asserts it in ``forward``, and a module that caches a tensor in a
+plain attribute on its first call (a class-level default until then); then a conv head or a
+mean + Linear head. Input 2x3x8x8; widths 4..16. The user's model must be left exactly as it
+was (parameters, buffers and plain attributes).
 
 The oracle is independent of the planner: it reads only the landed plan's slices, zeroes the
 removed units where they are produced in a copy of the ORIGINAL model (see
@@ -32,6 +36,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, event, given, note, settings
 from hypothesis import strategies as st
+from test_forward_habits import assert_same_state, model_state
 from test_rules_channel_dependent import MIN_STD, ZI_TOL, zeroed_like_plan
 from torch import nn
 
@@ -64,7 +69,36 @@ class Spec:
         return "\n".join(lines + [f"buffer {b}" for b in self.buffers])
 
 
+class Checked(nn.Module):
+    """A conv behind ``assert x.shape[1] == self.channels`` (a width kept in an int attribute)."""
+
+    def __init__(self, cin: int, cout: int, k: int, bias: bool):
+        super().__init__()
+        self.channels = cin
+        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
+
+    def forward(self, x):
+        assert x.shape[1] == self.channels
+        return self.conv(x)
+
+
+class CacheOnce(nn.Module):
+    """Caches a spatial grid in a plain attribute on its first call (a class default until then).
+    It scales (a removed channel, zeroed, stays zero: the oracle can compare)."""
+
+    grid = None
+
+    def forward(self, x):
+        if self.grid is None or self.grid.shape != x.shape[-2:]:
+            self.grid = torch.linspace(0.5, 1.5, x.shape[-1]).expand(x.shape[-2], x.shape[-1]).clone()
+        return x * self.grid
+
+
 def _module(desc: tuple) -> nn.Module:
+    if desc[0] == "checked":
+        return Checked(*desc[1:])
+    if desc[0] == "cache":
+        return CacheOnce()
     if desc[0] == "conv":
         _, cin, cout, k, bias = desc
         return nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
@@ -102,7 +136,7 @@ def _run(m: FuzzNet, op: tuple, v: list) -> torch.Tensor:
     if kind == "conv":
         y = m.layers[op[2]](t)
         return torch.relu(y) if op[3] else y
-    if kind == "bn":
+    if kind in ("bn", "cache"):
         return m.layers[op[2]](t)
     if kind == "add":
         return t + v[op[2]]
@@ -237,11 +271,18 @@ def _step_more(b: _Builder, kind: str, src: int) -> int:
         return b.push(("slice", src, k), k)
     if kind == "repeat_interleave" and 2 * c <= MAX_W:
         return b.push(("repeat_interleave", src), 2 * c)
+    if kind == "checked":
+        cout, k = d(st.sampled_from(WIDTHS)), d(st.sampled_from((1, 3)))
+        b.mods.append(("checked", c, cout, k, d(st.booleans())))
+        return b.push(("conv", src, len(b.mods) - 1, d(st.booleans())), cout)
+    if kind == "cache":
+        b.mods.append(("cache",))
+        return b.push(("cache", src, len(b.mods) - 1), c)
     return b.conv(src)
 
 
 KINDS = ("bn", "add", "cat", "roll", "flip", "unbind_stack", "unflatten", "gather", "index_select",
-         "reshape", "chunk_swap", "slice", "repeat_interleave")
+         "reshape", "chunk_swap", "slice", "repeat_interleave", "checked", "cache")
 
 
 @st.composite
@@ -270,14 +311,19 @@ def check(spec: Spec, target: float, round_to) -> str:
     """Shrink ``FuzzNet(spec)``; return how it ended, or fail. Refusals must say why; results
     must match the zeroed original."""
     note(spec.describe())
+    for habit in sorted({d[0] for d in spec.mods} & {"checked", "cache"}):
+        event(f"drew a habit of issue 15: {habit}")
     torch.manual_seed(0)
     model = FuzzNet(spec).eval()
     x = torch.randn(B, 3, HW, HW, generator=torch.Generator().manual_seed(1))
+    before = model_state(model)
     try:
         landing = shrink_landing(model, x, ShrinkConfig.of(target=target, round_to=round_to))
     except SurgeonError as exc:
         assert str(exc).strip(), f"{type(exc).__name__} without a message"
+        assert_same_state(before, model_state(model))
         return f"refused ({type(exc).__name__})"
+    assert_same_state(before, model_state(model))
     if not landing.plan.slices:
         return "returned unchanged"
     with torch.no_grad():

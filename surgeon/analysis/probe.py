@@ -23,14 +23,14 @@ from torch import nn
 from ..graph.groups import build_groups
 from ..graph.ir import AttrFix, Coupling, DimKey
 from ..graph.rules.shape import size_spec
-from ..graph.trace import trace
+from ..graph.trace import trace, try_trace
 from ..slicing.clone import meta_copy, to_meta
 from ..slicing.edits import slice_model
 from .realise import attr_updates, kept_width, member_index, slices_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resolve_probes"]
+__all__ = ["resolve_probes", "resolve_reads"]
 
 
 def resolve_probes(model: nn.Module, example_input: Any, traced, c: Coupling) -> Coupling:
@@ -154,3 +154,193 @@ def _follows(old, new, pos: int, probed: set[int], width: int) -> bool:
 def _spec(node) -> list | None:
     rest = size_spec(node)
     return rest if all(isinstance(v, int) for v in rest) else None
+
+
+# -- widths kept in int attributes that forward reads -------------------------------------------------
+_MAX_TRIALS = 24
+
+
+def resolve_reads(model: nn.Module, example_input: Any, traced, c: Coupling) -> Coupling:
+    """``c`` derived for the plain int attributes of user modules that ``forward`` read during the
+    capture (``traced.attr_reads``) and that equal a prunable width near the module, where the
+    graph does not already say what they are: ``assert x.shape[1] == self.channels`` reads a
+    width that no node shows.
+
+    Each such attribute is tried, on a trial cut that gives every candidate group a width of its
+    own, set to each candidate width in turn (then left as it is); the first setting under which
+    the cut model captures to the same graph becomes an attribute fix-up. Where none does, the
+    candidate groups are frozen with a reason that names the module and the attribute; where
+    the trial cut cannot be captured at all (and so proves nothing), ``c`` is returned as it is."""
+    known = {(f.module, f.attr) for f in c.attr_fixes}
+    known.update(tuple(ma) for checks in c.probes.values() for _, _, _, cands in checks for ma in cands)
+    reads = [(m, a, v) for m, a, v in traced.attr_reads if type(v) is int and v > 1 and (m, a) not in known]
+    scope = _scopes(traced, c, {m for m, _, _ in reads}) if reads else {}
+    near = {(m, a): [k for k in scope.get(m) or c.sizes if c.sizes.get(k) == v and k not in c.frozen
+                     and c.is_channel_like(k)] for m, a, v in reads}
+    if not any(near.values()):  # no prunable width as wide as any attribute read: nothing to ask
+        return c
+    groups = build_groups(c)
+    options = _read_options(groups, near)
+    if not options:
+        return c
+    index = member_index(groups)
+    keep, unclear = _read_cut(groups, options, lambda k, kp: kept_width(index, c.sizes, k, kp))
+    width = functools.partial(kept_width, index, c.sizes, keep=keep)
+    tried = {ma: o for ma, o in options.items() if ma not in unclear}
+    chosen, failed = _search(model, example_input, traced, c, groups, keep, width, tried) if tried else ({}, [])
+    if chosen is None:
+        return c
+    fixes = list(c.attr_fixes)
+    fixes.extend(AttrFix(module, attr, key) for (module, attr), key in chosen.items() if key is not None)
+    frozen = dict(c.frozen)
+    values = {(m, a): v for m, a, v in reads}
+    for module, attr in list(failed) + sorted(unclear):
+        why = "a trial cut cannot tell which width it follows" if (module, attr) in unclear else \
+            "no width it could follow passes a trial cut"
+        reason = (f"module '{module or '<root>'}' reads its attribute '{attr}' (= {values[(module, attr)]}) "
+                  f"in forward, and {why}; compute the width from the tensor (x.shape[1]) or pass "
+                  f"ignore=['{module}']")
+        for gi, _ in options[(module, attr)]:
+            for m in groups[gi].members:
+                frozen.setdefault(m.key, reason)
+    return c.derive(frozen=frozen, attr_fixes=tuple(fixes))
+
+
+def _read_options(groups, near: dict) -> dict[tuple[str, str], list[tuple[int, DimKey]]]:
+    """(module, attr) -> (group index, dim) for each dim of ``near[(module, attr)]`` in a prunable
+    group that can lose a unit of it; dims whose units are the same are listed once."""
+    member = {m.key: (gi, m) for gi, g in enumerate(groups) for m in g.members}
+    out = {}
+    for ma, keys in near.items():
+        seen, opts = set(), []
+        for key in keys:
+            hit = member.get(key)
+            if hit is None:
+                continue
+            gi, m = hit
+            g = groups[gi]
+            sig = (gi, m.unit_of.tobytes())
+            if sig in seen or g.reason is not None or g.frozen_units[m.unit_of].all():
+                continue
+            seen.add(sig)
+            opts.append((gi, key))
+        if opts:
+            out[ma] = sorted(opts, key=lambda o: o[0])
+    return out
+
+
+def _read_cut(groups, options, width_of) -> tuple[list[np.ndarray], set]:
+    """A keep-mask per group that changes the width of every candidate dim, each attribute's
+    candidates to widths that differ from each other (so that a trial tells them apart); and
+    the attributes for which that could not be done (their groups are left uncut)."""
+    member = {m.key: m for g in groups for m in g.members}
+    keep = [np.ones(g.n_units, dtype=bool) for g in groups]
+    for opts in options.values():
+        for gi, key in opts:
+            m, free = member[key], ~groups[gi].frozen_units
+            for u in dict.fromkeys(m.unit_of[::-1].tolist()):
+                w = width_of(key, keep)
+                if w < len(m.unit_of) and w not in {width_of(k, keep) for _, k in opts if k != key}:
+                    break
+                if w <= 1 or keep[gi].sum() <= 1:
+                    break
+                if free[u]:
+                    keep[gi][u] = False
+    unclear: set = set()
+    while True:  # leaving a group uncut can make another attribute's trial unclear in turn
+        more = {ma for ma, opts in options.items() if ma not in unclear and not _distinct(opts, keep, member, width_of)}
+        if not more:
+            return keep, unclear
+        unclear |= more
+        for ma in more:
+            for gi, _ in options[ma]:
+                keep[gi][:] = True
+
+
+def _distinct(opts, keep, member, width_of) -> bool:
+    ws = [width_of(k, keep) for _, k in opts]
+    return len(set(ws)) == len(ws) and all(0 < w < len(member[k].unit_of) for w, (_, k) in zip(ws, opts))
+
+
+def _scopes(traced, c: Coupling, paths: set[str]) -> dict[str, list[DimKey]]:
+    """Module path (of ``paths``) -> the dims of the values computed inside it, of the values
+    they read, and of the parameters under it."""
+    out: dict[str, list[DimKey]] = {}
+    for n in traced.graph.nodes:
+        inside = {v[0] if isinstance(v, tuple) else k for k, v in (n.meta.get("nn_module_stack") or {}).items()}
+        if n.op == "call_module":
+            inside.add(str(n.target))
+        inside &= paths
+        if not inside:
+            continue
+        dims = [("v", node.name, d) for node in [n, *n.all_input_nodes]
+                for d in range(len(traced.shape(node) or ()))]
+        for p in inside:
+            out.setdefault(p, []).extend(dims)
+    for name, t in traced.tensors().items():
+        for p in paths:
+            if p == "" or name.startswith(p + "."):
+                out.setdefault(p, []).extend(("p", name, d) for d in range(t.dim()))
+    return out
+
+
+def _search(model, example_input, traced, c, groups, keep, width, options):
+    """Try settings of the attributes on the trial cut until one captures to the same graph.
+    Returns ({(module, attr): dim or None (left as it is)}, [(module, attr) nothing fits]), or
+    (None, []) where the trial cut proves nothing (it fails somewhere no attribute under test
+    lives). An attribute that nothing fits is left as it is and its groups are not cut again."""
+    names = list(options)
+    idx = {ma: 0 for ma in names}  # index into options + [None]
+    failed: list = []
+    where = {"meta": True}
+    keep = list(keep)
+    for _ in range(min(_MAX_TRIALS, 2 + sum(len(o) + 1 for o in options.values()))):
+        setting = {ma: (options[ma][idx[ma]][1] if idx[ma] < len(options[ma]) else None) for ma in names}
+        ok, stack = _trial(model, example_input, traced, c, groups, keep, width, setting, where)
+        if ok:
+            return {ma: k for ma, k in setting.items() if ma not in failed}, failed
+        culprits = [ma for p in reversed(stack) for ma in names if ma[0] == p and ma not in failed]
+        if not culprits:
+            return None, []
+        ma = culprits[0]
+        idx[ma] += 1
+        if idx[ma] > len(options[ma]):  # no setting fits: left as it is, its groups kept whole
+            failed.append(ma)
+            idx[ma] = len(options[ma])
+            for gi, _ in options[ma]:
+                keep[gi] = np.ones_like(keep[gi])
+            width = functools.partial(width.func, *width.args, **{**width.keywords, "keep": keep})
+    return {}, names  # out of trials: every attribute under test keeps its groups whole
+
+
+def _trial(model, example_input, traced, c, groups, keep, width, setting, where: dict) -> tuple[bool, list[str]]:
+    """Capture the trial cut with the attributes of ``setting`` set to their dims' cut widths
+    (None: left as it is); (same graph as the original, the failing module stack). The cut is
+    made on the meta device while that captures (``where["meta"]``), else on a real copy."""
+    slices, _ = slices_for(groups, keep, lambda name: tuple(traced.tensor(name).shape))
+    updates = attr_updates(model, c.attr_fixes, width)
+    stack: list[str] = []
+    for on_meta in (True, False) if where["meta"] else (False,):
+        try:
+            source = meta_copy(model) if on_meta else model
+            cut = slice_model(source, slices, updates, inplace=on_meta)
+            for (module, attr), key in setting.items():
+                if key is not None:
+                    setattr(cut.get_submodule(module), attr, width(key))
+            got, stack = try_trace(cut, to_meta(example_input) if on_meta else example_input)
+        except Exception as exc:  # noqa: BLE001 - a cut that cannot be made proves nothing
+            log.info("surgeon: attribute trial failed (%s: %s)", type(exc).__name__, exc)
+            continue
+        if got is not None:
+            where["meta"] = on_meta  # a real copy captured what meta could not: stay on real ones
+            return _same_graph(traced, got), []
+    return False, stack
+
+
+def _same_graph(traced, got) -> bool:
+    """The same capture mode and the same ops in the same order (sizes may differ)."""
+    if got.mode != traced.mode:
+        return False
+    a = [(n.op, n.target) for n in traced.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+    b = [(n.op, n.target) for n in got.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+    return a == b

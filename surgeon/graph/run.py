@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["normalize_inputs", "run_model", "shapes_of", "eval_mode"]
+__all__ = ["normalize_inputs", "run_model", "shapes_of", "eval_mode", "flop_counter"]
 
 
 def normalize_inputs(example_input: Any) -> tuple[tuple, dict]:
@@ -64,3 +64,34 @@ def eval_mode(model: nn.Module, modules: list[nn.Module] | None = None):
     finally:
         for m, flag in flags:
             object.__setattr__(m, "training", flag)
+
+
+def flop_counter():
+    """``torch.utils.flop_counter.FlopCounterMode(display=False)`` whose module tracker tolerates
+    tensors autograd cannot hook. The tracker hooks the backward of every module input and
+    output that requires grad; a view of a parameter taken under ``torch.no_grad()`` (a
+    position table sliced to the sequence length, say) requires grad but has no gradient
+    function, and torch raises ``AssertionError: Expected gradient function to be set`` from
+    inside the model's forward. Only the per-module attribution of a backward pass is lost;
+    the totals are counted by the dispatch mode, which is untouched."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.module_tracker import ModuleTracker
+
+    class _Tracker(ModuleTracker):
+        def _fw_pre_hook(self, mod, input):
+            try:
+                super()._fw_pre_hook(mod, input)
+            except AssertionError as exc:
+                if "gradient function" not in str(exc):
+                    raise
+
+        def _fw_post_hook(self, mod, input, output):
+            try:
+                super()._fw_post_hook(mod, input, output)
+            except AssertionError as exc:
+                if "gradient function" not in str(exc):
+                    raise
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _Tracker()
+    return counter

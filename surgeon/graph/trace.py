@@ -5,8 +5,11 @@ keyed by module type. When it fails (data-dependent control flow, unsupported Py
 is captured with ``torch.export`` (non-strict) and unlifted, which gives an fx graph of ATen ops
 whose parameters are ``get_attr`` nodes with the same qualified names as in the user's model.
 
-Capture never mutates the model: training flags are restored and the forward used to propagate
-shapes runs in eval mode, so BatchNorm statistics are not touched.
+Capture never mutates the model: training flags are restored, the forward used to propagate
+shapes runs in eval mode, so BatchNorm statistics are not touched, and whatever ``forward`` writes
+into the model during the capture (a cache of anchors, the last shape seen) is taken back (see
+:mod:`surgeon.graph._snapshot`). A model that writes state on its first call is captured as it
+runs from its second: one real forward warms it up first, and is taken back too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +28,14 @@ from torch import nn
 
 from .. import _walks
 from ..errors import TraceError
+from ..slicing.fixers import has_fixer
+from ._snapshot import ReadRecorder, untouched
 from .flops import FlopTally, NodeInfo, _describe, _propagate, count_known, no_fast_path  # noqa: F401
 from .run import eval_mode, normalize_inputs, run_model, shapes_of  # noqa: F401
 
-__all__ = ["Traced", "trace", "normalize_inputs", "run_model", "shapes_of", "FlopTally", "count_known"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Traced", "trace", "try_trace", "normalize_inputs", "run_model", "shapes_of", "FlopTally", "count_known"]
 
 
 @dataclass
@@ -45,6 +53,10 @@ class Traced:
     plain: bool = False
     _modules: dict | None = field(default=None, repr=False)
     _shapes: dict = field(default_factory=dict, repr=False)
+    # plain int (or int list) attributes of user modules that forward read during the capture:
+    # (module path, attribute, value); widths a graph may never show (``assert x.shape[1] == self.c``)
+    attr_reads: tuple = ()
+    warmed: bool = False  # captured after one real forward (the model writes state on its first call)
 
     @property
     def graph(self) -> fx.Graph:
@@ -192,9 +204,23 @@ def _quiet_torch_logs():
 
 
 def _export_capture(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
-    with _quiet_torch_logs():
+    with _quiet_torch_logs(), warnings.catch_warnings():
+        # a model that caches a tensor on its first call: the snapshot takes it back, say nothing
+        warnings.filterwarnings("ignore", message=".*was assigned during export")
         ep = torch.export.export(model, args, kwargs=kwargs, strict=False)
     return ep.module()
+
+
+def _failure_stack(exc: BaseException, model: nn.Module) -> list[str]:
+    """The paths of the submodules of ``model`` whose frames are on the failure's stack."""
+    names = {id(m): n for n, m in model.named_modules()}
+    tb, out = exc.__traceback__, []
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names and names[id(owner)] not in out:
+            out.append(names[id(owner)])
+        tb = tb.tb_next
+    return out
 
 
 def _failure_site(exc: BaseException, model: nn.Module) -> str:
@@ -226,27 +252,93 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = normalize_inputs(example_input)
-    with eval_mode(model), torch.enable_grad():
-        errors = []
-        for mode, capture in (("fx", _fx_capture), ("export", _export_capture)):
-            try:
-                gm = capture(model, args, kwargs)
-                flat = list(args) + [kwargs[k] for k in _placeholder_kwargs(gm, args, kwargs)]
-                constants = gm.constants if isinstance(gm, _FxCapture) else {}
-                info, out, modules, known = _propagate(gm, _root(gm), flat, constants)
-            except Exception as exc:  # noqa: BLE001 - any failure means "try the next capture"
-                site = _failure_site(exc, model)
-                errors.append(f"{mode}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                              + (f" (at {site})" if site else ""))
-                continue
-            return Traced(model=model, gm=gm, mode=mode, info=info, output_shape=_describe(out),
-                          reference_shapes=shapes_of(out), plain=known, _modules=modules)
+    traced, errors, _ = _trace(model, args, kwargs)
+    if traced is not None:
+        return traced
+    with eval_mode(model), untouched(model):
         _check_runs(model, args, kwargs)  # is it the input, rather than the capture, that fails?
     raise TraceError(
         f"could not capture {type(model).__name__} as a graph.\n  " + "\n  ".join(errors) +
         "\nWhat to do: make the failing code traceable (torch.fx.wrap a helper with data-dependent "
         "control flow, or keep it in a leaf module), or pass an example input that avoids the branch."
     ) from None
+
+
+def try_trace(model: nn.Module, example_input: Any) -> tuple[Traced | None, list[str]]:
+    """:func:`trace`, or (None, the module paths on the stack where the last capture failed,
+    outermost first) where neither capture works; for differential captures of trial cuts."""
+    args, kwargs = normalize_inputs(example_input)
+    traced, _, stack = _trace(model, args, kwargs)
+    return traced, stack
+
+
+def _trace(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Traced | None, list[str], list[str]]:
+    """The capture, with whatever it writes into ``model`` taken back; where the cold capture
+    writes state, the model is warmed up by one real forward and captured again."""
+    with eval_mode(model), torch.enable_grad():
+        with untouched(model) as snap:
+            traced, errors, stack = _capture(model, args, kwargs)
+            written = snap.changes()
+        if written:  # state written on the first call: capture the model as it runs from the second
+            log.debug("surgeon: capture wrote into the model (%s); capturing it warmed up", written[:3])
+            with untouched(model):
+                if _warm_up(model, args, kwargs):
+                    warm = _capture(model, args, kwargs, warmed=True)
+                    if warm[0] is not None or traced is None:
+                        traced, errors, stack = warm
+    return traced, errors, stack
+
+
+def _capture(model: nn.Module, args: tuple, kwargs: dict, warmed: bool = False
+             ) -> tuple[Traced | None, list[str], list[str]]:
+    """fx, then torch.export; the first that captures and runs wins. (None, errors, the module
+    stack of the last failure) if neither. The caller restores what the capture wrote into ``model``."""
+    errors: list[str] = []
+    stack: list[str] = []
+    for mode, capture in (("fx", _fx_capture), ("export", _export_capture)):
+        try:
+            with ReadRecorder(model, skip=has_fixer) as rec:
+                gm = capture(model, args, kwargs)
+                flat = list(args) + [kwargs[k] for k in _placeholder_kwargs(gm, args, kwargs)]
+                constants = gm.constants if isinstance(gm, _FxCapture) else {}
+                if warmed and isinstance(gm, _FxCapture):
+                    _keep_state(gm, model)
+                info, out, modules, known = _propagate(gm, _root(gm), flat, constants)
+        except Exception as exc:  # noqa: BLE001 - any failure means "try the next capture"
+            site = _failure_site(exc, model)
+            stack = _failure_stack(exc, model)
+            errors.append(f"{mode}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+                          + (f" (at {site})" if site else ""))
+            continue
+        return Traced(model=model, gm=gm, mode=mode, info=info, output_shape=_describe(out),
+                      reference_shapes=shapes_of(out), plain=known, _modules=modules,
+                      attr_reads=rec.reads(), warmed=warmed), errors, stack
+    return None, errors, stack
+
+
+def _warm_up(model: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """One real forward (no autograd), so that state written on the first call exists."""
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - the cold capture's errors say what fails
+        return False
+    return True
+
+
+def _keep_state(gm: _FxCapture, model: nn.Module) -> None:
+    """Tensors a warmed-up model holds in plain attributes (its cached state, which the snapshot
+    takes back) are kept beside the capture, as fx's own constants are."""
+    registered = {id(t) for t in _walks.parameters(model).values()}
+    registered.update(id(t) for _, t in model.named_buffers(remove_duplicate=False))
+    for n in gm.graph.nodes:
+        if n.op != "get_attr" or n.target in gm.constants:
+            continue
+        value: Any = model
+        for part in str(n.target).split("."):
+            value = getattr(value, part, None)
+        if isinstance(value, torch.Tensor) and id(value) not in registered:
+            gm.constants[n.target] = value
 
 
 def _check_runs(model: nn.Module, args: tuple, kwargs: dict) -> None:
