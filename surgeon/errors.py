@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SurgeonError", "TraceError", "SurgeryError", "PlanError"]
+__all__ = ["SurgeonError", "TraceError", "SurgeryError", "PlanError", "SurgeonWarning", "OffTargetWarning"]
 
 
 class SurgeonError(Exception):
@@ -19,3 +19,12 @@ class SurgeryError(SurgeonError):
 
 class PlanError(SurgeonError, ValueError):
     """A plan cannot be built (target unreachable) or does not fit the model it is applied to."""
+
+
+class SurgeonWarning(UserWarning):
+    """Base class of the warnings surgeon issues: the result works, but is not quite what was asked."""
+
+
+class OffTargetWarning(SurgeonWarning):
+    """The shrunk model's measured cost lands outside 0.01 of the target: the message gives the
+    ratio reached, the groups whose unit steps blocked a closer landing, and what may help."""

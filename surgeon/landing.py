@@ -3,7 +3,8 @@
 The planner's cost model is exact for what it models, but the independent counter
 (``torch.utils.flop_counter``, ``parameters()``, or the measured latency) has the last word:
 while the two disagree by more than the tolerance, the goal is re-aimed and the plan made
-again (at most four times), and the landing closest to the target is kept. ``shrink``,
+again (at most four times), and the landing closest to the target is kept; one more than 0.01
+off the target warns (:mod:`surgeon.offtarget`). ``shrink``,
 ``plan(..., verify=True)`` and the CLI all land through :func:`land`.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 from .analysis import Analysis
 from .errors import PlanError, SurgeryError
 from .graph.trace import count_known, eval_mode, run_model, shapes_of
+from .offtarget import OFF_TARGET, check_landing
 from .options import Metric, ShrinkConfig
 from .planning.plan import Plan
 from .surgery import apply_own
@@ -62,7 +64,7 @@ def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, p
         small = apply_own(model, p)  # the plan was made from this model just now
         if not cfg.verify:
             check_config(a, small, cfg.uniform)
-            return Landing(small, p, a, p.ratio, None)
+            return Landing(small, check_landing(a, p, cfg, p.ratio), a, p.ratio, None)
         flops = _verify_runs(a, small, example_input, p)
         if cfg.metric is Metric.LATENCY:  # measured end to end, interleaved with the dense model
             got, tol = measured_ratio(model, small, example_input, cfg.runtime_name), LATENCY_TOL * want
@@ -79,7 +81,8 @@ def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, p
     p, got, flops, small = best
     small = apply_own(model, p) if small is None else small
     check_config(a, small, cfg.uniform)
-    return Landing(small, p, a, got, flops)
+    band = max(OFF_TARGET, LATENCY_TOL * want) if cfg.metric is Metric.LATENCY else OFF_TARGET
+    return Landing(small, check_landing(a, p, cfg, got, band), a, got, flops)  # a miss is said out loud
 
 
 def check_config(a: Analysis, small: nn.Module, uniform: bool | None) -> None:

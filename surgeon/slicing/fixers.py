@@ -103,3 +103,8 @@ def _mha(m: nn.MultiheadAttention) -> None:
     e = m.in_proj_weight.shape[1]
     m.embed_dim = m.kdim = m.vdim = e
     m.head_dim = e // m.num_heads
+
+
+from .recurrent import RECURRENT_FIXERS  # noqa: E402  (LSTM/GRU/RNN and their cells)
+for _cls, _fix in RECURRENT_FIXERS.items():
+    register_fixer(_cls)(_fix)
