@@ -13,8 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from .graph.flops import ensure_formulas
+from .graph.run import flop_counter
 from .graph.trace import FlopTally, eval_mode, no_fast_path, run_model, shapes_of
 
 __all__ = ["count_flops", "measure", "count_params", "output_shapes", "max_rel_error", "zero_invariance",
@@ -23,8 +24,10 @@ __all__ = ["count_flops", "measure", "count_params", "output_shapes", "max_rel_e
 
 def count_flops(model: nn.Module, example_input: Any) -> int:
     """FLOPs of one forward by ``torch.utils.flop_counter.FlopCounterMode`` (eval mode, autograd
-    on so that fused inference fast paths, which the counter cannot see into, are not taken)."""
-    with eval_mode(model), torch.enable_grad(), FlopCounterMode(display=False) as counter:
+    on so that fused inference fast paths, which the counter cannot see into, are not taken).
+    Grouped matmuls (the routed experts of MoE models) are counted too (:func:`ensure_formulas`)."""
+    ensure_formulas()
+    with eval_mode(model), torch.enable_grad(), flop_counter() as counter:  # see flop_counter
         run_model(model, example_input)
     return int(counter.get_total_flops())
 
@@ -37,6 +40,7 @@ def measure(model: nn.Module, example_input: Any) -> tuple[int, Any]:
     The run is in eval mode without autograd (recording the graph costs a fifth of the run on
     deep models), with torch.nn's fused attention fast paths turned off explicitly (``count_flops``
     keeps them off by leaving autograd on): the same ops run, so the counts are the same."""
+    ensure_formulas()
     with eval_mode(model), no_fast_path(), torch.no_grad(), FlopTally() as counter:
         out = run_model(model, example_input)
     return int(counter.count), shapes_of(out)

@@ -18,12 +18,50 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import conv_flop_count, flop_registry
+from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
 
 from .. import _walks
 from .run import eval_mode, run_model
 
-__all__ = ["NodeInfo", "FlopTally", "no_fast_path", "count_known"]
+__all__ = ["NodeInfo", "FlopTally", "no_fast_path", "count_known", "ensure_formulas"]
+
+
+def grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of a grouped matmul (``torch._grouped_mm``, the routed experts of transformers-5 MoE
+    models), which ``torch.utils.flop_counter`` has no formula for: ``2 * out.numel() * K``, K the
+    contracted width, the same as the per-expert ``mm``s or the ``bmm`` of ``batched_mm`` count
+    (every row meets one expert). When both operands are 2-D (groups ragged along K) the groups
+    split K, and the output holds one ``M x N`` slab per group."""
+    k = a_shape[-1]
+    n_out = 1
+    for s in out_shape:
+        n_out *= s
+    if len(a_shape) == 2 and len(b_shape) == 2 and len(out_shape) == 3:
+        n_out //= max(1, out_shape[0])
+    return 2 * n_out * k
+
+
+_FALLBACK_OPS = (("transformers", "grouped_mm_fallback"),)  # custom ops of other packages, same shapes
+_formulas_done: set = set()
+
+
+def ensure_formulas() -> None:
+    """Register :func:`grouped_mm_flops` with ``torch.utils.flop_counter`` for
+    ``aten._grouped_mm`` and for the grouped-matmul custom ops that packages register when
+    imported (transformers' CPU/compile fallback), once each; ``FlopCounterMode`` copies the
+    registry when it is made, so this runs before one is made. Idempotent and cheap."""
+    for ns, name in (("aten", "_grouped_mm"), *_FALLBACK_OPS):
+        if (ns, name) in _formulas_done:
+            continue
+        packet = getattr(getattr(torch.ops, ns), name, None)  # None until its package registers it
+        if packet is None:
+            continue
+        if packet not in flop_registry:
+            register_flop_formula(packet)(grouped_mm_flops)
+        _formulas_done.add((ns, name))
+
+
+ensure_formulas()  # aten._grouped_mm now: a FlopCounterMode made after ``import surgeon`` counts it
 
 
 @dataclass
@@ -123,6 +161,7 @@ def _propagate(gm: Any, root: nn.Module, inputs: list, constants: dict[str, Any]
     It runs without autograd and with torch.nn's fused attention fast paths turned off (see
     :func:`no_fast_path`), as ``verify.measure`` does: the ops that run are those
     ``count_flops`` sees with autograd on."""
+    ensure_formulas()
     nodes = list(gm.graph.nodes)
     modules = _walks.modules(root)
     known = all(_known(n, modules) for n in nodes)

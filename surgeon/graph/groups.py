@@ -66,6 +66,7 @@ class PruneGroup:
     flops_per_unit: float = 0.0
     layers: tuple[str, ...] | None = None  # layer groups: the module each unit removes
     step: int = 1  # kept units stay a multiple of this (what a Hugging Face config accepts)
+    min_units: int = 1  # never fewer kept units (experts under a top-k router: k)
     # every group's parameters per unit, computed on the first read of any (the params cost model
     # only serves reports and metric="params"): a shared memoised callable, indexed by ``id``
     params_source: Any = field(default=None, repr=False, compare=False)
