@@ -10,9 +10,9 @@ import numpy as np
 from torch import nn
 
 from . import _walks
-from .analysis import Analysis, analyze
+from .analysis import Analysis, analyze, capture_input
 from .compensate import compensate as _compensate
-from .criteria import Criterion, check_not_meta, checked_scores, get_criterion, layer_rms
+from .criteria import Criterion, check_not_meta, checked_scores, get_criterion, layer_scores
 from .errors import PlanError
 from .landing import Landing, land
 from .latency import rounding
@@ -51,6 +51,7 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
     cfg = ShrinkConfig.of(target=target, metric=metric, criterion=criterion, round_to=round_to,
                           ignore=ignore, min_keep=min_keep, uniform=uniform, layers=layers, data=data,
                           loss_fn=loss_fn, runtime=runtime, verify=verify)
+    example_input = capture_input(model, example_input)  # a Hugging Face model's cache off, in the call
     with _walks.shared():
         planner = Planner.prepare(model, example_input, cfg, analysis)
         if verify:
@@ -128,6 +129,7 @@ def shrink_landing(model: nn.Module, example_input: Any, cfg: ShrinkConfig,
                    analysis: Analysis | None = None) -> Landing:
     """The whole shrink for a validated ``cfg``: the landed copy, its plan, the analysis and what
     the independent counter measured (what the CLI reports)."""
+    example_input = capture_input(model, example_input)  # a Hugging Face model's cache off, in the call
     with _walks.shared():
         planner = Planner.prepare(model, example_input, cfg, analysis)
         landing = land(model, example_input, cfg, planner.analysis, planner)
@@ -145,6 +147,7 @@ class Planner:
     scores: tuple
     cfg: ShrinkConfig
     metric_key: str  # "flops", "params" or "latency:<runtime>"
+    layers_by: str = ""  # how whole layers the criterion could not score were scored, for the plan
 
     @classmethod
     def prepare(cls, model: nn.Module, example_input: Any, cfg: ShrinkConfig,
@@ -152,14 +155,14 @@ class Planner:
         check_not_meta(model, example_input)  # shapes without values: nothing to score or run
         crit = get_criterion(cfg.criterion, data=cfg.data, loss_fn=cfg.loss_fn)
         a = analysis or analyze(model, example_input, cfg.ignore, cfg.uniform, cfg.layers)
-        scores = tuple(_scores(crit, model, a))
+        scores, layers_by = _scores(crit, model, a, cfg.data, example_input)
         key = cfg.metric_name
         if cfg.runtime is not None:  # its measured latency model: the cost of metric="latency",
             from .latency import attach  # and what units of a counted target are ranked by
 
             a, lat = attach(a, example_input, cfg.runtime_name)
             key = lat if cfg.metric is Metric.LATENCY else key
-        return cls(a, crit, scores, cfg, key)
+        return cls(a, crit, tuple(scores), cfg, key, layers_by)
 
     def __call__(self, goal: float) -> Plan:
         a, cfg, key = self.analysis, self.cfg, self.metric_key
@@ -176,7 +179,7 @@ class Planner:
                 round_to, keep = None, self._keep(None, goal)
         elif keep is None:
             round_to, keep = None, self._keep(None, goal)
-        name = getattr(self.criterion, "name", type(self.criterion).__name__)
+        name = getattr(self.criterion, "name", type(self.criterion).__name__) + self.layers_by
         return build_plan(a, keep, target=goal, metric=key, criterion=name, round_to=round_to)
 
     def _keep(self, rounded, goal: float) -> list[np.ndarray]:
@@ -189,9 +192,11 @@ class Planner:
                                           per_target=True) for w in (1.0, 0.0)])
 
 
-def _scores(crit: Criterion, model: nn.Module, a: Analysis) -> list:
-    """The criterion's scores; layer units it cannot score (no channel tensors of their own) get
-    the RMS of their weights, mean-normalised within their group like every other score."""
+def _scores(crit: Criterion, model: nn.Module, a: Analysis, data: Any = None,
+            example_input: Any = None) -> tuple[list, str]:
+    """The criterion's scores, and how layer units it cannot score (no channel tensors of their
+    own) were scored: by their Block Influence on ``data``, else on ``example_input``
+    (:func:`surgeon.criteria.layer_scores`), mean-normalised within their group like every other score."""
     if getattr(crit, "per_group", False):  # a group's scores depend on it alone: skip those kept whole
         live = [gi for gi, g in enumerate(a.groups) if g.prunable]
         scores = [np.zeros(g.n_units) for g in a.groups]
@@ -199,7 +204,8 @@ def _scores(crit: Criterion, model: nn.Module, a: Analysis) -> list:
             scores[gi] = s
     else:
         scores = checked_scores(crit, model, list(a.groups))
+    layers_by = ""
     for gi, g in enumerate(a.groups):
         if g.layers and not np.any(scores[gi]):
-            scores[gi] = layer_rms(model, list(g.layers))
-    return scores
+            scores[gi], layers_by = layer_scores(model, list(g.layers), data, example_input)
+    return scores, layers_by

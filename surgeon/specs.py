@@ -113,7 +113,7 @@ def _hf(path: str) -> tuple[nn.Module, dict]:
     restore = {}
     if hasattr(config, "use_cache"):
         restore["use_cache"] = config.use_cache
-        config.use_cache = False  # a cache object in the output cannot be traced
+        config.use_cache = False  # a cache object in the output cannot be exported to ONNX (--onnx)
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)

@@ -119,12 +119,13 @@ def test_uniform_widths_are_the_default_for_hf():
     assert len(widths) == 1 and widths == {small.config.intermediate_size}
 
 
-def test_config_that_cannot_say_it_keeps_the_group_whole():
+def test_config_that_cannot_say_it_alone_joins_heads_and_hidden():
     model, x = HF["bert"]()  # BERT's head size is hidden_size / num_attention_heads
     a = surgeon.analyze(model, x)
-    heads = [g for g in a.groups if g.kind.value == "head"]
-    assert heads and all(not g.prunable and "config cannot express" in g.reason for g in heads)
-    assert any(g.prunable for g in a.groups)  # the MLP widths still can be pruned
+    heads = [gi for gi, g in enumerate(a.groups) if g.kind.value == "head"]
+    assert heads and all(a.groups[gi].prunable for gi in heads)  # only with head_dim residual channels:
+    ((bundle, units),) = [(b, u) for b, u in zip(a.bundles, a.bundle_units) if set(heads) <= set(b)]
+    assert sorted(units)[-1] == 16 and units.count(1) == len(heads)  # one head per layer, 16 channels
     free = surgeon.analyze(model, x, uniform=False)
     assert all(g.prunable for g in free.groups if g.kind.value == "head")
 

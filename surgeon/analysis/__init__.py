@@ -23,12 +23,14 @@ from ..graph.groups import PruneGroup, build_groups
 from ..graph.ir import Coupling, DimKey
 from ..graph.trace import Traced, trace
 from .hf import config_model, constrain
+from .hf_cache import capture_input
 from .ignore import ignored_names, mark_ignored
 from .layers import layer_units
-from .probe import resolve_probes
+from .moe import expert_floors, expert_modules, with_expert_layers
+from .probe import resolve_probes, resolve_reads
 from .realise import kept_width, member_index
 
-__all__ = ["Analysis", "analyze", "fingerprint"]
+__all__ = ["Analysis", "analyze", "capture_input", "fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class Analysis:
     # Hugging Face models: what the config can express, and groups that must keep one width
     config_model: Any = dataclasses.field(default=None, repr=False)
     bundles: tuple[tuple[int, ...], ...] = ()
+    # units each group of a bundle loses per step, bundle by bundle (a joint bundle: one head of
+    # every layer with head_dim residual channels); empty: one unit of each group per step
+    bundle_units: tuple[tuple[int, ...], ...] = ()
     measured: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), repr=False)  # (key, cost model)
 
     def __post_init__(self):
@@ -89,16 +94,20 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
     ``layers=True`` adds whole layers as units (see :mod:`surgeon.analysis.layers`): one group
     per ``ModuleList``/``Sequential`` of residual blocks whose removal is exact."""
     names = ignored_names(model, ignore)
+    example_input = capture_input(model, example_input)  # a Hugging Face model's cache off, in the call
     traced = trace(model, example_input)
     _walks.settle()  # the capture lives as long as the analysis: the collector need not re-walk it
     c = couple(traced)
     if c.probes:
         c = resolve_probes(model, example_input, traced, c)
+    if traced.attr_reads:  # widths kept in int attributes that forward reads
+        c = resolve_reads(model, example_input, traced, c)
+    c, experts = expert_modules(traced, c)  # whole experts of a ModuleList whose outputs are stacked
     _walks.settle()  # and so does the coupling
     params = set(_walks.parameters(model))  # every name, aliases included
     groups = [g if g.reason is not None or any(m.name in params for m in g.tensors)
               else dataclasses.replace(g, reason="only buffers, no parameters, in this group")
-              for g in mark_ignored(build_groups(c), names)]
+              for g in mark_ignored(with_expert_layers(build_groups(c), experts), names)]
     a = Analysis(traced, c, groups)
     if layers:
         c, new = layer_units(a, model, example_input)
@@ -106,8 +115,9 @@ def analyze(model: nn.Module, example_input: Any, ignore: Iterable = (), uniform
     if uniform is not False:
         cm = config_model(model)
         if cm is not None:
-            groups, bundles = constrain(a, cm)
-            a = dataclasses.replace(a, groups=groups, config_model=cm, bundles=bundles)
+            groups, bundles, units, cm = constrain(a, cm)
+            a = dataclasses.replace(a, groups=groups, config_model=cm, bundles=bundles, bundle_units=units)
+    a = dataclasses.replace(a, groups=expert_floors(a))  # a top-k router keeps k experts
     return _with_unit_costs(a)
 
 
@@ -136,4 +146,6 @@ def fingerprint(a: Analysis) -> str:
     for name in ("sizes", "frozen", "inexact", "kinds", "layer_keys"):
         h.update(repr(sorted(getattr(c, name).items(), key=repr)).encode())
     h.update(repr((c.costs, c.attr_fixes, a.bundles, [k for k, _ in a.measured])).encode())
+    if a.bundle_units:
+        h.update(repr(a.bundle_units).encode())
     return h.hexdigest()

@@ -3,15 +3,19 @@
 A Hugging Face model is rebuilt from its config when it is loaded, so a pruned model reloads
 only if its config describes every pruned width. Which widths a config can describe is learnt
 from the model class itself, not from a table of architectures: the class is instantiated on
-the meta device (no memory, no weights) with each integer field of the config changed in turn,
-and the parameter dims that change form that field's *footprint*, with the linear relation
-``dim = a * value + b`` between them (``q_proj`` rows = ``head_dim`` x ``num_attention_heads``).
+the meta device (no memory, no weights) with each integer field of the config (and each entry
+of a per-stage list of widths, ``hidden_sizes[1]``) changed in turn, and the parameter dims that
+change form that field's *footprint*, with the linear relation ``dim = a * value + b`` between
+them (``q_proj`` rows = ``head_dim`` x ``num_attention_heads``).
 
 A pruning group the config can express has all its dims in footprints whose other dims lie in
 groups pruned in step with it (the same MLP width in every layer: ``intermediate_size``). Those
-groups form a *bundle* that the planner keeps uniform. A group the config cannot express (BERT's
-heads: ``head_dim`` is ``hidden_size / num_attention_heads``, so removing a head changes
-nothing the config can say) is kept whole with that reason, unless ``uniform=False``.
+groups form a *bundle* that the planner keeps uniform. Bundles the config cannot express alone
+but can together (BERT's heads with head_dim residual channels, since ``head_dim`` is
+``hidden_size / num_attention_heads``; T5's encoder and decoder FFNs, both ``d_ff``) form a
+*joint bundle* (:mod:`surgeon.analysis.hf_joint`). What no bundle can say is kept whole with
+that reason, unless ``uniform=False``; so is a width whose field also sets a value that
+``from_pretrained`` recomputes (:mod:`surgeon.analysis.hf_values`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .hf_layers import check_layer_drops, layer_fields, layer_updates
+from .hf_joint import join
+from .hf_values import value_fields
 
 __all__ = ["ConfigModel", "config_model", "constrain", "config_updates", "check_config"]
 
@@ -39,6 +47,11 @@ class ConfigModel:
     footprint: dict[str, dict[tuple[str, int], tuple[int, int]]] = field(default_factory=dict)
     materialized: dict[str, int] = field(default_factory=dict)  # fields HF left None, made explicit
     layer_fields: dict[str, str] = field(default_factory=dict)  # count field -> its ModuleList
+    # head counts no width shows (head_dim = hidden_size / num_attention_heads): field -> the group
+    # whose kept units it counts, set by a joint bundle (see :mod:`surgeon.analysis.hf_joint`)
+    unit_fields: dict[str, int] = field(default_factory=dict)
+    # width fields that also set a non-persistent buffer's value (Gemma: sqrt(hidden_size)) -> it
+    value_fields: dict[str, str] = field(default_factory=dict)
 
 
 def _is_config(obj: Any) -> bool:
@@ -54,11 +67,36 @@ def _shapes(cls: type, cfg: Any) -> dict[str, tuple[int, ...]] | None:
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
+_ELEM = re.compile(r"^(\w+)\[(\d+)\]$")  # one entry of a per-stage list: "hidden_sizes[1]"
+
+
+def _get(cfg: Any, f: str) -> Any:
+    m = _ELEM.match(f)
+    return getattr(cfg, m.group(1))[int(m.group(2))] if m else getattr(cfg, f)
+
+
 def _with(cfg: Any, **values) -> Any:
+    """A copy of ``cfg`` with ``values`` set; a key ``name[i]`` sets entry i of the list ``name``."""
     new = copy.deepcopy(cfg)
     for k, v in values.items():
+        m = _ELEM.match(k)
+        if m:
+            old = getattr(new, m.group(1))
+            entries = list(old)
+            entries[int(m.group(2))] = v
+            v, k = type(old)(entries), m.group(1)
         setattr(new, k, v)
     return new
+
+
+def _width_fields(raw: dict, materialized: dict) -> list[tuple[str, int]]:
+    """Every int field, and every entry of a per-stage list of widths (``hidden_sizes[0]``)."""
+    out = [(k, v) for k, v in {**raw, **materialized}.items() if type(v) is int and v >= 1 and not _SKIP.search(k)]
+    for k, v in raw.items():
+        if isinstance(v, (list, tuple)) and v and _WIDTHY.search(k) and not _SKIP.search(k) \
+                and all(type(x) is int and x >= 1 for x in v):
+            out.extend((f"{k}[{i}]", x) for i, x in enumerate(v))
+    return out
 
 
 def config_model(model: nn.Module) -> ConfigModel | None:
@@ -84,13 +122,13 @@ def config_model(model: nn.Module) -> ConfigModel | None:
                     cm.materialized[k] = s
                     break
     base = _with(cfg, **cm.materialized)
-    for k, v in {**raw, **cm.materialized}.items():
-        if type(v) is not int or v < 1 or _SKIP.search(k):
-            continue
+    for k, v in _width_fields(raw, cm.materialized):
         moved = _shapes(cls, _with(base, **{k: 2 * v}))
         if moved is None:
             continue
         if moved.keys() != actual.keys():  # a count of layers rather than a width
+            if _ELEM.match(k):
+                continue
             boxes = {m.group(1) for n in moved.keys() - actual.keys() if (m := _ITEM.match(n))}
             if len(boxes) == 1 and actual.keys() <= moved.keys():
                 cm.layer_fields[k] = boxes.pop()
@@ -103,17 +141,24 @@ def config_model(model: nn.Module) -> ConfigModel | None:
                     fp[(name, d)] = (a, s0 - a * v)
         if fp:
             cm.footprint[k] = fp
+    cm.value_fields = value_fields(cls, base, [(k, _with(base, **{k: 2 * _get(base, k)})) for k in cm.footprint])
+    cm.layer_fields.update(layer_fields(cls, base, actual, {**cm.footprint, **cm.layer_fields}))
     return cm
 
 
-def constrain(a, cm: ConfigModel) -> tuple[tuple, tuple[tuple[int, ...], ...]]:
-    """New groups, where every group whose pruning the config cannot express is kept whole, and
-    the bundles (tuples of group indices) that must keep the same number of units.
+def constrain(a, cm: ConfigModel) -> tuple[tuple, tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...],
+                                             ConfigModel]:
+    """New groups, where every group whose pruning the config cannot express is kept whole; the
+    bundles (tuples of group indices) that lose units in step; the units each group of a bundle
+    loses per step (empty when every bundle loses one unit of each group per step); and the
+    config model with the head-count fields joint bundles found.
 
     Groups are bundled when they are the same group of repeated layers (their tensor names
     equal up to layer numbers). A bundle is tried for real: one unit is cut from each of its
     groups, the config fields are solved for the cut widths, and the class is built from that
-    config on the meta device; unless it builds exactly the cut shapes, the bundle is kept."""
+    config on the meta device; unless it builds exactly the cut shapes, the bundle is kept,
+    unless it joins other such bundles that one config field also sizes
+    (:func:`surgeon.analysis.hf_joint.join`: BERT's heads with its hidden size)."""
     groups = list(a.groups)
     by_sig: dict[tuple, list[int]] = {}
     boxes = set(cm.layer_fields.values())
@@ -122,20 +167,34 @@ def constrain(a, cm: ConfigModel) -> tuple[tuple, tuple[tuple[int, ...], ...]]:
             if g.where[0] not in boxes:
                 groups[gi] = replace(g, reason="the Hugging Face config has no layer count for this "
                                                "ModuleList; pass uniform=False to drop its layers anyway")
+            else:
+                groups[gi] = check_layer_drops(cm, a.model, g)
             continue
         if g.prunable:
             sig = (g.n_units, tuple(sorted((_LAYER.sub(".#.", m.name), m.dim) for m in g.tensors)))
             by_sig.setdefault(sig, []).append(gi)
-    out = []
+    out, failing = [], []
     for members in by_sig.values():
         step, why = _smallest_step(a, cm, groups, members)
-        for gi in members:
-            groups[gi] = replace(groups[gi], step=step) if why is None else replace(
-                groups[gi], reason=f"the Hugging Face config cannot express this width ({why}); "
-                                   "pass uniform=False to prune it anyway")
         if why is None:
+            for gi in members:
+                groups[gi] = replace(groups[gi], step=step)
             out.append(tuple(members))
-    return tuple(groups), tuple(out)
+        else:
+            failing.append((members, why))
+    joints, cm = join(a, cm, groups, failing, _expresses)
+    units = [(1,) * len(b) for b in out]
+    joined = set()
+    for bundle, per_step in joints:
+        joined.update(bundle)
+        out.append(bundle)
+        units.append(per_step)
+    for members, why in failing:
+        for gi in members:
+            if gi not in joined:
+                groups[gi] = replace(groups[gi], reason=f"the Hugging Face config cannot express this width "
+                                                        f"({why}); pass uniform=False to prune it anyway")
+    return tuple(groups), tuple(out), (tuple(units) if joints else ()), cm
 
 
 def _smallest_step(a, cm: ConfigModel, groups, members: list[int]) -> tuple[int, str | None]:
@@ -144,15 +203,38 @@ def _smallest_step(a, cm: ConfigModel, groups, members: list[int]) -> tuple[int,
     why none does, if none does."""
     n_free = min(int((~groups[gi].frozen_units).sum()) for gi in members)
     why = "no unit can go"
-    for step in range(1, min(n_free, 65)):
-        keep = a.full_keep()
-        for gi in members:
-            free = (~groups[gi].frozen_units).nonzero()[0]
-            keep[gi][free[-step:]] = False
+    last = min(n_free, 65) - 1
+    for step in range(1, last + 1):
+        keep = _cut(a, groups, members, step)
         why = _expresses(a, cm, keep)
         if why is None:
             return step, None
+        if step == 1 and last > 1 and _never(a, cm, groups, members, keep):
+            return 1, _expresses(a, cm, _cut(a, groups, members, last))  # the reason the last step gives
     return 1, why
+
+
+def _cut(a, groups, members: list[int], step: int) -> list:
+    keep = a.full_keep()
+    for gi in members:
+        free = (~groups[gi].frozen_units).nonzero()[0]
+        keep[gi][free[-step:]] = False
+    return keep
+
+
+def _never(a, cm: ConfigModel, groups, members: list[int], keep) -> bool:
+    """Whether no step can work: a field sizes a dim the cut changes and a dim outside the
+    bundle, which no cut of it changes, so the field has two values whatever the step."""
+    inside = {(m.name, m.dim) for gi in members for m in groups[gi].tensors}
+    shapes = {k: t.shape for k, t in a.model.state_dict().items()}
+    for fp in cm.footprint.values():
+        if all(key in inside for key in fp):
+            continue
+        for name, dim in fp:
+            key = ("p", name, dim)
+            if (name, dim) in inside and key in a.coupling.sizes and a.kept_width(key, keep) != shapes[name][dim]:
+                return True
+    return False
 
 
 _LAYER = re.compile(r"\.\d+\.")
@@ -164,6 +246,10 @@ def _expresses(a, cm: ConfigModel, keep) -> str | None:
     problem = invalid(cm.config, updates)
     if problem:
         return problem
+    for f, buffer in cm.value_fields.items():
+        name = _ELEM.sub(r"\1", f)
+        if name in updates and updates[name] != getattr(cm.config, name):
+            return f"'{f}' also sets the value of '{buffer}', which from_pretrained would compute anew"
     built = _shapes(cm.model_class, _with(cm.config, **updates))
     want = {}
     for name, t in a.model.state_dict().items():
@@ -192,9 +278,13 @@ def invalid(cfg: Any, updates: dict) -> str | None:
 def config_updates(a, cm: ConfigModel, keep) -> list[tuple[str, Any, Any]]:
     """``(field, old, new)`` for every config field whose width the keep-masks change."""
     out = {k: (k, None, v) for k, v in cm.materialized.items()}
+    for f, gi in cm.unit_fields.items():  # head counts: the kept units of their group
+        old, new = int(getattr(cm.config, f)), int(keep[gi].sum())
+        if new != old:
+            out[f] = (f, old, new)
     shapes = {k: t.shape for k, t in a.model.state_dict().items()}
     for f, fp in cm.footprint.items():
-        old = int(getattr(cm.config, f)) if getattr(cm.config, f) is not None else cm.materialized[f]
+        old = int(_get(cm.config, f)) if _get(cm.config, f) is not None else cm.materialized[f]
         values = set()
         for (name, dim), (k, b) in fp.items():
             key = ("p", name, dim)
@@ -204,19 +294,25 @@ def config_updates(a, cm: ConfigModel, keep) -> list[tuple[str, Any, Any]]:
             (new,) = values
             if new is not None and new == int(new) and int(new) != old:
                 out[f] = (f, out[f][1] if f in out else old, int(new))
-    for f, box in cm.layer_fields.items():
-        kept = [True] * int(getattr(cm.config, f))
-        for gi, g in enumerate(a.groups):
-            if g.layers and g.where[0] == box:
-                for u, name in enumerate(g.layers):
-                    kept[int(name.rpartition(".")[2])] = bool(keep[gi][u])
-        if all(kept):
+    out.update((u[0], u) for u in layer_updates(cm, a.groups, keep))  # dropped layers: count, per-layer lists
+    return _merged(cm.config, out)
+
+
+def _merged(cfg: Any, out: dict) -> list[tuple[str, Any, Any]]:
+    """The updates with the entries of one per-stage list (``hidden_sizes[1]``) as one list update."""
+    if not any(_ELEM.match(f) for f in out):
+        return list(out.values())
+    merged: dict[str, tuple[str, Any, Any]] = {}
+    for f, (_, old, new) in out.items():
+        m = _ELEM.match(f)
+        if not m:
+            merged[f] = (f, old, new)
             continue
-        out[f] = (f, len(kept), sum(kept))
-        for k, v in cm.config.to_dict().items():  # per-layer lists (Qwen2's layer_types)
-            if isinstance(v, list) and len(v) == len(kept) and k != f:
-                out[k] = (k, list(v), [x for x, on in zip(v, kept) if on])
-    return list(out.values())
+        name = m.group(1)
+        entries = list(merged[name][2]) if name in merged else list(getattr(cfg, name))
+        entries[int(m.group(2))] = new
+        merged[name] = (name, list(getattr(cfg, name)), entries)
+    return list(merged.values())
 
 
 def check_config(model: nn.Module) -> str | None:

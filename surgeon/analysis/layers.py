@@ -12,6 +12,15 @@ whose branch ends in a zeroable layer; it fails for post-norm layers (BERT's
 Each container of candidates becomes one group of kind ``layer``, one unit per layer. Removing
 a unit zeroes the FLOPs (and parameters) of every node inside that layer in the cost model, so
 layers are planned against the same target as channels and heads.
+
+The planner ranks every unit by its score relative to its own group's mean, so a layer goes when
+it is further below the average layer than the channels it would spare are below theirs. Layer
+units own no channel tensors, so most criteria cannot score them; they are then scored by their
+Block Influence (:mod:`surgeon.criteria.layer_influence`: the angle each layer turns the hidden
+state through) on the calibration data, or on the example input without any. The weights' RMS,
+used before, is nearly the same for every layer of a network initialised or trained alike, so
+every layer sat at the median of the removal order, behind half of every channel group, and a
+Llama lost no layer even at ``target=0.3``.
 """
 
 from __future__ import annotations

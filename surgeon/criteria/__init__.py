@@ -13,8 +13,11 @@ Registered criteria:
 * ``random``: the baseline;
 * data-aware, built with ``data`` (an iterable of batches) and optionally ``loss_fn``:
   ``taylor`` (``sum |w * dL/dw|``), ``fisher`` (``sum (w * dL/dw)^2``) (:mod:`.taylor`) and
-  ``activation`` (``|W| * ||X||``, as Wanda; no loss) (:mod:`.activation`). Batch forms and the
-  default losses are described in :mod:`._data`.
+  ``activation`` (``|W| * ||X||``, as Wanda; no loss) (:mod:`.activation`), and
+  ``block_influence`` (whole layers by ShortGPT's ``1 - cos(h_in, h_out)``, the rest by L2)
+  (:mod:`.layer_influence`), and ``router`` (mixture-of-experts: whole experts and expert widths
+  by router-weighted activation norms, REAP / MoE-Pruner style; magnitude without data)
+  (:mod:`.router`). Batch forms and the default losses are described in :mod:`._data`.
 
 ``get_criterion(name, data=..., loss_fn=...)`` passes ``data`` and ``loss_fn`` to a registered
 factory that takes them (criteria that need no data ignore them); a data-aware criterion built
@@ -43,12 +46,14 @@ from .base import (BNScale, Criterion, Magnitude, Random, combine, layer_rms, pe
 from ._data import DataError  # noqa: F401
 from .activation import Activation  # noqa: F401
 from .lamp import LAMP  # noqa: F401
+from .router import Router  # noqa: F401
+from .layer_influence import BlockInfluence, block_influence, layer_scores  # noqa: F401
 from .taylor import Fisher, Taylor  # noqa: F401
 from .validate import MetaDeviceError, ScoreError, check_not_meta, check_scores, checked_scores  # noqa: F401
 
 __all__ = ["Criterion", "Magnitude", "BNScale", "Random", "Taylor", "Fisher", "Activation", "LAMP",
-           "DataError", "ScoreError", "MetaDeviceError", "get_criterion", "register_criterion", "CRITERIA",
-           "layer_rms", "checked_scores", "check_scores", "check_not_meta"]
+           "BlockInfluence", "DataError", "ScoreError", "MetaDeviceError", "get_criterion", "register_criterion",
+           "CRITERIA", "layer_rms", "layer_scores", "block_influence", "checked_scores", "check_scores", "check_not_meta"]
 
 
 def _gnn(data=None, loss_fn=None) -> Criterion:
@@ -66,7 +71,9 @@ CRITERIA: dict[str, Callable[..., Criterion]] = {
     "taylor": Taylor,
     "fisher": Fisher,
     "activation": Activation,
+    "block_influence": BlockInfluence,
     "gnn": _gnn,
+    "router": Router,
 }
 
 

@@ -169,13 +169,21 @@ class Plan:
         for key in ("flops_before", "flops_after", "params_before", "params_after"):
             if key in extra:
                 lines.append(f"  {key}: {extra[key]:,.0f}")
+        if "off_target" in extra:  # set by surgeon.offtarget when the landing missed the target
+            lines.append(f"  OFF TARGET: {extra['off_target']}")
         changed = [d for d in self.decisions if d.kept < d.units]
         kept_whole = len(self.decisions) - len(changed)
         lines.append(f"  {len(changed)} groups shrink, {kept_whole} kept whole")
         for d in changed:
             names = ", ".join(d.tensors[:3]) + (" ..." if len(d.tensors) > 3 else "")
             lines.append(f"  group {d.group:>4} {d.kind:<7} {d.units:>5} -> {d.kept:<5} {names}")
+        if self.drops:  # whole layers hold no tensor of their own group: name them
+            lines.append(f"  layers dropped: {', '.join(self.drops)}")
         return "\n".join(lines)
+
+    def report(self) -> str:
+        """The :meth:`summary`, which also says when the landing missed the target and why."""
+        return self.summary()
 
 
 # -- reading an untrusted plan: types first, then runs against sizes, then expansion -----------------

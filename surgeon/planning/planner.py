@@ -90,7 +90,8 @@ class _Order:
 
     def __init__(self, a: Analysis, scores: Sequence[np.ndarray], cost: CostModel,
                  round_to: int | None, min_keep: int | float, cost_weight: float = 0.0,
-                 bundles: Sequence[Sequence[int]] = (), per: CostModel | None = None):
+                 bundles: Sequence[Sequence[int]] = (), per: CostModel | None = None,
+                 bundle_units: Sequence[Sequence[int]] = ()):
         self.a = a
         groups = a.groups
         self.n_groups = len(groups)
@@ -104,7 +105,8 @@ class _Order:
             g = groups[gi]
             self.steps[gi] = _step(g, round_to)
             step = self.steps[gi]  # the floor on a whole block too, where the group has one
-            self.floor[gi] = min(max(-(-_min_units(g.n_units, min_keep) // step) * step, step), g.n_units)
+            least = max(_min_units(g.n_units, min_keep), g.min_units)
+            self.floor[gi] = min(max(-(-least // step) * step, step), g.n_units)
             cap[gi] = g.n_units - max(self.floor[gi], int(g.frozen_units.sum()))
         sizes = np.array([groups[gi].n_units for gi in live], dtype=np.int64)
         prio = _priorities(groups, live, sizes, scores, marg, mean_cost, cost_weight, per)
@@ -131,8 +133,13 @@ class _Order:
             rank = _rank_in_group(gs)
             ok = rank < cap[gs]
             gs, us, prio = gs[ok], us[ok], prio[ok]
+        units = bundle_units or [(1,) * len(b) for b in bundles]  # units each group loses per step
         self.bundles = [np.asarray(b, dtype=np.int64) for b in bundles if len(b) > 1]
-        if self.bundles:
+        self.per_step = [np.asarray(m, dtype=np.int64) for b, m in zip(bundles, units) if len(b) > 1]
+        self.joint = any((m > 1).any() for m in self.per_step)
+        if self.joint:
+            gs, us = _bundled_joint(gs, us, prio, self.bundles, self.per_step)
+        elif self.bundles:
             gs, us = _bundled(gs, us, prio, self.bundles)
         self.gs = gs  # group of each entry, in removal order
         self.offsets = np.cumsum([0] + [g.n_units for g in groups])
@@ -156,8 +163,12 @@ class _Order:
         rounded = np.maximum(self.floor, np.round(kept / step).astype(np.int64) * step)
         kept = np.where((step > 1) & (n > 0), rounded, kept)
         n = np.clip(self.n_units - kept, 0, self.removable)
-        for b in self.bundles:  # bundled groups lose the same number of units
-            n[b] = n[b].min()
+        if self.joint:  # a joint bundle's groups lose units in proportion, whole steps at a time
+            for b, m in zip(self.bundles, self.per_step):
+                n[b] = (n[b] // m).min() * m
+        else:
+            for b in self.bundles:  # bundled groups lose the same number of units
+                n[b] = n[b].min()
         return self.flat_rank >= n[self.flat_group]
 
     def keep(self, n: np.ndarray) -> list[np.ndarray]:
@@ -207,6 +218,32 @@ def _bundled(gs: np.ndarray, us: np.ndarray, prio: np.ndarray, bundles) -> tuple
             g_l.append(np.full(m, g))
             u_l.append(u[:m])
             t_l.append(np.full(m, j + 1.0))
+    pr, g, u, t = (np.concatenate(x) for x in (pr_l, g_l, u_l, t_l))
+    idx = np.lexsort((t, pr))
+    return g[idx].astype(np.int64), u[idx].astype(np.int64)
+
+
+def _bundled_joint(gs: np.ndarray, us: np.ndarray, prio: np.ndarray, bundles,
+                   per_step) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_bundled` for bundles whose groups lose ``per_step[g]`` units per step: the r-th
+    removal of a bundle takes units ``r*m .. (r+1)*m`` of each group's order (one head of each
+    layer, head_dim residual channels), at the mean priority of those units."""
+    bundled = np.zeros(int(gs.max(initial=-1)) + 1, dtype=bool)
+    for b in bundles:
+        bundled[b[b < len(bundled)]] = True
+    free = ~bundled[gs] if len(gs) else np.zeros(0, dtype=bool)
+    pr_l, g_l, u_l, t_l = [prio[free]], [gs[free]], [us[free]], [np.zeros(free.sum())]
+    for b, ms in zip(bundles, per_step):
+        per = [(us[gs == g], prio[gs == g]) for g in b]
+        n = min(len(u) // m for (u, _), m in zip(per, ms.tolist()))
+        if n == 0:
+            continue
+        mean = np.mean([p[: n * m].reshape(n, m).mean(axis=1) for (_, p), m in zip(per, ms.tolist())], axis=0)
+        for j, (g, (u, _), m) in enumerate(zip(b, per, ms.tolist())):
+            pr_l.append(np.repeat(mean, m))
+            g_l.append(np.full(n * m, g))
+            u_l.append(u[: n * m])
+            t_l.append(np.full(n * m, j + 1.0))
     pr, g, u, t = (np.concatenate(x) for x in (pr_l, g_l, u_l, t_l))
     idx = np.lexsort((t, pr))
     return g[idx].astype(np.int64), u[idx].astype(np.int64)
@@ -285,7 +322,8 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
     cost = a.cost(metric)
     goal = target * cost.base
     order = _Order(a, scores, a.cost(rank_by) if rank_by else cost, round_to, min_keep, cost_weight,
-                   bundles or a.bundles, cost if per_target and rank_by else None)
+                   bundles or a.bundles, cost if per_target and rank_by else None,
+                   () if bundles else a.bundle_units)
     n = len(order)
     if target >= 1.0:
         return a.full_keep()
