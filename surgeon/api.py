@@ -102,7 +102,10 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     ``inplace=True`` reshapes ``model`` itself and returns it: every parameter and buffer keeps
     its identity (its ``.data`` is replaced by the smaller tensor), so references held to
     submodules or tensors, hooks, and an optimizer built on ``model.parameters()`` all see the
-    new shapes. Modules are never replaced, except that dropped layers (``layers=True``) leave
+    new shapes. It is also the call for a model that barely fits in memory: the landing's
+    trial cuts are counted hollow (cut tensors hold no memory) and the model is cut once, so no
+    second copy of the weights is made (except with ``compensate=True``, ``metric="latency"`` or
+    where the weights' values steer what runs, which land on a copy first). Modules are never replaced, except that dropped layers (``layers=True``) leave
     their container. Optimizer *state* (momentum buffers) is not carried over: build a new
     optimizer, or reset its state, after shrinking.
 
@@ -116,8 +119,8 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
     cfg = ShrinkConfig.of(target=target, metric=metric, criterion=criterion, round_to=round_to,
                           ignore=ignore, min_keep=min_keep, uniform=uniform, layers=layers, verify=verify,
                           data=data, loss_fn=loss_fn, compensate=compensate, runtime=runtime)
-    result = shrink_landing(model, example_input, cfg)
-    if not inplace:
+    result = shrink_landing(model, example_input, cfg, inplace=inplace)
+    if not inplace or result.model is model:  # landed on the model itself (trial cuts on meta)
         return result.model
     apply(model, result.plan, inplace=True)  # the user's own objects take the landed shapes and values
     if cfg.compensate:  # only a refit made the landed copy's values differ from the same slicing
@@ -126,13 +129,14 @@ def shrink(model: nn.Module, example_input: Any, target: float = 0.5, *, metric:
 
 
 def shrink_landing(model: nn.Module, example_input: Any, cfg: ShrinkConfig,
-                   analysis: Analysis | None = None) -> Landing:
+                   analysis: Analysis | None = None, inplace: bool = False) -> Landing:
     """The whole shrink for a validated ``cfg``: the landed copy, its plan, the analysis and what
-    the independent counter measured (what the CLI reports)."""
+    the independent counter measured (what the CLI reports). ``inplace=True`` lets the landing
+    reshape ``model`` itself (then ``Landing.model is model``; see :func:`surgeon.landing.land`)."""
     example_input = capture_input(model, example_input)  # a Hugging Face model's cache off, in the call
     with _walks.shared():
         planner = Planner.prepare(model, example_input, cfg, analysis)
-        landing = land(model, example_input, cfg, planner.analysis, planner)
+        landing = land(model, example_input, cfg, planner.analysis, planner, inplace)
     if cfg.compensate:
         _compensate(model, landing.model, landing.plan, landing.analysis, cfg.data, example_input)
     return landing

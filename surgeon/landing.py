@@ -23,6 +23,7 @@ from .graph.trace import count_known, eval_mode, run_model, shapes_of
 from .offtarget import OFF_TARGET, check_landing
 from .options import Metric, ShrinkConfig
 from .planning.plan import Plan
+from .slicing.hollow import Hollow
 from .surgery import apply_own
 from .verify import count_params, measure
 
@@ -43,9 +44,52 @@ class Landing:
     flops: int | None  # FLOPs of the shrunk model, when verified
 
 
-def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, plan_for) -> Landing:
+def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, plan_for,
+         inplace: bool = False) -> Landing:
     """Plan with ``plan_for(goal)``, apply, measure and re-aim until the measured ratio is within
-    the tolerance of ``cfg.target``; the best landing wins. ``a`` is the model's analysis."""
+    the tolerance of ``cfg.target``; the best landing wins. ``a`` is the model's analysis.
+
+    ``inplace=True`` lands ``model`` itself: where the weights' values do not steer what runs,
+    the trial cuts are hollow (made on meta, run with the cut tensors holding no memory), and only
+    the landed plan is applied to ``model``, which is then run and counted for real; so no second
+    copy of the weights is ever made (``Landing.model is model``). Otherwise, or where it cannot run on meta, it lands a copy
+    as without ``inplace``, and the caller reshapes ``model`` from it."""
+    if inplace:
+        hollow = _hollow_trial(model, example_input, cfg, a)
+        if hollow is not None:
+            return _land_inplace(model, example_input, cfg, a, plan_for, hollow)
+    return _land(model, example_input, cfg, a, plan_for)
+
+
+def _hollow_trial(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis) -> Hollow | None:
+    """Trial cuts of ``model`` that hold no memory (see :mod:`surgeon.slicing.hollow`), if a
+    counted target can be landed on them: nothing needs the weights' values (no refit, no
+    timing), and the model with every tensor hollow counts the FLOPs and shapes it has for real."""
+    if cfg.compensate or cfg.metric is Metric.LATENCY or not cfg.verify:
+        return None
+    try:
+        hollow = Hollow(model)
+        flops, got = measure(hollow.all_hollow(), example_input)
+    except Exception:  # noqa: BLE001 - it needs the values after all: land a real copy instead
+        return None
+    if flops != a.traced.total_flops() or got != a.traced.reference_shapes:
+        return None
+    return hollow
+
+
+def _land_inplace(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, plan_for,
+                  hollow: Hollow) -> Landing:
+    trial = _land(model, example_input, cfg, a, plan_for, cut=hollow.cut)
+    apply_own(model, trial.plan, inplace=True)  # the user's own objects take the landed shapes
+    flops = _verify_runs(a, model, example_input, trial.plan)  # for real, on the reshaped model
+    if flops != trial.flops:
+        raise SurgeryError(f"the shrunk model counts {flops} FLOPs for real and {trial.flops} in its "
+                           "trial cut; this is a bug in surgeon, please report it with the model")
+    return Landing(model, trial.plan, a, trial.measured, flops)
+
+
+def _land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, plan_for, cut=None) -> Landing:
+    cut = cut or (lambda p: apply_own(model, p))  # the plans were made from this model just now
     from .latency import LATENCY_TOL, measured_ratio, reaim
 
     want, goal = cfg.target, cfg.target
@@ -61,7 +105,7 @@ def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, p
             break  # a re-aimed goal fell past the floor: keep the best landing so far
         if best is not None:  # one shrunk copy at a time beside the model: the best is re-made if needed
             best = best[:3] + (None,)
-        small = apply_own(model, p)  # the plan was made from this model just now
+        small = cut(p)
         if not cfg.verify:
             check_config(a, small, cfg.uniform)
             return Landing(small, check_landing(a, p, cfg, p.ratio), a, p.ratio, None)
@@ -79,7 +123,7 @@ def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, p
         tried.append((goal, got))
         goal = reaim(tried, want) if cfg.metric is Metric.LATENCY else min(1.0, max(1e-6, goal * want / got))
     p, got, flops, small = best
-    small = apply_own(model, p) if small is None else small
+    small = cut(p) if small is None else small
     check_config(a, small, cfg.uniform)
     band = max(OFF_TARGET, LATENCY_TOL * want) if cfg.metric is Metric.LATENCY else OFF_TARGET
     return Landing(small, check_landing(a, p, cfg, got, band), a, got, flops)  # a miss is said out loud

@@ -41,7 +41,7 @@ def apply(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
     return slice_model(model, plan.slices, plan.attrs, plan.drops, plan.config, inplace, source, found)
 
 
-def apply_own(model: nn.Module, plan: Plan) -> nn.Module:
-    """:func:`apply` (on a copy) for a plan that this very call's planner just built from ``model``
-    (the landing loop's): it skips the checks that guard against plans from anywhere else."""
-    return slice_model(model, plan.slices, plan.attrs, plan.drops, plan.config)
+def apply_own(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
+    """:func:`apply` for a plan that this very call's planner just built from ``model`` (the
+    landing loop's): it skips the checks that guard against plans from anywhere else."""
+    return slice_model(model, plan.slices, plan.attrs, plan.drops, plan.config, inplace)
