@@ -52,8 +52,8 @@ def land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, p
     ``inplace=True`` lands ``model`` itself: where the weights' values do not steer what runs,
     the trial cuts are hollow (made on meta, run with the cut tensors holding no memory), and only
     the landed plan is applied to ``model``, which is then run and counted for real; so no second
-    copy of the weights is ever made (``Landing.model is model``). Otherwise, or where it cannot run on meta, it lands a copy
-    as without ``inplace``, and the caller reshapes ``model`` from it."""
+    copy of the weights is ever made (``Landing.model is model``). Otherwise it lands a copy as
+    without ``inplace``, and the caller reshapes ``model`` from it."""
     if inplace:
         hollow = _hollow_trial(model, example_input, cfg, a)
         if hollow is not None:
