@@ -436,7 +436,13 @@ def _export_options(args) -> dict:
     if args.int8:
         if "quantize" not in params:
             raise UsageError("--int8 is not supported yet by surgeon.exporters.onnx.export; export fp32 for now")
-        opts["quantize"] = "dynamic"
+        opts["quantize"] = "auto"  # static with --calibration, dynamic for transformers, else an error
+        if args.calibration is not None:
+            opts["calibration"] = args.calibration  # read by surgeon.exporters.calibration (no pickles)
+        if args.no_mixed_precision:
+            opts["mixed_precision"] = False
+    elif args.calibration is not None or args.no_mixed_precision:
+        raise UsageError("--calibration and --no-mixed-precision go with --int8")
     if args.opset is not None:
         opts["opset"] = args.opset
     return opts
@@ -461,6 +467,9 @@ def cmd_export(args, prog: Progress) -> int:
     data = {"spec": args.spec, "input": shapes_of(loaded.example_input), **dataclasses.asdict(rep)}
     text = (f"wrote {rep.path}: {rep.file_bytes / 1e6:.2f} MB, {rep.weights / 1e6:.2f}M weights, "
             f"onnxruntime max relative error {rep.max_rel_error:.1e}, {rep.latency_ms:.2f} ms per run")
+    if rep.quantize:
+        text += "".join([f"\n{rep.quantize} int8: top-1 agreement with PyTorch {rep.agreement:.3f} on "
+                         f"{rep.agreement_inputs}"] + [f"\n  {line}" for line in rep.fp32_nodes])
     _emit(args, data, text)
     return 0
 
@@ -541,7 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--onnx", metavar="PATH.onnx", required=True, help="where to write the ONNX file")
     p.add_argument("--fp16", action="store_true", help="float16 weights and compute")
-    p.add_argument("--int8", action="store_true", help="int8 weights (dynamic quantisation)")
+    p.add_argument("--int8", action="store_true", help="int8: static (int8 weights and activations) with "
+                   "--calibration; without it dynamic for transformers, an error for convolutional networks")
+    p.add_argument("--calibration", metavar="DATA", help="calibration inputs for --int8: a folder of images, "
+                   "a .pt (weights_only) / .npy / .npz (no pickle) file of input tensors, or file.py:FUNCTION")
+    p.add_argument("--no-mixed-precision", action="store_true",
+                   help="with --int8: quantize every supported node instead of timing each in both precisions")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.set_defaults(run=cmd_export)
     return ap

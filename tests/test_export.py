@@ -271,6 +271,8 @@ def test_read_only_folder(tiny, tmp_path):
     ({"quantize": "qat"}, "unknown quantize mode 'qat'.*'dynamic' or 'static'"),
     ({"quantize": "static"}, "needs calibration="),
     ({"quantize": "static", "calibration": []}, "calibration is empty"),
+    ({"quantize": "auto", "calibration": []}, "calibration is empty"),
+    ({"quantize": "auto", "calibration": "no/such/folder"}, "calibration no/such/folder not found"),
     ({"quantize": "static", "calibration": [torch.randn(2, 9)]}, "calibration sample 0 has input shapes"),
     ({"quantize": "dynamic", "calibration": [torch.randn(2, 8)]}, "only used by quantize='static'"),
     ({"quantize": "dynamic", "dtype": "fp16"}, "pass dtype='fp32' with quantize='dynamic'"),

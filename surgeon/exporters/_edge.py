@@ -23,7 +23,7 @@ __all__ = ["simplify", "to_fp16", "quantize", "to_ort", "DTYPES", "QUANTIZE"]
 log = logging.getLogger("surgeon.exporters.onnx")
 
 DTYPES = ("fp32", "fp16")
-QUANTIZE = (None, "dynamic", "static")
+QUANTIZE = (None, "auto", "dynamic", "static")
 
 
 def simplify(src: str, dst: str, notes: list[str]) -> bool:
@@ -75,23 +75,31 @@ class _Reader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)
 
+    def all(self) -> list[dict[str, np.ndarray]]:
+        return list(self._feeds)
+
     def rewind(self) -> None:  # newer onnxruntime versions may call it
         pass
 
 
 def quantize(src: str, dst: str, mode: str, names: list[str], calibration: list[tuple[tuple, dict]],
-             scratch: str) -> None:
-    """int8 weights through ``onnxruntime.quantization``, after its pre-processing (shape
-    inference and optimisation, which it asks for before quantizing).
+             scratch: str, measure: bool = True):
+    """int8 through ``onnxruntime.quantization``, after its pre-processing (shape inference and
+    optimisation, which it asks for before quantizing); returns (the mode used, the
+    :class:`.int8.Precision` of a static file or None).
 
-    ``dynamic``: weights int8 ahead of time, activations quantised on the fly (uint8 weights for
-    convolutions: the only ConvInteger onnxruntime's CPU provider implements, and slower than
-    float there, so prefer ``static`` for convolutional networks). ``static``: QDQ format,
-    per-channel int8 weights and uint8 activations with ranges calibrated on ``calibration``.
+    ``auto``: :func:`.int8.choose_mode` (static with calibration, dynamic for MatMul-dominated
+    models, else :class:`.int8.CalibrationNeeded`). ``dynamic``: weights int8 ahead of time,
+    activations quantised on the fly (uint8 weights for convolutions: the only ConvInteger
+    onnxruntime's CPU provider implements, and slower than float there). ``static``: QDQ format,
+    per-channel int8 weights and uint8 activations with ranges calibrated on ``calibration``,
+    mixed precision by measurement (:func:`.int8.plan_precision`; ``measure=False`` skips the timing).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, \
-        quantize_static
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from . import int8
 
     pre = f"{scratch}/preprocessed.onnx"
     big = _files.total_bytes(src) >= _files.EXTERNAL_DATA_FROM  # protobuf cannot hold these weights inline
@@ -102,13 +110,51 @@ def quantize(src: str, dst: str, mode: str, names: list[str], calibration: list[
         except Exception as exc:  # noqa: BLE001 - pre-processing only helps; quantize the plain file
             log.info("onnxruntime's quantization pre-processing failed (%s); quantizing without it", exc)
             pre = src
+    model = onnx.shape_inference.infer_shapes(onnx.load(pre, load_external_data=not big))
+    if mode == "auto":
+        mode = int8.choose_mode(int8.shares(int8.macs_by_kind(model)), calibrated=bool(calibration))
+    with contextlib.redirect_stdout(io.StringIO()):
         if mode == "dynamic":
             quantize_dynamic(pre, dst, weight_type=QuantType.QUInt8 if _has_conv(pre) else QuantType.QInt8,
                              use_external_data_format=big)
-            return
-        quantize_static(pre, dst, _Reader(names, calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=big)
+            return mode, None
+        return mode, _static_mixed(pre, dst, model, names, calibration, big, measure)
+
+
+def _static_mixed(pre: str, dst: str, model, names: list[str], calibration: list, big: bool, measure: bool):
+    """Static QDQ once (the ops of :data:`.int8.KEPT_FP32` left fp32), then mixed precision as edits
+    of that file: the Quantize/Dequantize pairs on the noisiest tensors removed, and each weighted
+    node kind that the whole model runs faster with in fp32 given back its float weights."""
+    import onnx
+
+    from . import int8
+
+    _static(pre, dst, names, calibration, big)
+    kinds = int8.node_kinds(model)
+    if big:  # the edits below hold the model in memory: past protobuf's limit, quantize only
+        return int8.plan_precision(kinds, {})
+    qdq = onnx.load(dst)
+    feeds = _Reader(names, calibration[:1]).all()  # every intermediate tensor is kept: one sample batch
+    noisy = int8.noisy_tensors(qdq, feeds)
+    if noisy:
+        qdq = int8.bypass(qdq, set(noisy))
+    timings = int8.time_kinds(qdq, model, kinds, feeds[0]) if measure else {}
+    prec = int8.plan_precision(kinds, timings, {node: db for node, db in noisy.values()})
+    if prec.exclude:
+        qdq = int8.float_weights(qdq, model, set(prec.exclude))
+    _files.save_model(qdq, dst)
+    return prec
+
+
+def _static(pre: str, dst: str, names: list[str], calibration: list, big: bool) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from . import int8
+
+    quantize_static(pre, dst, _Reader(names, calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(int8.QUANTIZED_OPS),
+                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=big)
 
 
 def _has_conv(path: str) -> bool:

@@ -14,7 +14,7 @@ from ..graph.trace import eval_mode
 from ..verify import first_tensor, max_rel_error
 from ._base import ExportError, at_batch, flat_inputs
 
-__all__ = ["Parity", "session", "run_file", "parity", "agreement", "latency_ms"]
+__all__ = ["Parity", "session", "run_file", "parity", "agreement", "top1", "latency_ms"]
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -103,6 +103,11 @@ def agreement(sess, model: nn.Module, args: tuple, kwargs: dict, samples: int, b
         same += int((ref.argmax(-1) == out.argmax(-1)).sum())
         total += ref.argmax(-1).numel()
     return same / max(total, 1)
+
+
+def top1(sess, model: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Whether the file's top-1 class equals PyTorch's on (args, kwargs), per row (bool tensor)."""
+    return _reference(model, args, kwargs).argmax(-1) == run_file(sess, args, kwargs).argmax(-1)
 
 
 def latency_ms(sess, args: tuple, kwargs: dict, runs: int = 10) -> float:

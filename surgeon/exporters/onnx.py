@@ -13,12 +13,14 @@ The steps, each on a file in a scratch folder beside ``path``:
    BatchNorm), or the TorchScript exporter when dynamo fails (the reason is logged and noted);
 2. ``simplify``: onnxslim (constant folding, fusions, dead code), kept if it matches PyTorch;
 3. the accounting of the fp32 file's weights (see :class:`ExportReport`);
-4. ``dtype="fp16"`` or ``quantize="dynamic" | "static"``: the edge file;
+4. ``dtype="fp16"`` or ``quantize="auto" | "dynamic" | "static"``: the edge file (int8: see
+   :mod:`surgeon.exporters.int8` for the choice of mode and the nodes kept fp32);
 5. ``ort_format``: the ``.ort`` file beside ``path``;
 6. publish: the files are renamed into place (weights past 2 GiB, protobuf's limit, in
    ``path + ".data"``, renamed before ``path``), then checked where they now lie: parity of the
    file against PyTorch on the example input and, with ``dynamic_batch``, a second batch size
-   (fp16 and int8 files also by top-1 agreement on random inputs), the ``.ort`` file likewise. If
+   (fp16 and int8 files also by top-1 agreement: on held-out calibration samples when calibration
+   data is given, else on random inputs), the ``.ort`` file likewise. If
    a check fails or anything is interrupted, what was at the destination before is put back.
 """
 
@@ -38,6 +40,7 @@ from torch import nn
 from ..graph.trace import eval_mode, normalize_inputs
 from ..verify import first_tensor
 from . import _edge, _files, _runtime
+from . import calibration as _calibration
 from ._account import Accounting, account, count_weights, watch
 from ._base import ExportError, at_batch, batch_of, flat_inputs
 from ._capture import capture, first_line, input_names
@@ -81,12 +84,14 @@ class ExportReport:
     data_path: str | None = None  # the weights beside ``path`` when they pass protobuf's 2 GiB limit
     dtype: str = "fp32"
     quantize: str | None = None
-    agreement: float | None = None  # top-1 agreement with PyTorch on random inputs (fp16 and int8 files)
+    agreement: float | None = None  # top-1 agreement with PyTorch (fp16 and int8 files), on agreement_inputs
     ort_path: str | None = None
     ort_max_rel_error: float | None = None  # the .ort file against PyTorch
     ort_agreement: float | None = None  # the .ort file's top-1 agreement with PyTorch
     simplified: bool = False
     notes: tuple[str, ...] = field(default=())
+    agreement_inputs: str | None = None  # what agreement was measured on: held-out real samples or random inputs
+    fp32_nodes: tuple[str, ...] = field(default=())  # static int8: the nodes left fp32, one line per reason
 
     @property
     def bn_was_folded(self) -> bool:
@@ -106,6 +111,8 @@ class _Request:
     quantize: str | None
     calibration: list[tuple[tuple, dict]]
     rtol: float
+    holdout: list[tuple[tuple, dict]]  # calibration samples kept apart for the top-1 agreement
+    measure: bool  # time the nodes in both precisions to choose the ones kept fp32
 
 
 def _require() -> None:
@@ -139,18 +146,18 @@ def _check_options(dtype: Any, quantize: Any, calibration: Any, dynamic_batch: b
         raise ValueError(f"unknown dtype {dtype!r}; pass dtype='fp32' (default) or dtype='fp16' "
                          f"(for int8 use quantize='dynamic' or quantize='static')")
     if quantize not in _edge.QUANTIZE:
-        raise ValueError(f"unknown quantize mode {quantize!r}; pass quantize=None, 'dynamic' or 'static'")
+        raise ValueError(f"unknown quantize mode {quantize!r}; pass quantize=None, 'auto', 'dynamic' or 'static'")
     if quantize is not None and dtype != "fp32":
         raise ValueError(f"int8 quantization starts from the fp32 file; pass dtype='fp32' with quantize={quantize!r}")
-    if quantize == "static" and calibration is None:
+    if quantize == "static" and calibration is None:  # "auto" says what to pass once it knows the model
         raise ValueError("quantize='static' needs calibration=: an iterable of example inputs, each given like "
                          "example_input (for instance [torch.randn(1, 3, 224, 224) for _ in range(32)], "
                          "better a few hundred real samples)")
-    if quantize != "static" and calibration is not None:
-        raise ValueError(f"calibration is only used by quantize='static' (got quantize={quantize!r}); drop it "
-                         f"or pass quantize='static'")
+    if quantize not in ("static", "auto") and calibration is not None:
+        raise ValueError(f"calibration is only used by quantize='static' or 'auto' (got quantize={quantize!r}); "
+                         f"drop it or pass quantize='auto'")
     samples = _edge.calibration_samples(calibration, normalize_inputs)
-    if quantize == "static" and not samples:
+    if quantize in ("static", "auto") and calibration is not None and not samples:
         raise ValueError("calibration is empty; pass at least one example input for quantize='static'")
     want = [t.shape for t in flat_inputs(args, kwargs)]
     for i, (a, k) in enumerate(samples):
@@ -164,11 +171,16 @@ def _check_options(dtype: Any, quantize: Any, calibration: Any, dynamic_batch: b
 
 
 def _request(model: Any, example_input: Any, path: Any, opset: Any, dynamic_batch: bool, simplify: bool,
-             dtype: Any, quantize: Any, calibration: Any, ort_format: bool, rtol: float | None):
+             dtype: Any, quantize: Any, calibration: Any, ort_format: bool, rtol: float | None,
+             measure: bool = True):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = normalize_inputs(example_input)
+    if isinstance(calibration, (str, os.PathLike)):
+        calibration = _calibration.load(calibration, example_input)
     samples = _check_options(dtype, quantize, calibration, dynamic_batch, args, kwargs)
+    held = len(samples) // 5 if len(samples) >= 2 else 0  # a fifth of the samples judge the file, at least one
+    samples, holdout = (samples[:-max(held, 1)], samples[-max(held, 1):]) if len(samples) >= 2 else (samples, [])
     if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 7):
         raise ValueError(f"opset must be an ONNX opset number (for instance 18) or None, got {opset!r}")
     if dynamic_batch and batch_of(args, kwargs) is None:
@@ -176,18 +188,24 @@ def _request(model: Any, example_input: Any, path: Any, opset: Any, dynamic_batc
                          "pass dynamic_batch=False")
     file, ort_path = _check_path(path, ort_format)
     return (args, kwargs), _Request(file, ort_path, opset, bool(dynamic_batch), bool(simplify), dtype, quantize,
-                                    samples, RTOL[dtype] if rtol is None else float(rtol))
+                                    samples, RTOL[dtype] if rtol is None else float(rtol), holdout, bool(measure))
 
 
 def export(model: nn.Module, example_input: Any, path: str | os.PathLike, *, opset: int | None = None,
            dynamic_batch: bool = True, simplify: bool = True, dtype: str = "fp32", quantize: str | None = None,
-           calibration: Iterable[Any] | None = None, ort_format: bool = False,
-           rtol: float | None = None) -> ExportReport:
+           calibration: Iterable[Any] | str | os.PathLike | None = None, ort_format: bool = False,
+           rtol: float | None = None, mixed_precision: bool = True) -> ExportReport:
     """Write ``model`` to ``path`` as ONNX, check it in onnxruntime and return an :class:`ExportReport`.
 
     ``dtype``: ``"fp32"`` or ``"fp16"`` (float16 weights and compute, float32 inputs and outputs).
-    ``quantize``: ``None``, ``"dynamic"`` (int8 weights) or ``"static"`` (int8 weights and
-    activations, calibrated on ``calibration``: an iterable of inputs given like ``example_input``).
+    ``quantize``: ``None``, ``"auto"`` (int8 that pays off: static with ``calibration``, dynamic for
+    MatMul-dominated models without it, else :class:`.int8.CalibrationNeeded` saying what to pass),
+    ``"dynamic"`` (int8 weights) or ``"static"`` (int8 weights and activations, calibrated on
+    ``calibration``: an iterable of inputs given like ``example_input``, or a folder of images, a
+    ``.pt``/``.npz`` file or ``file.py:FUNCTION``, see :mod:`surgeon.exporters.calibration`). A fifth
+    of the calibration samples is held out for the top-1 agreement the report gives.
+    ``mixed_precision``: static int8 times each Conv/MatMul/Gemm in both precisions and keeps fp32
+    where int8 is slower (the report's ``fp32_nodes`` says which and why); False skips the timing.
     ``ort_format``: also write ``path`` with the suffix ``.ort`` for ONNX Runtime Mobile.
     ``rtol``: the relative error that fails the export (default 1e-4 for fp32, 1e-2 for fp16);
     int8 files are judged by their top-1 agreement, which the report gives.
@@ -201,7 +219,7 @@ def export(model: nn.Module, example_input: Any, path: str | os.PathLike, *, ops
     """
     _require()
     (args, kwargs), req = _request(model, example_input, path, opset, dynamic_batch, simplify, dtype, quantize,
-                                   calibration, ort_format, rtol)
+                                   calibration, ort_format, rtol, mixed_precision)
     try:
         scratch = tempfile.mkdtemp(prefix=f".{req.path.name}.", dir=req.path.parent)
     except OSError as exc:
@@ -224,6 +242,8 @@ class _Built:
     cases: list  # (args, kwargs, reference or None) the files are checked on
     simplified: bool
     edge: bool  # the published file is not the fp32 file itself (fp16 or int8)
+    quantize: str | None  # the int8 mode used ("auto" resolved)
+    fp32_nodes: tuple[str, ...]  # static int8: the nodes left fp32, one line per reason
     data_path: Path | None  # the external data file, at its destination
     moves: list[tuple[Path, Path]]  # (built, destination), in the order they are renamed
     notes: list[str]
@@ -254,14 +274,15 @@ def _build(model: nn.Module, args: tuple, kwargs: dict, req: _Request, scratch: 
     out = Path(scratch) / "out"  # the files under their final names, apart from the steps' own files
     out.mkdir()
     final = out / req.path.name
-    edge = _edge_file(fp32, final, req, scratch, input_names(args, kwargs))
+    edge, mode, prec = _edge_file(fp32, final, req, scratch, input_names(args, kwargs))
     data = [(d, req.path.parent / d.name) for d in _files.data_files(final)]
     ort = []
     if req.ort_path is not None:
         _edge.to_ort(str(final), str(out / req.ort_path.name))
         ort = [(out / req.ort_path.name, req.ort_path)]
     moves = data + ort + [(final, req.path)]  # the .onnx last, once its weights are in place
-    return _Built(exporter, acc, cases, simplified, edge, data[0][1] if data else None, moves, notes)
+    return _Built(exporter, acc, cases, simplified, edge, mode, tuple(prec.summary()) if prec else (),
+                  data[0][1] if data else None, moves, notes)
 
 
 def _checked(model: nn.Module, args: tuple, kwargs: dict, req: _Request, built: _Built) -> ExportReport:
@@ -272,7 +293,7 @@ def _checked(model: nn.Module, args: tuple, kwargs: dict, req: _Request, built: 
     checked = _runtime.parity(sess, model, built.cases)
     if req.quantize is None:
         _fail_if(checked, req.rtol, req.dtype)
-    agreement = _agreement(sess, model, args, kwargs, req) if built.edge else None
+    agreement, inputs = _agreement(sess, model, args, kwargs, req) if built.edge else (None, None)
     ort = _check_ort(req, model, args, kwargs, built.cases) if req.ort_path else (None, None)
     names = {n for n, _ in model.named_parameters()}
     acc = built.acc
@@ -282,9 +303,10 @@ def _checked(model: nn.Module, args: tuple, kwargs: dict, req: _Request, built: 
         bn_folded=acc.bn_folded, folded=acc.folded, unused=acc.unused, derived=acc.derived,
         eliminated=acc.eliminated, max_abs_error=checked.max_abs_error, max_rel_error=checked.max_rel_error,
         batch_sizes=checked.batch_sizes, latency_ms=_runtime.latency_ms(sess, args, kwargs),
-        data_path=str(built.data_path) if built.data_path else None, dtype=req.dtype, quantize=req.quantize,
+        data_path=str(built.data_path) if built.data_path else None, dtype=req.dtype, quantize=built.quantize,
         agreement=agreement, ort_path=str(req.ort_path) if req.ort_path else None, ort_max_rel_error=ort[0],
-        ort_agreement=ort[1], simplified=built.simplified, notes=tuple(built.notes))
+        ort_agreement=ort[1], simplified=built.simplified, notes=tuple(built.notes), agreement_inputs=inputs,
+        fp32_nodes=built.fp32_nodes)
 
 
 def _fp32_file(model: nn.Module, raw: str, cases: list, req: _Request, scratch: str,
@@ -323,31 +345,44 @@ def _fail_if(p: _runtime.Parity, rtol: float, what: str) -> None:
                           f"please report the model, and try simplify=False or opset= meanwhile")
 
 
-def _edge_file(fp32: str, final: Path, req: _Request, scratch: str, names: list[str]) -> bool:
-    """Write the file the user asked for at ``final``; True if it is not the fp32 file itself."""
+def _edge_file(fp32: str, final: Path, req: _Request, scratch: str, names: list[str]):
+    """Write the file the user asked for at ``final``; returns (True if it is not the fp32 file
+    itself, the int8 mode used, the precision plan of a static int8 file)."""
     if req.quantize is not None:
         int8 = os.path.join(scratch, "int8.onnx")
         try:
-            _edge.quantize(fp32, int8, req.quantize, names, req.calibration, scratch)
+            mode, prec = _edge.quantize(fp32, int8, req.quantize, names, req.calibration, scratch, req.measure)
+        except ExportError:
+            raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises many kinds of errors
             raise ExportError(f"onnxruntime.quantization could not quantize the file ({req.quantize}): "
                               f"{type(exc).__name__}: {str(exc)[:300]}") from exc
         _files.finalize(int8, final)  # onnxruntime names its data file after int8.onnx
-        return True
+        return True, mode, prec
     if req.dtype == "fp16":
         try:
             _edge.to_fp16(fp32, str(final))
         except Exception as exc:  # noqa: BLE001 - the float16 converter raises many kinds of errors
             raise ExportError(f"the float16 conversion failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
-        return True
+        return True, None, None
     _files.finalize(fp32, final)
-    return False
+    return False, None, None
 
 
-def _agreement(sess, model: nn.Module, args: tuple, kwargs: dict, req: _Request) -> float:
+def _agreement(sess, model: nn.Module, args: tuple, kwargs: dict, req: _Request) -> tuple[float, str]:
+    """Top-1 agreement with PyTorch on the held-out calibration samples, else on random inputs;
+    and which inputs those were."""
+    if req.holdout:
+        same = total = 0
+        for a, k in req.holdout:
+            hits = _runtime.top1(sess, model, a, k)
+            same, total = same + int(hits.sum()), total + int(hits.numel())
+        return same / max(total, 1), f"{total} held-out calibration samples"
     batch = 8 if req.dynamic_batch else (batch_of(args, kwargs) or 1)
     samples = AGREEMENT_SAMPLES if req.dynamic_batch else batch * max(1, AGREEMENT_SAMPLES // batch)
-    return _runtime.agreement(sess, model, args, kwargs, samples, batch)
+    why = "one calibration sample, none to hold out" if req.calibration else "no calibration data given"
+    return (_runtime.agreement(sess, model, args, kwargs, samples, batch),
+            f"{samples} random inputs ({why}: the agreement says little about real data)")
 
 
 def _check_ort(req: _Request, model: nn.Module, args: tuple, kwargs: dict, cases: list) -> tuple[float, float]:
@@ -357,4 +392,4 @@ def _check_ort(req: _Request, model: nn.Module, args: tuple, kwargs: dict, cases
     checked = _runtime.parity(sess, model, cases)
     if req.quantize is None:
         _fail_if(checked, req.rtol, f"{req.dtype} .ort")
-    return checked.max_rel_error, _agreement(sess, model, args, kwargs, req)
+    return checked.max_rel_error, _agreement(sess, model, args, kwargs, req)[0]
