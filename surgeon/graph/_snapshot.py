@@ -29,6 +29,7 @@ from torch import nn
 __all__ = ["Snapshot", "untouched", "ReadRecorder", "user_class"]
 
 _CONTAINERS = (dict, OrderedDict, list, set)
+_MISSING = object()
 _BUFFER_BYTES = 1 << 28  # buffers copied up to this size in all; beyond it only versions are kept
 
 
@@ -72,7 +73,9 @@ def _equal(a: Any, b: Any, depth: int = 3) -> bool:
         return False
 
 
-def _same(saved: list, now: Any) -> bool:
+def _same(saved: Any, now: Any) -> bool:
+    if not saved:  # most containers (hook registries, a leaf's submodules) are empty: no list built
+        return not now
     items = _contents(now)
     if len(items) != len(saved):
         return False
@@ -85,16 +88,21 @@ class Snapshot:
     """The state of every module of ``model``, to compare with and restore later."""
 
     def __init__(self, model: nn.Module):
-        self.modules = list(model.modules())
+        every = list(model.modules())
+        # torch's own modules write no attributes in forward (in eval mode): their tensors are
+        # watched below; the root and the user's own classes are recorded in full
+        self.modules = [m for i, m in enumerate(every) if i == 0 or user_class(type(m))]
         self._dicts = [dict(vars(m)) for m in self.modules]
-        self._inner = [{k: (v, _contents(v)) for k, v in d.items() if type(v) in _CONTAINERS}
+        self._inner = [{k: (v, _contents(v) if v else ()) for k, v in d.items() if type(v) in _CONTAINERS}
                        for d in self._dicts]
+        self._clean = False  # set by changes() when it found nothing, which restore() then trusts
         classes = {type(m) for m in self.modules if user_class(type(m))}
+        tensors_of = every
         self._classes = {cls: dict(vars(cls)) for cls in classes}
         self._versions: dict[int, tuple[torch.Tensor, int]] = {}
         self._copies: dict[int, torch.Tensor] = {}
         budget = _BUFFER_BYTES
-        for m in self.modules:
+        for m in tensors_of:
             for store in (m._parameters, m._buffers):
                 for t in store.values():
                     if t is None or id(t) in self._versions or t.device.type == "meta":
@@ -111,6 +119,10 @@ class Snapshot:
         for m, saved, inner in zip(self.modules, self._dicts, self._inner):
             now = vars(m)
             where = type(m).__name__
+            if len(now) == len(saved) and all(now.get(k, _MISSING) is v for k, v in saved.items()):
+                out.extend(f"{where}.{k} changed in place" for k, (box, items) in inner.items()
+                           if not _same(items, box))  # the common case: every entry the same object
+                continue
             for k in now.keys() - saved.keys():
                 out.append(f"{where}.{k} added")
             for k, v in saved.items():
@@ -127,10 +139,15 @@ class Snapshot:
         for t, version in self._versions.values():
             if t._version != version:
                 out.append(f"a tensor of shape {tuple(t.shape)} written in place")
+        self._clean = not out
         return out
 
     def restore(self) -> None:
-        """Put every module, class and buffer back as it was when the snapshot was taken."""
+        """Put every module, class and buffer back as it was when the snapshot was taken. Right
+        after :meth:`changes` found nothing (as :func:`untouched` is used by captures) there is
+        nothing to put back; call :meth:`changes` again if the model ran in between."""
+        if self._clean:
+            return
         for m, saved, inner in zip(self.modules, self._dicts, self._inner):
             now = vars(m)
             if now.keys() != saved.keys() or any(now[k] is not v for k, v in saved.items()):
