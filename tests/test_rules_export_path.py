@@ -292,7 +292,10 @@ class Gathered(nn.Module):
 def test_advanced_index_passes_the_other_dims(export):
     m, x = Gathered(export).eval(), torch.randn(2, 8, 16)
     a = analyze(m, x)
-    assert a.traced.mode == ("export" if export else "fx")
+    # torch_geometric, once imported (by the gnn tests), replaces torch.index_select with a Python
+    # function fx cannot trace: the capture then falls back to torch.export, which must work as well
+    replaced = not isinstance(torch.index_select, type(torch.relu))
+    assert a.traced.mode == ("export" if export or replaced else "fx")
     g = assert_tied(a, ("inp.weight", 0), ("table", 1), ("out.weight", 1))
     assert g.prunable, g.reason
     assert_frozen(group_of(a, "table", 0), "positions of the full width")
