@@ -298,9 +298,15 @@ def test_hand_written_stacked_experts():
     small = surgeon.apply(m, build_plan(a, keep, target=1.0, metric="flops", criterion="manual", round_to=None))
     assert small.num_experts == 2 and small.w1.shape[0] == 2 and small.router.out_features == 2
 
+    _matches_routing_without(m, small, x, [0, 3])
+
+
+def _matches_routing_without(m, small, x, removed: list[int]) -> None:
+    """Removing whole experts is not zero-invariant (their tokens are routed elsewhere): the shrunk
+    model must compute what the original does with those experts' router logits at -inf."""
     def mask(_mod, _args, out):
         out = out.clone()
-        out[..., [0, 3]] = float("-inf")
+        out[..., removed] = float("-inf")
         return out
     h = m.router.register_forward_hook(mask)
     try:
@@ -359,16 +365,5 @@ def test_per_expert_modules_removing_experts_is_masking_the_router():
     assert small.experts[1][0].weight.data_ptr() != m.experts[3][0].weight.data_ptr()
     assert torch.equal(small.experts[1][0].weight, m.experts[3][0].weight)
 
-    def mask(_mod, _args, out):
-        out = out.clone()
-        out[..., [1, 2]] = float("-inf")
-        return out
-    h = m.router.register_forward_hook(mask)
-    try:
-        ref = run(m, x)
-    finally:
-        h.remove()
-    assert float(ref.std()) > MIN_STD
-    assert max_rel_error(ref, run(small, x)) < 1e-4
-    assert max_rel_error(run(m, x), run(small, x)) > 1e-3
+    _matches_routing_without(m, small, x, [1, 2])
     assert abs(count_flops(small, x) - a.cost("flops").total(keep)) < 1  # the cost model agrees

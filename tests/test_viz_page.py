@@ -22,7 +22,8 @@ from surgeon.viz.overview import bridges, folds, overview_open
 from surgeon.viz.explain import explain
 from surgeon.viz.targets import target_plans
 
-from cdp import Browser, find_chromium
+from cdp import Browser
+from test_viz import _open as open_page, _status, browser  # noqa: F401 - the one browser fixture
 
 _CHECKS = ("_assert_tensor_metadata", "_guards_fn", "sym_size", "_assert_scalar")
 
@@ -126,24 +127,8 @@ def test_groups_kept_whole_say_why_in_plain_words(llama):
 
 
 # ---- in the browser ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("no Chromium binary (Debian: apt-get update && apt-get install -y chromium)")
-    with Browser(binary, tmp_path_factory.mktemp("chromium-profile")) as b:
-        yield b
-
-
-def _status(b: Browser) -> dict:
-    return json.loads(b.eval("document.getElementById('surgeon-status').textContent"))
-
-
 def _open(b: Browser, path: Path) -> dict:
-    b.events.clear()
-    b.open(path.resolve().as_uri())
-    st = _status(b)
-    assert st["ready"] and st["errors"] == [] and b.problems() == []
+    st = open_page(b, path)  # loads, nothing fetched, no errors
     assert isinstance(st["drawnAt"], (int, float)) and st["drawnAt"] > 0  # the page says when it was drawn
     return st
 
