@@ -10,7 +10,7 @@
 from . import criteria, exporters, verify
 from .analysis import Analysis, analyze
 from .api import apply, plan, shrink
-from .errors import PlanError, SurgeonError, SurgeryError, TraceError
+from .errors import OffTargetWarning, PlanError, SurgeonError, SurgeonWarning, SurgeryError, TraceError
 from .graph.groups import PruneGroup, UnitKind
 from .graph.trace import trace
 from .planning.plan import Plan
@@ -19,6 +19,6 @@ from .viz import visualize
 __all__ = [
     "shrink", "plan", "apply", "trace", "analyze", "verify", "criteria", "exporters", "visualize",
     "Plan", "PruneGroup", "UnitKind", "Analysis",
-    "SurgeonError", "TraceError", "SurgeryError", "PlanError",
+    "SurgeonError", "TraceError", "SurgeryError", "PlanError", "SurgeonWarning", "OffTargetWarning",
 ]
 __version__ = "0.1.0"
