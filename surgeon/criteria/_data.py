@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SurgeonError
-from ..graph.trace import run_model
+from ..graph.trace import eval_mode, run_model
 
 __all__ = ["DataError", "Batch", "Batches", "default_loss", "logits_of", "forward", "loss_of", "non_finite"]
 
@@ -145,6 +145,18 @@ def forward(model: nn.Module, inputs: Any, index: int, name: str) -> Any:
         return run_model(model, inputs)
     except Exception as exc:  # noqa: BLE001 - re-raised with the module that rejected the batch
         raise DataError(_rejected(model, inputs, index, name, exc)) from exc
+
+
+def run_hooked(model: nn.Module, handles: list, batches: "Batches", name: str) -> None:
+    """Run every batch of ``batches`` through ``model`` (eval mode, no autograd) for the hooks whose
+    ``handles`` are given, then remove those hooks, whatever the run raised."""
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                forward(model, batch.inputs, batch.index, name)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _rejected(model: nn.Module, inputs: Any, index: int, name: str, exc: Exception) -> str:

@@ -28,9 +28,8 @@ import torch
 from torch import nn
 
 from ..graph.groups import PruneGroup
-from ..graph.trace import eval_mode
 from .base import Magnitude, combine
-from ._data import Batches, forward
+from ._data import Batches, run_hooked
 
 __all__ = ["Activation"]
 
@@ -107,13 +106,7 @@ class Activation:
             return pre
 
         handles = [mod.register_forward_pre_hook(hook(name, _layout(mod)[1])) for name, mod in owners.items()]
-        try:
-            with eval_mode(model), torch.no_grad():
-                for batch in self.batches:
-                    forward(model, batch.inputs, batch.index, self.name)
-        finally:
-            for h in handles:
-                h.remove()
+        run_hooked(model, handles, self.batches, self.name)
         return {name: v.sqrt() for name, v in sq.items()}
 
 

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..graph.groups import PruneGroup
-from ..graph.trace import eval_mode
-from ._data import Batches, forward
+from ._data import Batches, run_hooked
 from .base import Magnitude, combine
 
 __all__ = ["Router"]
@@ -133,11 +132,5 @@ class Router:
             return pre
 
         handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True) for n, m in experts.items()]
-        try:
-            with eval_mode(model), torch.no_grad():
-                for batch in self.batches:
-                    forward(model, batch.inputs, batch.index, self.name)
-        finally:
-            for h in handles:
-                h.remove()
+        run_hooked(model, handles, self.batches, self.name)
         return tallies
