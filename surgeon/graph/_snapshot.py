@@ -97,12 +97,11 @@ class Snapshot:
                        for d in self._dicts]
         self._clean = False  # set by changes() when it found nothing, which restore() then trusts
         classes = {type(m) for m in self.modules if user_class(type(m))}
-        tensors_of = every
         self._classes = {cls: dict(vars(cls)) for cls in classes}
         self._versions: dict[int, tuple[torch.Tensor, int]] = {}
         self._copies: dict[int, torch.Tensor] = {}
         budget = _BUFFER_BYTES
-        for m in tensors_of:
+        for m in every:
             for store in (m._parameters, m._buffers):
                 for t in store.values():
                     if t is None or id(t) in self._versions or t.device.type == "meta":
