@@ -2,7 +2,8 @@
 
 Each family is built from its config with random weights (seed 0), at small proportions (hidden
 64, 4 heads of 16, 2 layers: what tests/test_hf_families.py runs) or realistic ones (hidden 512
-and up, heads of 64), and ``surgeon.shrink(model, inputs, target=0.5)`` is checked:
+and up, heads of 64; BART and T5 with their own FFN ratio of 4, as bart-base and t5-base), and
+``surgeon.shrink(model, inputs, target=0.5)`` is checked:
 
 * FLOPs kept, counted by ``torch.utils.flop_counter.FlopCounterMode`` on the same input;
 * ``save_pretrained`` then the family's ``from_pretrained``: the max abs logit difference;
@@ -57,6 +58,7 @@ def _configs(s: Scale) -> dict[str, tuple[str, Any, str]]:
     import transformers as T
 
     h, n, L, f = s.hidden, s.heads, s.layers, s.ffn
+    f4 = 4 * h  # BART's and T5's own FFN ratio (bart-base, t5-base: 3072 for 768)
     llama = dict(hidden_size=h, num_attention_heads=n, num_key_value_heads=s.kv_heads, num_hidden_layers=L,
                  intermediate_size=f, vocab_size=VOCAB, max_position_embeddings=64)
     enc = dict(hidden_size=h, num_attention_heads=n, num_hidden_layers=L, intermediate_size=f, vocab_size=VOCAB,
@@ -79,10 +81,10 @@ def _configs(s: Scale) -> dict[str, tuple[str, Any, str]]:
                     "text"),
         "bart": ("BartForConditionalGeneration", T.BartConfig(
             vocab_size=VOCAB, d_model=h, encoder_layers=L, decoder_layers=L, encoder_attention_heads=n,
-            decoder_attention_heads=n, encoder_ffn_dim=f, decoder_ffn_dim=f, max_position_embeddings=64),
+            decoder_attention_heads=n, encoder_ffn_dim=f4, decoder_ffn_dim=f4, max_position_embeddings=64),
             "seq2seq"),
         "t5": ("T5ForConditionalGeneration", T.T5Config(
-            vocab_size=VOCAB, d_model=h, d_kv=h // n, d_ff=f, num_layers=L, num_heads=n,
+            vocab_size=VOCAB, d_model=h, d_kv=h // n, d_ff=f4, num_layers=L, num_heads=n,
             decoder_start_token_id=0), "seq2seq"),
         "vit": ("ViTForImageClassification", T.ViTConfig(**vit), "image"),
         "swin": ("SwinForImageClassification", T.SwinConfig(

@@ -15,13 +15,14 @@ import pytest
 import torch
 
 import surgeon
+from surgeon.planning.plan import Plan
 
 pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import hf_families as H  # noqa: E402
 
 FAST = ["llama", "phi", "gpt2", "gpt_neox", "bert", "distilbert", "vit", "bart"]
-SLOW = ["qwen2", "mistral", "gemma2", "roberta", "t5", "convnext", "qwen2_moe", "mixtral"]
+SLOW = ["qwen2", "mistral", "gemma2", "roberta", "t5", "convnext", "swin", "qwen2_moe", "mixtral"]
 
 
 def _params():
@@ -67,17 +68,29 @@ def test_generates_with_the_cache(shrunk):
 
 
 @pytest.mark.slow
-def test_swin_moves_in_the_steps_its_config_can_say():
-    """Swin's stage widths are embed_dim x 2^i with head_dim implied by a num_heads list: one
-    joint step takes head_dim channels per head of every stage, so at this size the widths
-    can only halve; the result lands on that step and its config (a list included) reloads it."""
+def test_swin_mlp_ratio_moves_in_its_own_steps():
+    """Swin's MLPs are int(mlp_ratio x stage width) wide: the MLPs of every stage are one joint
+    bundle (units 1 : 2, as the stage widths), written back as a new float mlp_ratio, apart from
+    the joint of heads and widths (embed_dim, per-stage num_heads), so the result lands on 0.5."""
     model, x, _ = H.build("swin")
+    a = surgeon.analyze(model, x)
+    assert sorted(a.bundle_units) == [(1, 2), (16, 1, 32, 2)]
+    assert "mlp_ratio" in a.config_model.footprint
     snap = H.snapshot(model)
     small = surgeon.shrink(model, x, target=0.5)
     assert H.unchanged(model, snap)
-    assert small.config.embed_dim == 16 and list(small.config.num_heads) == [1, 2]
-    assert H.flops(small, x) / H.flops(model, x) < 0.5
+    assert abs(H.flops(small, x) / H.flops(model, x) - 0.5) <= 0.01
+    cfg = small.config
+    assert isinstance(cfg.mlp_ratio, float) and cfg.mlp_ratio < 4.0
+    for stage in small.swin.encoder.layers:
+        for block in stage.blocks:
+            dim = block.layernorm_before.normalized_shape[0]
+            assert block.mlp.fc1.out_features == int(cfg.mlp_ratio * dim)
     assert H.reload_diff(small, x) < 1e-4
+    plan = surgeon.plan(model, x, target=0.5)  # a float config field survives the plan's JSON
+    again = surgeon.apply(model, Plan.from_json(plan.to_json()))
+    assert again.config.mlp_ratio == next(u.new for u in plan.config if u.attr == "mlp_ratio")
+    assert H.reload_diff(again, x) < 1e-4
 
 
 @pytest.mark.slow
@@ -96,6 +109,23 @@ def test_a_tensor_input_with_the_cache_on():
     small = surgeon.shrink(model, x["input_ids"], target=0.5)
     assert model.config.use_cache is True and small.config.use_cache is True
     assert abs(H.flops(small, x) / H.flops(model, x) - 0.5) <= 0.01
+
+
+def test_a_head_dim_field_keeps_its_value_when_heads_go():
+    """Llama's config has a head_dim field: a KV head (with its query heads) is a unit of its
+    own, the cut is written as fewer heads (head_dim unchanged), and the result reloads."""
+    model, x, _ = H.build("llama")
+    a = surgeon.analyze(model, x)
+    heads = [g for g in a.groups if g.kind.value == "head"]
+    assert len(heads) == 2 and all(g.prunable for g in heads)
+    small = surgeon.shrink(model, x, target=0.25)
+    cfg = small.config
+    assert cfg.head_dim == 16 and cfg.num_key_value_heads == 1 and cfg.num_attention_heads == 2
+    for layer in small.model.layers:
+        assert layer.self_attn.q_proj.out_features == 2 * 16 and layer.self_attn.k_proj.out_features == 16
+    assert H.reload_diff(small, x) < 1e-4
+    assert abs(H.flops(small, x) / H.flops(model, x) - 0.25) <= 0.01
+    assert H.generates(small, x)
 
 
 def test_implied_head_dim_is_a_joint_unit():
@@ -130,6 +160,71 @@ def test_one_field_sizing_many_places_is_one_bundle():
     small = surgeon.shrink(model, x, target=0.8)
     widths = {m.out_features for n, m in small.named_modules() if n.endswith("DenseReluDense.wi")}
     assert widths == {small.config.d_ff} and small.config.d_ff < 256
+    assert H.reload_diff(small, x) < 1e-4
+
+
+@pytest.mark.slow
+def test_t5_heads_are_one_joint_unit_with_d_kv_kept():
+    """T5's num_heads sizes self-, cross- and decoder attention (d_kv is a field): the three head
+    groups are one bundle; the cross-attention's zeros(1, n_heads, ...) position bias follows
+    the cut (the decoder is as long as the head count here: that coincidence must not freeze it),
+    and model_dim, as wide as the heads by chance, is left alone."""
+    model, x, _ = H.build("t5")
+    a = surgeon.analyze(model, x)
+    heads = {gi for gi, g in enumerate(a.groups) if g.kind.value == "head"}
+    assert len(heads) == 3 and all(a.groups[gi].prunable for gi in heads)
+    assert any(heads == set(b) for b in a.bundles)
+    small = surgeon.shrink(model, x, target=0.3)
+    cfg = small.config
+    assert cfg.num_heads < 4 and cfg.d_kv == 16 and small.model_dim == 64
+    assert H.reload_diff(small, x) < 1e-4
+
+
+@pytest.mark.slow
+def test_nested_sub_config_widths_are_written_back():
+    """CLIP's towers are sized by vision_config / text_config: their MLP widths are planned as
+    nested fields and the result's sub-configs reload it."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=256)
+    model = T.CLIPModel(T.CLIPConfig(text_config=dict(tower, vocab_size=96, max_position_embeddings=16),
+                                     vision_config=dict(tower, image_size=32, patch_size=8),
+                                     projection_dim=32)).eval()
+    ids = torch.randint(3, 96, (2, 8), generator=torch.Generator().manual_seed(0))
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+         "pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+    a = surgeon.analyze(model, x)
+    assert {"text_config.intermediate_size", "vision_config.intermediate_size"} <= set(a.config_model.footprint)
+    snap = H.snapshot(model)
+    small = surgeon.shrink(model, x, target=0.7)
+    assert H.unchanged(model, snap)
+    assert small.config.text_config.intermediate_size < 256 and small.config.vision_config.intermediate_size < 256
+    assert abs(H.flops(small, x) / H.flops(model, x) - 0.7) <= 0.01
+    with torch.no_grad():
+        assert small(**x).logits_per_image.std() > 1e-3
+    assert H.reload_diff(small, x) < 1e-4  # logits_per_image
+
+
+@pytest.mark.slow
+def test_a_per_stage_list_of_a_backbone_config_is_written_back():
+    """UperNet builds its ConvNeXt backbone from backbone_config.hidden_sizes: a stage width is
+    planned as the nested list entry and the result's backbone_config holds the new list."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    backbone = T.ConvNextConfig(num_stages=2, hidden_sizes=[32, 64], depths=[1, 1], out_features=["stage1", "stage2"])
+    model = T.UperNetForSemanticSegmentation(T.UperNetConfig(
+        backbone_config=backbone, hidden_size=32, auxiliary_channels=16, pool_scales=[1, 2], num_labels=4,
+        use_auxiliary_head=False)).eval()
+    x = {"pixel_values": torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+    assert "backbone_config.hidden_sizes[0]" in surgeon.analyze(model, x).config_model.footprint
+    small = surgeon.shrink(model, x, target=0.85)
+    widths = small.config.backbone_config.hidden_sizes
+    assert widths[0] < 32 and small.backbone.encoder.stages[0].layers[0].pwconv2.out_features == widths[0]
+    assert model.config.backbone_config.hidden_sizes == [32, 64]
+    with torch.no_grad():
+        assert small(**x).logits.std() > 1e-3
     assert H.reload_diff(small, x) < 1e-4
 
 

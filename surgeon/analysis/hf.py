@@ -4,9 +4,13 @@ A Hugging Face model is rebuilt from its config when it is loaded, so a pruned m
 only if its config describes every pruned width. Which widths a config can describe is learnt
 from the model class itself, not from a table of architectures: the class is instantiated on
 the meta device (no memory, no weights) with each integer field of the config (and each entry
-of a per-stage list of widths, ``hidden_sizes[1]``) changed in turn, and the parameter dims that
-change form that field's *footprint*, with the linear relation ``dim = a * value + b`` between
-them (``q_proj`` rows = ``head_dim`` x ``num_attention_heads``).
+of a per-stage list of widths, ``hidden_sizes[1]``, each float ratio of widths, ``mlp_ratio``,
+and the same in nested sub-configs, ``vision_config.hidden_size``) changed in turn, and the
+parameter dims that change form that field's *footprint*, with the linear relation
+``dim = a * value + b`` between them (``q_proj`` rows = ``head_dim`` x ``num_attention_heads``).
+A cut is written back as the field values its widths solve: alone where one field sizes a dim,
+together where a dim is a product of several (:mod:`surgeon.analysis.hf_products`), and as
+fewer heads, never narrower ones, where ``heads x head_dim`` cannot tell them apart.
 
 A pruning group the config can express has all its dims in footprints whose other dims lie in
 groups pruned in step with it (the same MLP width in every layer: ``intermediate_size``). Those
@@ -30,12 +34,14 @@ from torch import nn
 
 from .hf_layers import check_layer_drops, layer_fields, layer_updates
 from .hf_joint import join
+from .hf_products import MIXED, ratio_up, solve_products
 from .hf_values import value_fields
 
 __all__ = ["ConfigModel", "config_model", "constrain", "config_updates", "check_config"]
 
 _SKIP = re.compile(r"token_id|_id$|^chunk_size|^num_labels$|^pretraining_tp$")
 _WIDTHY = re.compile(r"inner|intermediate|hidden|dim|size|ffn|embd|embed|heads?$")
+_RATIO = re.compile(r"_ratio$|_multiplier$|^width_coefficient$")  # float fields that scale widths
 
 
 @dataclass
@@ -67,35 +73,54 @@ def _shapes(cls: type, cfg: Any) -> dict[str, tuple[int, ...]] | None:
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
-_ELEM = re.compile(r"^(\w+)\[(\d+)\]$")  # one entry of a per-stage list: "hidden_sizes[1]"
+# one entry of a per-stage list, "hidden_sizes[1]", of a sub-config too: "backbone_config.hidden_sizes[1]"
+_ELEM = re.compile(r"^([\w.]+)\[(\d+)\]$")
+
+
+def _owner(cfg: Any, name: str) -> tuple[Any, str]:
+    """The (sub-)config that holds field ``name`` (``vision_config.hidden_size``) and its own name."""
+    *path, last = name.split(".")
+    for part in path:
+        cfg = getattr(cfg, part)
+    return cfg, last
 
 
 def _get(cfg: Any, f: str) -> Any:
     m = _ELEM.match(f)
-    return getattr(cfg, m.group(1))[int(m.group(2))] if m else getattr(cfg, f)
+    owner, name = _owner(cfg, m.group(1) if m else f)
+    return getattr(owner, name)[int(m.group(2))] if m else getattr(owner, name)
 
 
 def _with(cfg: Any, **values) -> Any:
-    """A copy of ``cfg`` with ``values`` set; a key ``name[i]`` sets entry i of the list ``name``."""
+    """A copy of ``cfg`` with ``values`` set; a key ``name[i]`` sets entry i of the list ``name``,
+    a key ``sub_config.name`` a field of a nested config (``vision_config``, ``backbone_config``)."""
     new = copy.deepcopy(cfg)
     for k, v in values.items():
         m = _ELEM.match(k)
+        owner, name = _owner(new, m.group(1) if m else k)
         if m:
-            old = getattr(new, m.group(1))
+            old = getattr(owner, name)
             entries = list(old)
             entries[int(m.group(2))] = v
-            v, k = type(old)(entries), m.group(1)
-        setattr(new, k, v)
+            v = type(old)(entries)
+        setattr(owner, name, v)
     return new
 
 
-def _width_fields(raw: dict, materialized: dict) -> list[tuple[str, int]]:
-    """Every int field, and every entry of a per-stage list of widths (``hidden_sizes[0]``)."""
+def _width_fields(cfg: Any, raw: dict, materialized: dict) -> list[tuple[str, int | float]]:
+    """Every int field, every entry of a per-stage list of widths (``hidden_sizes[0]``), every
+    float ratio of widths (``mlp_ratio``: the MLP is ``int(mlp_ratio * dim)`` wide), and the same
+    in nested sub-configs (``vision_config.hidden_size``, ``backbone_config.hidden_sizes[1]``)."""
     out = [(k, v) for k, v in {**raw, **materialized}.items() if type(v) is int and v >= 1 and not _SKIP.search(k)]
+    for k in raw:
+        sub = getattr(cfg, k, None)
+        if _is_config(sub):
+            out.extend((f"{k}.{f}", v) for f, v in _width_fields(sub, sub.to_dict(), {}))
     for k, v in raw.items():
         if isinstance(v, (list, tuple)) and v and _WIDTHY.search(k) and not _SKIP.search(k) \
                 and all(type(x) is int and x >= 1 for x in v):
             out.extend((f"{k}[{i}]", x) for i, x in enumerate(v))
+    out.extend((k, v) for k, v in raw.items() if type(v) is float and v >= 1 and _RATIO.search(k))
     return out
 
 
@@ -122,12 +147,12 @@ def config_model(model: nn.Module) -> ConfigModel | None:
                     cm.materialized[k] = s
                     break
     base = _with(cfg, **cm.materialized)
-    for k, v in _width_fields(raw, cm.materialized):
+    for k, v in _width_fields(cfg, raw, cm.materialized):
         moved = _shapes(cls, _with(base, **{k: 2 * v}))
         if moved is None:
             continue
         if moved.keys() != actual.keys():  # a count of layers rather than a width
-            if _ELEM.match(k):
+            if _ELEM.match(k) or "." in k:  # layer counts of sub-configs are not dropped
                 continue
             boxes = {m.group(1) for n in moved.keys() - actual.keys() if (m := _ITEM.match(n))}
             if len(boxes) == 1 and actual.keys() <= moved.keys():
@@ -137,7 +162,7 @@ def config_model(model: nn.Module) -> ConfigModel | None:
         for name, shape in actual.items():
             for d, (s0, s1) in enumerate(zip(shape, moved[name])):
                 if s0 != s1:
-                    a = (s1 - s0) // v
+                    a = (s1 - s0) // v if type(v) is int else (s1 - s0) / v
                     fp[(name, d)] = (a, s0 - a * v)
         if fp:
             cm.footprint[k] = fp
@@ -238,6 +263,7 @@ def _never(a, cm: ConfigModel, groups, members: list[int], keep) -> bool:
 
 
 _LAYER = re.compile(r"\.\d+\.")
+_HEAD_COUNT = re.compile(r"(^|_)(n_)?heads?$|^n_head$")  # num_attention_heads, num_key_value_heads, n_head
 _ITEM = re.compile(r"^(.*?)\.\d+\.")
 
 
@@ -248,7 +274,7 @@ def _expresses(a, cm: ConfigModel, keep) -> str | None:
         return problem
     for f, buffer in cm.value_fields.items():
         name = _ELEM.sub(r"\1", f)
-        if name in updates and updates[name] != getattr(cm.config, name):
+        if name in updates and updates[name] != _get(cm.config, name):
             return f"'{f}' also sets the value of '{buffer}', which from_pretrained would compute anew"
     built = _shapes(cm.model_class, _with(cm.config, **updates))
     want = {}
@@ -279,23 +305,53 @@ def config_updates(a, cm: ConfigModel, keep) -> list[tuple[str, Any, Any]]:
     """``(field, old, new)`` for every config field whose width the keep-masks change."""
     out = {k: (k, None, v) for k, v in cm.materialized.items()}
     for f, gi in cm.unit_fields.items():  # head counts: the kept units of their group
-        old, new = int(getattr(cm.config, f)), int(keep[gi].sum())
+        old, new = int(_get(cm.config, f)), int(keep[gi].sum())
         if new != old:
             out[f] = (f, old, new)
     shapes = {k: t.shape for k, t in a.model.state_dict().items()}
-    for f, fp in cm.footprint.items():
-        old = int(_get(cm.config, f)) if _get(cm.config, f) is not None else cm.materialized[f]
-        values = set()
-        for (name, dim), (k, b) in fp.items():
+    widths = {}
+    for fp in cm.footprint.values():
+        for name, dim in fp:
             key = ("p", name, dim)
-            width = a.kept_width(key, keep) if key in a.coupling.sizes else shapes[name][dim]
-            values.add((width - b) / k if k else None)
-        if len(values) == 1:
-            (new,) = values
-            if new is not None and new == int(new) and int(new) != old:
-                out[f] = (f, out[f][1] if f in out else old, int(new))
+            widths[(name, dim)] = (shapes[name][dim], a.kept_width(key, keep) if key in a.coupling.sizes
+                                   else shapes[name][dim])
+    olds = {f: _get(cm.config, f) if _get(cm.config, f) is not None else cm.materialized[f] for f in cm.footprint}
+    solved = {f: _solve(cm, f, widths) for f in cm.footprint}
+    solved.update(solve_products(cm, widths, olds))  # widths that are products of several fields
+    for f in _per_head(cm, solved):
+        solved[f] = None  # the head counts explain its dims: head_dim stays
+    for f, new in solved.items():
+        if new is not None and new is not MIXED and new != olds[f]:
+            out[f] = (f, out[f][1] if f in out else olds[f], new)
     out.update((u[0], u) for u in layer_updates(cm, a.groups, keep))  # dropped layers: count, per-layer lists
     return _merged(cm.config, out)
+
+
+def _solve(cm: ConfigModel, f: str, widths: dict) -> Any:
+    """The value of field ``f`` that every dim of its footprint agrees on after the cut; None if
+    there is no such int (or float, for a ratio field), ``MIXED`` if its dims disagree."""
+    values = set()
+    for key, (k, b) in cm.footprint[f].items():
+        values.add((widths[key][1] - b) / k if k else None)
+    if len(values) != 1:
+        return MIXED
+    (new,) = values
+    if new is None:
+        return None
+    if type(_get(cm.config, f)) is float:
+        return ratio_up(new, [(k, widths[key][1] - b) for key, (k, b) in cm.footprint[f].items()])
+    return int(new) if new == int(new) else None
+
+
+def _per_head(cm: ConfigModel, solved: dict) -> list[str]:
+    """Per-head width fields (Llama's ``head_dim``, T5's ``d_kv``) whose every dim is a product
+    with a head count that the cut widths solve: a width ``heads x head_dim`` that shrinks is
+    fewer heads, not narrower ones, so the per-head field keeps its value (both fields alone
+    would explain the new width, and moving both would count the cut twice)."""
+    counts = [f for f in cm.footprint if _HEAD_COUNT.search(_ELEM.sub(r"\1", f)) and solved[f] is not None]
+    covered = {key for f in counts for key in cm.footprint[f]}
+    return [f for f, fp in cm.footprint.items()
+            if f not in counts and not _HEAD_COUNT.search(_ELEM.sub(r"\1", f)) and fp.keys() <= covered]
 
 
 def _merged(cfg: Any, out: dict) -> list[tuple[str, Any, Any]]:
@@ -309,9 +365,9 @@ def _merged(cfg: Any, out: dict) -> list[tuple[str, Any, Any]]:
             merged[f] = (f, old, new)
             continue
         name = m.group(1)
-        entries = list(merged[name][2]) if name in merged else list(getattr(cfg, name))
+        entries = list(merged[name][2]) if name in merged else list(_get(cfg, name))
         entries[int(m.group(2))] = new
-        merged[name] = (name, list(getattr(cfg, name)), entries)
+        merged[name] = (name, list(_get(cfg, name)), entries)
     return list(merged.values())
 
 

@@ -57,15 +57,26 @@ def _unit_fields(cm, groups, bundles: list[list[int]]) -> dict[str, int]:
     """Head-count fields no width shows, each mapped to the first group of the head bundle of
     its value (a field in a footprint is solved from the widths instead)."""
     out = {}
-    raw = cm.config.to_dict()
-    for f, v in raw.items():
-        if type(v) is not int or f in cm.footprint or not _HEADS.search(f):
+    for f, v in _int_fields(cm.config):
+        if f in cm.footprint or not _HEADS.search(f):
             continue
         for b in bundles:
             g = groups[b[0]]
             if g.kind.value == "head" and g.n_units == v:
                 out[f] = b[0]
                 break
+    return out
+
+
+def _int_fields(cfg, prefix: str = "") -> list[tuple[str, int]]:
+    """The int fields of ``cfg`` and of its nested sub-configs (``vision_config.num_attention_heads``)."""
+    out = []
+    for k, v in cfg.to_dict().items():
+        sub = getattr(cfg, k, None)
+        if any(t.__name__.lower() == "pretrainedconfig" for t in type(sub).__mro__):
+            out.extend(_int_fields(sub, f"{prefix}{k}."))
+        elif type(v) is int:
+            out.append((prefix + k, v))
     return out
 
 
@@ -91,6 +102,25 @@ def _try(a, cm, groups, bundles: list[list[int]], expresses):
     return (flat, steps), cm2
 
 
+def _split(a, cm, groups, failing, comp: list[int], expresses) -> list | None:
+    """Two joint bundles that together cover ``comp`` more finely than one: the bundles one
+    field sizes (Swin's MLPs, all ``mlp_ratio``) and the rest (its heads with the residual
+    width, ``embed_dim``), or None when no such split is expressible."""
+    fields = [_fields(cm, groups, failing[i][0]) for i in comp]
+    tried = set()
+    for f in sorted(set().union(*fields)):
+        part = tuple(i for i, fs in zip(comp, fields) if f in fs)
+        rest = [i for i in comp if i not in part]
+        if len(part) < 2 or len(rest) < 2 or part in tried:
+            continue
+        tried.add(part)
+        first = _try(a, cm, groups, [failing[i][0] for i in part], expresses)
+        second = first and _try(a, cm, groups, [failing[i][0] for i in rest], expresses)
+        if second:
+            return [first, second]
+    return None
+
+
 def join(a, cm, groups, failing: list[tuple[list[int], str]], expresses):
     """Joint bundles among the ``failing`` bundles (``(group indices, why)`` each): a list of
     ``(groups, units per step of each)`` and the config model with their head-count fields.
@@ -98,6 +128,12 @@ def join(a, cm, groups, failing: list[tuple[list[int], str]], expresses):
     out, tries, used = [], 0, set()
     unit_fields = dict(cm.unit_fields)
     for comp in _linked(cm, groups, failing):
+        split = _split(a, cm, groups, failing, comp, expresses)
+        tries += 2 if split else 0
+        for got in split or ():
+            out.append(got[0])
+            unit_fields.update(got[1].unit_fields)
+            used.update(comp)
         candidates = [comp] + ([list(p) for p in combinations(comp, 2)] if len(comp) > 2 else [])
         for cand in candidates:
             if tries >= MAX_TRIES or used.intersection(cand):

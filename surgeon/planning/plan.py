@@ -264,10 +264,15 @@ def _width(v: Any, where: str) -> int | list[int]:
     return _int(v, where)
 
 
-def _config_value(v: Any, where: str) -> int | list | None:
-    """A config field's value: an int (None: a field HF derives), or a list of plain values."""
+def _config_value(v: Any, where: str) -> int | float | list | None:
+    """A config field's value: an int (None: a field HF derives), a float ratio of widths
+    (``mlp_ratio``), or a list of plain values."""
     if v is None:
         return None
+    if type(v) is float:
+        if not math.isfinite(v) or v <= 0:
+            raise _bad(where, f"must be a positive ratio, got {v!r}")
+        return v
     if isinstance(v, (list, tuple)):
         for i, x in enumerate(v):
             if x is not None and not isinstance(x, (str, int, float)):

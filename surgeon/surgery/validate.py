@@ -240,6 +240,15 @@ def _plain(v: Any) -> Any:
     return int(v) if _is_int(v) else v
 
 
+def _field(cfg: Any, name: str) -> Any:
+    """Field ``name`` of ``cfg``, of a nested sub-config for ``vision_config.hidden_size``."""
+    for part in name.split("."):
+        if cfg is _MISSING or isinstance(cfg, (nn.Module, torch.Tensor)):
+            return _MISSING
+        cfg = getattr(cfg, part, _MISSING)
+    return cfg
+
+
 def _check_config(model: nn.Module, config: Sequence[AttrUpdate]) -> None:
     cfg = getattr(model, "config", None) if config else None
     for i, a in enumerate(config):
@@ -248,16 +257,21 @@ def _check_config(model: nn.Module, config: Sequence[AttrUpdate]) -> None:
             raise PlanError(f"{where}: a plan only updates fields of the model's 'config'; {_REPLAN}")
         if cfg is None or isinstance(cfg, (nn.Module, torch.Tensor)):
             raise PlanError(f"{where}: the model has no config object; {_REPLAN}")
-        if not isinstance(a.attr, str) or not a.attr.isidentifier() or a.attr.startswith("_"):
+        if not isinstance(a.attr, str) or not all(p.isidentifier() and not p.startswith("_")
+                                                  for p in a.attr.split(".")):
             raise PlanError(f"{where}: that is not a public config field; {_REPLAN}")
-        current = getattr(cfg, a.attr, _MISSING)
-        if current is _MISSING or not (current is None or _is_int(current) or isinstance(current, (list, tuple))):
-            raise PlanError(f"{where}: the model's {type(cfg).__name__} has no integer or list field of "
-                            f"that name; {_REPLAN}")
+        current = _field(cfg, a.attr)
+        if current is _MISSING or not (current is None or _is_int(current) or type(current) is float
+                                       or isinstance(current, (list, tuple))):
+            raise PlanError(f"{where}: the model's {type(cfg).__name__} has no integer or list field (or "
+                            f"float ratio) of that name; {_REPLAN}")
         if _plain(a.old) != _plain(current):
             raise PlanError(f"{where}: the plan expects {a.old!r}, the config holds {current!r}; {_REPLAN}")
-        fits = isinstance(a.new, (list, tuple)) if isinstance(current, (list, tuple)) else \
-            _is_int(a.new) and a.new >= 1
+        if type(current) is float:  # a ratio of widths (mlp_ratio): a positive float
+            fits = type(a.new) is float and a.new > 0
+        else:
+            fits = isinstance(a.new, (list, tuple)) if isinstance(current, (list, tuple)) else \
+                _is_int(a.new) and a.new >= 1
         if not fits:
             raise PlanError(f"{where}: the new value {a.new!r} does not fit a field holding {current!r}; {_REPLAN}")
 
