@@ -35,31 +35,107 @@ __all__ = ["resolve_probes", "resolve_reads"]
 
 def resolve_probes(model: nn.Module, example_input: Any, traced, c: Coupling) -> Coupling:
     """``c`` derived: the freezes of probed dims whose width follows pruning lifted, and the
-    attributes that hold those widths added as fix-ups (``c`` itself is not changed)."""
+    attributes that hold those widths added as fix-ups (``c`` itself is not changed). Groups
+    that a number still held moves with are frozen too (:func:`_followers`)."""
     held = {k: c.frozen[k] for k in c.probes if k in c.frozen}
     if not held:
         return c
     trial = c.derive(frozen={k: v for k, v in c.frozen.items() if k not in held})
     groups = build_groups(trial)
     keep, tested = _trial_cut(groups, held)
-    if not tested:
-        return c
     index = member_index(groups)
     width = functools.partial(kept_width, index, c.sizes, keep=keep)
-    attrs = _candidate_attrs(c, held, width)
-    cut = _capture_cut(model, example_input, traced, groups, keep, c.attr_fixes, attrs, width)
+    attrs = _candidate_attrs(c, held, width) if tested else {}
+    cut = _capture_cut(model, example_input, traced, groups, keep, c.attr_fixes, attrs, width) if tested else None
     passed = _passed(c, traced, cut, tested, held, width) if cut is not None else set()
-    if not passed:
+    frozen = {k: v for k, v in c.frozen.items() if k not in passed}
+    bad = _followers(model, example_input, traced, c, groups, {k for k in held if k not in passed}, frozen)
+    if not passed and not bad:
         return c
     fixes = list(c.attr_fixes)
     for key in sorted(passed):  # the attributes that hold these widths follow them from now on
         for _, _, _, candidates in c.probes[key]:
-            for module, attr in candidates:
-                fix = AttrFix(module, attr, key)
-                if (module, attr) in attrs and fix not in fixes:
+            for cand in candidates:
+                fix = AttrFix(cand[0], cand[1], key, index=cand[2] if len(cand) > 2 else None)
+                if tuple(cand) in attrs and fix not in fixes:
                     fixes.append(fix)
-    frozen = {k: v for k, v in c.frozen.items() if k not in passed}
+    for gi in bad:
+        for m in groups[gi].members:
+            frozen.setdefault(m.key, _FOLLOWED)
     return c.derive(frozen=frozen, attr_fixes=tuple(fixes))
+
+
+_FOLLOWED = ("its width is written as a number into a reshape or split of the exported graph whose own "
+             "dims do not follow it (the number is computed from it, x.shape); capture with torch.fx, "
+             "or pass ignore= for the module")
+
+
+def _followers(model, example_input, traced, c: Coupling, groups, failed: set, frozen) -> list[int]:
+    """Groups that the numbers of the probes still held may be computed from: in an exported
+    graph ``B, N, C = x.shape; y.reshape(B, N, C)`` writes ``x``'s width into ``y``'s dims, which
+    no coupling shows. Each group that can still lose a unit and has a dim as wide as such a
+    number (outside the probed dim's own group) loses one in a cut copy; where the copy fails to
+    capture, or a number moves with it, those groups are frozen."""
+    values = {}
+    for key in failed:
+        for _, _, value, _ in c.probes[key]:
+            values.setdefault(value, set()).add(key)
+    if not values:
+        return []
+    keep, suspects = [np.ones(g.n_units, dtype=bool) for g in groups], []
+    for gi, g in enumerate(groups):
+        free = _free_units(g, frozen)
+        keys = {m.key for m in g.members}
+        if g.reason is None and len(free) >= 2 and any(
+                c.sizes[m.key] in values and not values[c.sizes[m.key]] <= keys and c.is_channel_like(m.key)
+                for m in g.members):
+            keep[gi][free[-1]] = False
+            suspects.append(gi)
+    if not suspects:
+        return []
+    width = functools.partial(kept_width, member_index(groups), c.sizes, keep=keep)
+    cut = _capture_cut(model, example_input, traced, groups, keep, c.attr_fixes, {}, width)
+    if cut is None:
+        return suspects
+    held = {k: c.frozen[k] for k in failed}
+    return _followed(groups, c, suspects, _moved(c, traced, cut, held, width), width)
+
+
+def _free_units(g, frozen) -> np.ndarray:
+    """The units of ``g`` that no frozen member holds."""
+    mask = ~g.frozen_units
+    for m in g.members:
+        if m.key in frozen:
+            mask[m.unit_of] = False
+    return np.nonzero(mask)[0]
+
+
+def _moved(c: Coupling, traced, cut, held, width) -> list[tuple[DimKey, int, int | None]]:
+    """``(key, number, new number)`` of each probed number that changed to something other than
+    its own dim's cut width (None where the node is gone from the cut capture)."""
+    nodes = {n.name: n for n in cut.graph.nodes}
+    out = []
+    for key in held:
+        for name, pos, value, _ in c.probes[key]:
+            new = _spec(nodes[name]) if name in nodes else None
+            if new is None or pos >= len(new):
+                out.append((key, value, None))
+            elif new[pos] not in (value, width(key)):
+                out.append((key, value, new[pos]))
+    return out
+
+
+def _followed(groups, c: Coupling, suspects: list[int], moved, width) -> list[int]:
+    """The suspect groups (cut, other than the probed dim's own) that a moved number follows: a
+    member as wide as the number was, cut to the number it became (any as wide, where unsure)."""
+    bad: set[int] = set()
+    for key, value, new in moved:
+        mine = [gi for gi in suspects if not any(m.key == key for m in groups[gi].members)
+                and any(c.sizes[m.key] == value and c.is_channel_like(m.key) for m in groups[gi].members)]
+        exact = [gi for gi in mine if any(c.sizes[m.key] == value and width(m.key) == new
+                                          for m in groups[gi].members)]
+        bad.update(exact or mine)
+    return sorted(bad)
 
 
 def _trial_cut(groups, held) -> tuple[list[np.ndarray], list]:
@@ -93,8 +169,8 @@ def _capture_cut(model, example_input, traced, groups, keep, fixes, attrs, width
         try:
             source = meta_copy(model) if on_meta else model
             cut = slice_model(source, slices, updates, inplace=on_meta)
-            for (module, attr), value in attrs.items():
-                setattr(cut.get_submodule(module), attr, value)
+            for cand, value in attrs.items():
+                _set_candidate(cut, cand, value)
             cut = trace(cut, to_meta(example_input) if on_meta else example_input)
         except Exception as exc:  # noqa: BLE001 - any failure keeps every probed width frozen
             log.info("surgeon: width probe failed%s (%s: %s)", " on meta" if on_meta else "",
@@ -105,6 +181,17 @@ def _capture_cut(model, example_input, traced, groups, keep, fixes, attrs, width
     return None
 
 
+def _set_candidate(model: nn.Module, cand: tuple, value: int) -> None:
+    """Set attribute ``(module, attr)`` to ``value``, or entry i of a list attribute ``(module, attr, i)``."""
+    mod = model.get_submodule(cand[0])
+    if len(cand) == 2:
+        setattr(mod, cand[1], value)
+        return
+    old = getattr(mod, cand[1])
+    new = [value if i == cand[2] else v for i, v in enumerate(old)]
+    setattr(mod, cand[1], new if type(old) is list else tuple(new))
+
+
 def _passed(c: Coupling, traced, cut, tested, held, width) -> set[DimKey]:
     """The probed dims whose every reshape wrote the cut width in the cut copy's capture."""
     nodes = {n.name: n for n in cut.graph.nodes}
@@ -113,15 +200,29 @@ def _passed(c: Coupling, traced, cut, tested, held, width) -> set[DimKey]:
     for checks in c.probes.values():
         for name, pos, _, _ in checks:
             probed.setdefault(name, set()).add(pos)
+    kept: dict[str, list[tuple[int, int]]] = {}  # node -> probed positions the trial does not move
+    for k, checks in c.probes.items():
+        if k in held:
+            kept_at = [(name, pos, value) for name, pos, value, _ in checks if width(k) == value]
+            for name, pos, value in kept_at:
+                kept.setdefault(name, []).append((pos, value))
     passed = set()
     for g in tested:
         for m in g.members:
             checks = c.probes.get(m.key)
             if checks and m.key in held and all(
                     _follows(old_nodes.get(name), nodes.get(name), pos, probed[name], width(m.key))
-                    for name, pos, _, _ in checks):
+                    and _keeps(nodes.get(name), kept.get(name, ())) for name, pos, _, _ in checks):
                 passed.add(m.key)
     return passed
+
+
+def _keeps(new, kept) -> bool:
+    """Does the cut model's node still write each number the trial did not move?"""
+    if not kept:
+        return True
+    spec = _spec(new) if new is not None else None
+    return spec is not None and all(pos < len(spec) and spec[pos] == value for pos, value in kept)
 
 
 def _candidate_attrs(c: Coupling, held, width) -> dict[tuple[str, str], int]:
@@ -133,7 +234,9 @@ def _candidate_attrs(c: Coupling, held, width) -> dict[tuple[str, str], int]:
         if key not in held:
             continue
         w = width(key)
-        for _, _, _, candidates in checks:
+        for _, _, value, candidates in checks:
+            if w == value:
+                continue  # a width the trial keeps (a sequence as long as the head count) claims nothing
             for ma in candidates:
                 claims.setdefault(tuple(ma), set()).add(w)
     return {ma: next(iter(ws)) for ma, ws in claims.items() if len(ws) == 1}
@@ -153,6 +256,8 @@ def _follows(old, new, pos: int, probed: set[int], width: int) -> bool:
 
 def _spec(node) -> list | None:
     rest = size_spec(node)
+    if rest and isinstance(rest[0], (list, tuple)):  # split_with_sizes(x, [16, 48], dim): entry i is position i
+        rest = list(rest[0]) + rest[1:]
     return rest if all(isinstance(v, int) for v in rest) else None
 
 
@@ -172,11 +277,16 @@ def resolve_reads(model: nn.Module, example_input: Any, traced, c: Coupling) -> 
     candidate groups are frozen with a reason that names the module and the attribute; where
     the trial cut cannot be captured at all (and so proves nothing), ``c`` is returned as it is."""
     known = {(f.module, f.attr) for f in c.attr_fixes}
-    known.update(tuple(ma) for checks in c.probes.values() for _, _, _, cands in checks for ma in cands)
+    known.update(tuple(ma[:2]) for checks in c.probes.values() for _, _, _, cands in checks for ma in cands)
     reads = [(m, a, v) for m, a, v in traced.attr_reads if type(v) is int and v > 1 and (m, a) not in known]
-    scope = _scopes(traced, c, {m for m, _, _ in reads}) if reads else {}
+    lists = [(m, a, v) for m, a, v in traced.attr_reads if type(v) is tuple and (m, a) not in known]
+    scope = _scopes(traced, c, {m for m, _, _ in reads + lists}) if reads or lists else {}
     near = {(m, a): [k for k in scope.get(m) or c.sizes if c.sizes.get(k) == v and k not in c.frozen
                      and c.is_channel_like(k)] for m, a, v in reads}
+    for m, a, v in lists:  # a list surgery does not see used: its widths may only stay as they are
+        widths = {e for e in v if e > 1} | {sum(v)}
+        near[(m, a)] = [k for k in scope.get(m, ()) if c.sizes.get(k) in widths and k not in c.frozen
+                        and c.is_channel_like(k)]
     if not any(near.values()):  # no prunable width as wide as any attribute read: nothing to ask
         return c
     groups = build_groups(c)
@@ -187,13 +297,15 @@ def resolve_reads(model: nn.Module, example_input: Any, traced, c: Coupling) -> 
     keep, unclear = _read_cut(groups, options, lambda k, kp: kept_width(index, c.sizes, k, kp))
     width = functools.partial(kept_width, index, c.sizes, keep=keep)
     tried = {ma: o for ma, o in options.items() if ma not in unclear}
-    chosen, failed = _search(model, example_input, traced, c, groups, keep, width, tried) if tried else ({}, [])
+    fixed = {(m, a) for m, a, _ in lists}
+    chosen, failed = _search(model, example_input, traced, c, groups, keep, width, tried, fixed) \
+        if tried else ({}, [])
     if chosen is None:
         return c
     fixes = list(c.attr_fixes)
     fixes.extend(AttrFix(module, attr, key) for (module, attr), key in chosen.items() if key is not None)
     frozen = dict(c.frozen)
-    values = {(m, a): v for m, a, v in reads}
+    values = {(m, a): v for m, a, v in reads + lists}
     for module, attr in list(failed) + sorted(unclear):
         why = "a trial cut cannot tell which width it follows" if (module, attr) in unclear else \
             "no width it could follow passes a trial cut"
@@ -284,18 +396,20 @@ def _scopes(traced, c: Coupling, paths: set[str]) -> dict[str, list[DimKey]]:
     return out
 
 
-def _search(model, example_input, traced, c, groups, keep, width, options):
+def _search(model, example_input, traced, c, groups, keep, width, options, fixed=frozenset()):
     """Try settings of the attributes on the trial cut until one captures to the same graph.
     Returns ({(module, attr): dim or None (left as it is)}, [(module, attr) nothing fits]), or
     (None, []) where the trial cut proves nothing (it fails somewhere no attribute under test
     lives). An attribute that nothing fits is left as it is and its groups are not cut again."""
     names = list(options)
-    idx = {ma: 0 for ma in names}  # index into options + [None]
+    # index into [None] + options: left as it is first, so that a number no shape depends on
+    # (T5's model_dim, a scale factor as wide as its heads by chance) is not taken for a width
+    idx = {ma: 0 for ma in names}
     failed: list = []
     where = {"meta": True}
     keep = list(keep)
     for _ in range(min(_MAX_TRIALS, 2 + sum(len(o) + 1 for o in options.values()))):
-        setting = {ma: (options[ma][idx[ma]][1] if idx[ma] < len(options[ma]) else None) for ma in names}
+        setting = {ma: (options[ma][idx[ma] - 1][1] if idx[ma] else None) for ma in names}
         ok, stack = _trial(model, example_input, traced, c, groups, keep, width, setting, where)
         if ok:
             return {ma: k for ma, k in setting.items() if ma not in failed}, failed
@@ -304,9 +418,9 @@ def _search(model, example_input, traced, c, groups, keep, width, options):
             return None, []
         ma = culprits[0]
         idx[ma] += 1
-        if idx[ma] > len(options[ma]):  # no setting fits: left as it is, its groups kept whole
+        if idx[ma] > len(options[ma]) or ma in fixed:  # nothing fits (a list: only as it is): kept whole
             failed.append(ma)
-            idx[ma] = len(options[ma])
+            idx[ma] = 0
             for gi, _ in options[ma]:
                 keep[gi] = np.ones_like(keep[gi])
             width = functools.partial(width.func, *width.args, **{**width.keywords, "keep": keep})

@@ -130,10 +130,15 @@ def slice_model(model: nn.Module, slices: Sequence[Slice], attrs: Sequence[AttrU
     touched = _cut_tensors(mods, by_tensor, olds, inplace)
     for a in attrs:
         mod = mods[a.module] if a.module in mods else target.get_submodule(a.module)
-        setattr(mod, a.attr, tuple(a.new) if isinstance(a.new, list) else a.new)
+        old = getattr(mod, a.attr, None)  # a list attribute stays a list (split sizes), others become tuples
+        setattr(mod, a.attr, (list if type(old) is list else tuple)(a.new) if isinstance(a.new, list) else a.new)
     _drop_layers(target, mods, drops)
-    for a in config:  # the copy's own config object (deep-copied with the model)
-        setattr(getattr(target, a.module), a.attr, a.new)
+    for a in config:  # the copy's own config object (deep-copied with the model); "vision_config.x": nested
+        owner = getattr(target, a.module)
+        *path, field = a.attr.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        setattr(owner, field, a.new)
     fixers: dict[type, Any] = {}
     for mod in touched.values():
         cls = type(mod)

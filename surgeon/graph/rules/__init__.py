@@ -14,6 +14,6 @@ dimension it touches is frozen with the reason, and the rest of the model is sti
 
 from .base import RULES, RuleContext, describe_target, lookup, register  # noqa: F401
 from . import conv, elementwise, linear, norm, shape, width, pooling, attention, torchvision_ops, moe, recurrent  # noqa: E402,F401
-from . import aten_views, aten_creation, aten_index, aten_reduce  # noqa: E402,F401
+from . import aten_views, aten_creation, aten_index, aten_reduce, like  # noqa: E402,F401
 
 __all__ = ["register", "lookup", "RuleContext", "RULES", "describe_target"]

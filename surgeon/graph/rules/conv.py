@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import RuleContext, register
+from .grouped import couple_group_positions, split_into_groups
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -32,6 +33,8 @@ def couple_conv(ctx: RuleContext, x, weight, bias, groups: int, transposed: bool
     if groups == 1:
         ctx.eq(ctx.v(x, cdim), weight(w_in))
         ctx.eq(ctx.out(cdim), weight(w_out))
+    elif not transposed and split_into_groups(ctx, groups):  # ResNeSt: a position of every group
+        couple_group_positions(ctx, x, cdim, weight, groups)
     else:
         slot = ctx.virtual("groups", groups)
         ctx.blocks(ctx.v(x, cdim), slot, cin // groups)

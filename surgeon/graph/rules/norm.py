@@ -43,6 +43,16 @@ def batch_norm_fn(ctx: RuleContext) -> None:
     names = ("running_mean", "running_var", "weight", "bias")
     vals = [ctx.arg(i + 1, n) for i, n in enumerate(names)]
     couple_channel_norm(ctx, ctx.arg(0), [ctx.v(v, 0) for v in vals if v is not None])
+    if ctx.arg(5, "training", False) or vals[0] is None:
+        _batch_statistics(ctx, ctx.arg(0))
+
+
+def _batch_statistics(ctx: RuleContext, x) -> None:
+    """Statistics taken from the input itself (training mode, or no running statistics: weight
+    standardisation) reduce over every dim but the channels': removing indices there changes them."""
+    for d in range(len(ctx.shape(x))):
+        if d != _channel_dim(ctx, x):
+            ctx.inexact(ctx.v(x, d), "normalised over this dim (batch statistics)")
 
 
 @register(torch.ops.aten.batch_norm, torch.ops.aten._native_batch_norm_legit_no_training,
@@ -61,6 +71,8 @@ def batch_norm_aten(ctx: RuleContext) -> None:  # (input, weight, bias, running_
     for v in vals:
         if v is not None:
             ctx.eq(c, ctx.v(v, 0))
+    if ctx.node.target is torch.ops.aten.batch_norm.default and (ctx.arg(5, "training") or vals[2] is None):
+        _batch_statistics(ctx, x)
 
 
 def couple_trailing_norm(ctx: RuleContext, x, n_norm: int, weight, bias) -> None:

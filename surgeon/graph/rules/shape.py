@@ -14,9 +14,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ...slicing.fixers import has_fixer
 from .aten_index import couple_index
 from .base import RuleContext, register
+from .sizes_attr import find_attr as _find_attr, sizes_from_attr, split_sizes_attr
 from .width import depends_on_width, follow_size, reads_sizes, stacked_whole, unbind_count, whole_unbind
 
 aten = torch.ops.aten
@@ -117,6 +117,9 @@ def split(ctx: RuleContext) -> None:
             for module, attr in found:
                 ctx.attr_fix(module, attr, pieces[0])
             return
+    if isinstance(size_arg, (list, tuple)) and ctx.c.is_channel_like(ctx.v(x, dim)) \
+            and split_sizes_attr(ctx, pieces, size_arg):
+        return
     depends_on_width(ctx, [ctx.v(x, dim)], dim, "split sizes are written in the code")
 
 
@@ -367,12 +370,14 @@ def _check_sizes(ctx: RuleContext, spec: list, what: str = "reshape", first: int
         if isinstance(item, int):
             if item == -1:
                 continue
-            found = _find_attr(ctx, item)
+            # an int attribute as wide, and a tuple of all the sizes that forward read (MetaFormer's
+            # ``scale.view(self.shape)`` beside its ``dim``): both follow the width
+            found = _find_attr(ctx, item) + sizes_from_attr(ctx, size_spec(ctx.node), d - first)
             if ctx.traced.mode == "export":  # every size is a number there: ask the model
                 _probe(ctx, key, d - first, item, found, f"{what} hard-codes width {item}")
             elif found:
-                for module, attr in found:
-                    ctx.attr_fix(module, attr, key)
+                for module, attr, *index in found:  # (module, attr, i): entry i of a tuple attribute
+                    ctx.attr_fix(module, attr, key, index=index[0] if index else None)
             else:
                 depends_on_width(ctx, [key], d, f"{what} hard-codes width {item}")
         elif isinstance(item, fx.Node):
@@ -382,6 +387,11 @@ def _check_sizes(ctx: RuleContext, spec: list, what: str = "reshape", first: int
                 whole, others = ctx.splits[key]
                 if k == others and ctx.c.uf.find(ctx.v(t, dim)) == ctx.c.uf.find(whole):
                     continue  # width // groups of the very dim being split: follows pruning
+                earlier = _split_carrier(ctx, ctx.v(t, dim), k, ctx.c.sizes[key])
+                if earlier is not None:  # width // radix of a dim split the same way before
+                    n = ctx.c.sizes[key]
+                    ctx.rel(key, earlier, np.arange(n), np.arange(n))
+                    continue
             if isinstance(ref, tuple) and isinstance(ref[0], fx.Node) and key in ctx.merges \
                     and _undoes_split(ctx, key, ctx.v(ref[0], ref[1])):
                 continue  # merging back to the width of the dim that was split: follows pruning
@@ -407,6 +417,14 @@ def _probe(ctx: RuleContext, key, pos: int, value: int, candidates, reason: str)
     ctx.c.probes.setdefault(key, []).append((ctx.node.name, pos, value, tuple(candidates)))
 
 
+def _split_carrier(ctx: RuleContext, whole, others: int, size: int):
+    """The carrier of an earlier split of ``whole``'s class into ``others`` x ``size`` (split
+    attention reshapes a conv's output and its attention weights to ``radix x C`` alike)."""
+    find = ctx.c.uf.find
+    return next((c for w, c, o in ctx.c.splits if find(w) == find(whole) and o == others
+                 and ctx.c.sizes[c] == size), None)
+
+
 def _undoes_split(ctx: RuleContext, merged, source) -> bool:
     """Is ``merged`` a merge whose carrier and other factors are those of an earlier split of a
     dim in ``source``'s class? Then both widths are ``others x kept(carrier)``."""
@@ -414,26 +432,6 @@ def _undoes_split(ctx: RuleContext, merged, source) -> bool:
     find = ctx.c.uf.find
     return any(find(c) == find(carrier) and find(w) == find(source) and o == others
                for w, c, o in ctx.c.splits)
-
-
-def _find_attr(ctx: RuleContext, value: int) -> list[tuple[str, str]]:
-    """Integer attributes equal to ``value`` on the innermost module that has any."""
-    stack = ctx.node.meta.get("nn_module_stack") or {}
-    paths = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
-    model = ctx.traced.model
-    for path in list(reversed(paths)) + [""]:
-        try:
-            mod = model.get_submodule(path)
-        except AttributeError:
-            continue
-        if ctx.traced.mode == "export" and has_fixer(mod):
-            return []  # surgery sets this module's widths from its tensors; export sizes are shapes
-        hits = [(path, a) for a, v in vars(mod).items()
-                if type(v) is int and v == value and not a.startswith("_") and a != "training"
-                and not a.endswith(("idx", "index", "_id"))]  # positions, not widths
-        if hits:
-            return hits
-    return []
 
 
 # call target (an ATen overload packet) -> position of the sizes it is called with, for ops whose
@@ -471,7 +469,7 @@ def view(ctx: RuleContext) -> None:
 
 
 @register(torch.flatten, "method:flatten", nn.Flatten, torch.squeeze, torch.unsqueeze, "method:squeeze",
-          "method:unsqueeze", "method:view_as", "method:reshape_as", aten.flatten, aten.squeeze,
+          "method:unsqueeze", aten.flatten, aten.squeeze,
           aten.unsqueeze, torch.ravel, "method:ravel", aten.squeeze_copy, aten.view_copy)
 def regroup_only(ctx: RuleContext) -> None:
     regroup(ctx, ctx.arg(0))
@@ -540,7 +538,7 @@ def permute(ctx: RuleContext) -> None:
 
 
 @reads_sizes
-@register("method:expand", "method:expand_as", torch.broadcast_to, "method:broadcast_to", aten.expand)
+@register("method:expand", torch.broadcast_to, "method:broadcast_to", aten.expand)
 def expand(ctx: RuleContext) -> None:
     """Broadcast; a size written for a dim that is not broadcast must follow its width (an
     ``expand(1, 16, h, w)`` of a pruned 16-channel tensor fails)."""
