@@ -3,6 +3,7 @@ options -> analyze -> score -> plan (-> land: apply, measure, re-aim) -> compens
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -33,13 +34,19 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
          criterion: str | Criterion = "l2", round_to: int | str | None = "auto",
          ignore: Iterable = (), min_keep: int | float = 0.1, uniform: bool | None = None,
          layers: bool = False, analysis: Analysis | None = None, data: Iterable | None = None,
-         loss_fn: Callable | None = None, runtime: str | None = None, verify: bool = False) -> Plan:
+         loss_fn: Callable | None = None, runtime: str | None = None, verify: bool = False,
+         weights: str | os.PathLike | None = None) -> Plan:
     """Decide what to remove so that ``target`` of the cost remains; the model is not touched.
 
     ``data`` (an iterable of batches) and ``loss_fn(output, target)`` feed the data-aware
     criteria (``"taylor"``, ``"fisher"``, ``"activation"``); see :func:`shrink`. With
     ``verify=True`` the plan is applied to a copy and measured by the independent counter,
     re-aimed as :func:`shrink` does, and the plan that lands closest is returned.
+
+    ``weights`` (a Hugging Face checkpoint folder of safetensors shards) plans a model built on
+    the meta device from the tensors in those files, read one at a time (criteria ``l2``,
+    ``l1``, ``activation``, ``random``): the same plan, without the weights in memory (see
+    :mod:`surgeon.sharded`; :func:`surgeon.apply_checkpoint` applies it shard by shard).
 
     >>> import torch, surgeon
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3))
@@ -53,6 +60,11 @@ def plan(model: nn.Module, example_input: Any, target: float = 0.5, *, metric: s
                           loss_fn=loss_fn, runtime=runtime, verify=verify)
     example_input = capture_input(model, example_input)  # a Hugging Face model's cache off, in the call
     with _walks.shared():
+        if weights is not None:  # a model on the meta device, its values in the files
+            from .sharded.plan import prepare
+            a, crit = prepare(model, example_input, cfg, weights, analysis)
+            scores, layers_by = _scores(crit, model, a, cfg.data, example_input)
+            return Planner(a, crit, tuple(scores), cfg, cfg.metric_name, layers_by)(cfg.target)
         planner = Planner.prepare(model, example_input, cfg, analysis)
         if verify:
             return land(model, example_input, cfg, planner.analysis, planner).plan

@@ -128,9 +128,11 @@ def _meta_input(x: Any) -> bool:
     return False
 
 
-_MATERIALISE = ("Planning a model on the meta device comes with the sharded-model support; until "
-                "then materialise the weights first, e.g. model.to_empty(device='cpu') followed by "
-                "model.load_state_dict(state_dict) (or load the checkpoint without device='meta' / "
+_MATERIALISE = ("To plan a model on the meta device, pass its checkpoint folder: surgeon.plan(model, x, "
+                "weights='path/to/checkpoint') reads the values from the safetensors shards (see "
+                "surgeon.sharded); otherwise materialise the weights first, e.g. "
+                "model.to_empty(device='cpu') followed by model.load_state_dict(state_dict) (or load the "
+                "checkpoint without device='meta' / "
                 "init_empty_weights), and pass a real example input")
 
 
