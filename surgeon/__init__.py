@@ -14,10 +14,13 @@ from .errors import OffTargetWarning, PlanError, SurgeonError, SurgeonWarning, S
 from .graph.groups import PruneGroup, UnitKind
 from .graph.trace import trace
 from .planning.plan import Plan
+from .sharded import apply_checkpoint
+from .recover import recover
+from .search import search
 from .viz import visualize
 
 __all__ = [
-    "shrink", "plan", "apply", "trace", "analyze", "verify", "criteria", "exporters", "visualize",
+    "shrink", "plan", "apply", "apply_checkpoint", "trace", "analyze", "verify", "criteria", "exporters", "visualize", "recover", "search",
     "Plan", "PruneGroup", "UnitKind", "Analysis",
     "SurgeonError", "TraceError", "SurgeryError", "PlanError", "SurgeonWarning", "OffTargetWarning",
 ]

@@ -558,6 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --int8: quantize every supported node instead of timing each in both precisions")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.set_defaults(run=cmd_export)
+    from .cli_apply import add_apply  # surgeon apply PLAN IN_DIR OUT_DIR (a checkpoint, shard by shard)
+    add_apply(sub)
+    from .cli_recover import add_recover  # surgeon recover SMALL --data FILE --out PATH (distillation)
+    add_recover(sub)
     return ap
 
 

@@ -91,7 +91,7 @@ class _Order:
     def __init__(self, a: Analysis, scores: Sequence[np.ndarray], cost: CostModel,
                  round_to: int | None, min_keep: int | float, cost_weight: float = 0.0,
                  bundles: Sequence[Sequence[int]] = (), per: CostModel | None = None,
-                 bundle_units: Sequence[Sequence[int]] = ()):
+                 bundle_units: Sequence[Sequence[int]] = (), group_weight: Sequence[float] | None = None):
         self.a = a
         groups = a.groups
         self.n_groups = len(groups)
@@ -110,6 +110,8 @@ class _Order:
             cap[gi] = g.n_units - max(self.floor[gi], int(g.frozen_units.sum()))
         sizes = np.array([groups[gi].n_units for gi in live], dtype=np.int64)
         prio = _priorities(groups, live, sizes, scores, marg, mean_cost, cost_weight, per)
+        if group_weight is not None and live:  # a searched allocation: group g's units rank w[g] times higher
+            prio = prio * np.repeat(np.asarray(group_weight, dtype=np.float64)[live], sizes)
         frozen = np.concatenate([groups[gi].frozen_units for gi in live]) if live else np.zeros(0, bool)
         at = np.flatnonzero(~frozen & np.isfinite(prio))
         first = np.cumsum(sizes) - sizes
@@ -310,7 +312,7 @@ def _rank_in_group(gs: np.ndarray) -> np.ndarray:
 def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
           round_to: int | None = None, min_keep: int | float = 0.1, rank_by: str | None = None,
           cost_weight: float = 0.0, bundles: Sequence[Sequence[int]] = (),
-          per_target: bool = False) -> list[np.ndarray]:
+          per_target: bool = False, group_weight: Sequence[float] | None = None) -> list[np.ndarray]:
     """Keep-masks, one per group, whose cost is as close as possible to ``target`` x base.
 
     Units are ranked by score / cost_per_unit ** ``cost_weight``, the cost being ``rank_by``'s
@@ -318,12 +320,14 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
     not only what is counted); ``cost_weight=0`` (the default) ranks by score alone. With
     ``per_target`` the cost is ``rank_by``'s per unit of ``metric``'s (milliseconds per FLOP,
     each relative to its mean): at a fixed FLOPs count, what runs slowest for its FLOPs goes first.
-    Groups of one bundle (repeated layers that must keep one width) lose units in step."""
+    Groups of one bundle (repeated layers that must keep one width) lose units in step.
+    ``group_weight`` (one positive factor per group) multiplies the priorities of a group's units,
+    so that group keeps more (> 1) or less (< 1): how :mod:`surgeon.search` imposes an allocation."""
     cost = a.cost(metric)
     goal = target * cost.base
     order = _Order(a, scores, a.cost(rank_by) if rank_by else cost, round_to, min_keep, cost_weight,
                    bundles or a.bundles, cost if per_target and rank_by else None,
-                   () if bundles else a.bundle_units)
+                   () if bundles else a.bundle_units, group_weight)
     n = len(order)
     if target >= 1.0:
         return a.full_keep()
