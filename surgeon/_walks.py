@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["shared", "modules", "parameters", "remember", "settle"]
+__all__ = ["shared", "modules", "module_list", "parameters", "remember", "settle"]
 
 _SHARED: ContextVar[dict | None] = ContextVar("surgeon_walks", default=None)
 
@@ -57,6 +57,11 @@ def _remembered(model: nn.Module, what: str, walk) -> dict:
 def modules(model: nn.Module) -> dict[str, nn.Module]:
     """``dict(model.named_modules(remove_duplicate=False))``, walked once per shared block."""
     return _remembered(model, "modules", lambda: dict(model.named_modules(remove_duplicate=False)))
+
+
+def module_list(model: nn.Module) -> list[nn.Module]:
+    """``list(model.modules())`` (each module once, in walk order), walked once per shared block."""
+    return _remembered(model, "module_list", lambda: list({id(m): m for m in modules(model).values()}.values()))
 
 
 def parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:

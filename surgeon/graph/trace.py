@@ -141,6 +141,30 @@ class _Tracer(fx.Tracer):
             return {}
         return super().create_arg(a)
 
+    def call_module(self, m: nn.Module, forward, args: tuple, kwargs: dict) -> Any:
+        """``Tracer.call_module`` without its ``ScopeContextManager``, which saves the scope with
+        ``copy.copy`` (through ``__reduce_ex__``) on every module call: a tenth of the capture of a
+        deep model. The scope and the module stack are set and taken back exactly as there."""
+        name = self.path_of_module(m)
+        scope = self.scope
+        prev = scope.module_path, scope.module_type
+        scope.module_path, scope.module_type = name, type(m)
+        try:
+            calls = self.num_calls.get(name, 0)
+            key = f"{name}@{calls}" if calls > 0 else name
+            self.module_stack[key] = (name, type(m))
+            self.num_calls[name] = calls + 1
+            if self.is_leaf_module(m, name):
+                out = self.create_proxy("call_module", name, args, kwargs)
+            else:
+                out = forward(*args, **kwargs)
+            popped, _ = self.module_stack.popitem(last=True)
+            if popped != key:
+                raise AssertionError(f"Unexpected key {popped}, expected {key}")
+        finally:
+            scope.module_path, scope.module_type = prev
+        return out
+
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
         """``TracerBase.create_node`` for plain symbolic tracing, without what only other uses need
         (mutation checks, preserved export metadata, recorded stack traces, the deprecated scope
@@ -153,6 +177,8 @@ class _Tracer(fx.Tracer):
         never makes, and that walk was a fifth of the capture on deep models."""
         if self.check_mutable_operations or self.record_stack_traces or fx_traceback.has_preserved_node_meta():
             return super().create_node(kind, target, args, kwargs, name, type_expr)
+        if name is None and type(target) is str and target.islower() and not target.startswith("__"):
+            name = target  # what Graph._target_to_str makes of it (its regex finds no camelCase)
         node = self.graph.create_node(kind, target, None, None, name, type_expr)
         if args:
             node.args = args
@@ -275,7 +301,7 @@ def try_trace(model: nn.Module, example_input: Any) -> tuple[Traced | None, list
 def _trace(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Traced | None, list[str], list[str]]:
     """The capture, with whatever it writes into ``model`` taken back; where the cold capture
     writes state, the model is warmed up by one real forward and captured again."""
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(model, _walks.module_list(model)), torch.enable_grad():
         with untouched(model) as snap:
             traced, errors, stack = _capture(model, args, kwargs)
             written = snap.changes()
