@@ -266,7 +266,7 @@ class ReadRecorder:
 
     def reads(self) -> tuple[tuple[str, str, Any], ...]:
         """(module path, attribute, value) of every recorded read, in a stable order."""
-        names = {id(m): n for n, m in self.model.named_modules(remove_duplicate=False)}
+        names = {id(m): n for n, m in _walks.modules(self.model).items()}
         out = set()
         for ident, k in self.log:
             path = names.get(ident)

@@ -95,7 +95,7 @@ class Traced:
         if self._tensors is None:
             root = _root(self.gm)
             self._tensors = dict(_walks.parameters(root))
-            self._tensors.update(root.named_buffers(remove_duplicate=False))
+            self._tensors.update(_walks.buffers(root))
         return self._tensors
 
 
@@ -356,7 +356,7 @@ def _keep_state(gm: _FxCapture, model: nn.Module) -> None:
     """Tensors a warmed-up model holds in plain attributes (its cached state, which the snapshot
     takes back) are kept beside the capture, as fx's own constants are."""
     registered = {id(t) for t in _walks.parameters(model).values()}
-    registered.update(id(t) for _, t in model.named_buffers(remove_duplicate=False))
+    registered.update(id(t) for _, t in model.named_buffers(remove_duplicate=False))  # after the warm-up
     for n in gm.graph.nodes:
         if n.op != "get_attr" or n.target in gm.constants:
             continue
