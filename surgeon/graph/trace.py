@@ -57,6 +57,18 @@ class Traced:
     # (module path, attribute, value); widths a graph may never show (``assert x.shape[1] == self.c``)
     attr_reads: tuple = ()
     warmed: bool = False  # captured after one real forward (the model writes state on its first call)
+    # a partial capture (see surgeon.graph.partial): the submodules captured, and those with
+    # parameters left to opaque code; empty for a whole-model capture
+    parts: tuple = ()
+    opaque: tuple = ()
+
+    def same_output(self, shapes: Any) -> bool:
+        """Whether a model's output ``shapes`` (as :func:`shapes_of` gives them) match the capture's.
+        After a partial capture the opaque code may keep a data-dependent count of rows (a
+        detector's boxes), so there the first dim of each tensor is not compared."""
+        if not self.parts:
+            return shapes == self.reference_shapes
+        return _loose(shapes) == _loose(self.reference_shapes)
 
     @property
     def graph(self) -> fx.Graph:
@@ -189,6 +201,17 @@ class _Tracer(fx.Tracer):
         return node
 
 
+def _loose(shapes: Any) -> Any:
+    """``shapes`` with the first dim of every tensor shape left out."""
+    if isinstance(shapes, tuple) and all(isinstance(d, int) for d in shapes):
+        return ("*",) + shapes[1:] if shapes else shapes
+    if isinstance(shapes, (tuple, list)):
+        return type(shapes)(_loose(v) for v in shapes)
+    if isinstance(shapes, dict):
+        return {k: _loose(v) for k, v in shapes.items()}
+    return shapes
+
+
 def _root(gm: Any) -> nn.Module:
     """The module a capture's node targets name: the user's model (fx) or the GraphModule (export)."""
     return gm.root if isinstance(gm, _FxCapture) else gm
@@ -279,6 +302,8 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = normalize_inputs(example_input)
     traced, errors, _ = _trace(model, args, kwargs)
+    if traced is None:  # the largest submodules that capture, the code between them opaque
+        traced = _partial(model, args, kwargs, errors)
     if traced is not None:
         return traced
     with eval_mode(model), untouched(model):
@@ -288,6 +313,26 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
         "\nWhat to do: make the failing code traceable (torch.fx.wrap a helper with data-dependent "
         "control flow, or keep it in a leaf module), or pass an example input that avoids the branch."
     ) from None
+
+
+def _partial(model: nn.Module, args: tuple, kwargs: dict, errors: list[str]) -> Traced | None:
+    """:func:`surgeon.graph.partial.partial_capture` as a :class:`Traced` (whatever its real run
+    writes into ``model`` taken back), or None where no part captures."""
+    from .partial import partial_capture
+
+    with eval_mode(model, _walks.module_list(model)), untouched(model):
+        try:
+            got = partial_capture(model, args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - the whole-model errors say what fails
+            errors.append(f"partial: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}")
+            return None
+    if got is None:
+        return None
+    gm, info, out = got
+    log.info("surgeon: %s captured in %d parts (%s); opaque: %s", type(model).__name__, len(gm.parts),
+             ", ".join(p.path for p in gm.parts), ", ".join(gm.opaque) or "nothing with parameters")
+    return Traced(model=model, gm=gm, mode="fx", info=info, output_shape=_describe(out),
+                  reference_shapes=shapes_of(out), plain=False, parts=gm.parts, opaque=gm.opaque)
 
 
 def try_trace(model: nn.Module, example_input: Any) -> tuple[Traced | None, list[str]]:
