@@ -135,3 +135,44 @@ def test_detector_shrinks_to_target_with_every_part_zero_invariant(detector):
         for a, b in zip(want[p], have[p]):
             assert a.shape == b.shape
             assert max_rel_error(a, b) < 1e-4, f"part {p} differs from the zeroed original"
+
+
+class RoutedMoE(nn.Module):
+    """Index-routed top-k experts, as in the Mixtral reference code (``../shared/repros/moe_topk.py``)."""
+
+    def __init__(self, d=64, h=128, n_experts=4, k=2):
+        super().__init__()
+        self.router, self.k = nn.Linear(d, n_experts), k
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, d))
+                                     for _ in range(n_experts))
+
+    def forward(self, x):
+        w, idx = self.router(x).softmax(-1).topk(self.k, dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            tok, slot = (idx == e).nonzero(as_tuple=True)
+            if tok.numel() == 0:
+                continue
+            out.index_add_(0, tok, expert(x[tok]) * w[tok, slot, None])
+        return out
+
+
+def test_index_routed_moe_prunes_expert_widths_for_any_routing():
+    torch.manual_seed(0)
+    model, x = RoutedMoE().eval(), torch.randn(32, 64)
+    plan = surgeon.plan(model, x, target=0.5, verify=True)
+    small = surgeon.apply(model, plan)
+    assert abs(count_flops(small, x) / count_flops(model, x) - 0.5) <= 0.01
+    widths = [e[0].out_features for e in small.experts]
+    assert all(w < 128 for w in widths), widths  # every expert got narrower
+    assert small.router.out_features == 4  # the router, crossing opaque routing code, keeps its experts
+    zeroed = _zero_removed(model, plan)
+    other = torch.randn(48, 64) * 3  # routed differently from the example batch
+    with torch.no_grad():
+        _, idx_x = model.router(x).topk(2, dim=-1)
+        _, idx_o = model.router(other).topk(2, dim=-1)
+        assert not torch.equal(torch.bincount(idx_x.flatten(), minlength=4) / len(x),
+                               torch.bincount(idx_o.flatten(), minlength=4) / len(other))
+        for batch in (x, other):
+            assert max_rel_error(zeroed(batch), small(batch)) < 1e-5
+        assert max_rel_error(model(other), zeroed(other)) > 1e-3
