@@ -6,7 +6,10 @@ model and engine: whether it ran, the FLOPs kept (``FlopCounterMode`` on the who
 same count for both), whether the output keeps its structure (the same fields per image; the
 boxes' count may differ) and the wall time.
 
-* ours:   ``surgeon.shrink(model, images, target=0.5)``; the parts it captured are printed.
+* ours:   ``surgeon.shrink(model, images, target=0.5)``; the parts it captured are printed. Its
+  landing counts FLOPs at the dense model's workload (each part on the inputs it had; see
+  ``surgeon.graph.partial``), also printed: a detector's heads run once per box it keeps, and
+  with random weights a pruned model may keep another number of boxes than the dense one.
 * theirs: Torch-Pruning ``MetaPruner`` with ``GroupMagnitudeImportance(p=2)`` at
   ``pruning_ratio=0.5`` (channel ratio: it does not aim at a FLOPs target), the last layer of every
   head in ``ignored_layers`` as its detection examples do.
@@ -51,7 +54,8 @@ def ours(model, x) -> dict:
     plan = surgeon.plan(model, x, target=0.5, verify=True)
     small = surgeon.apply(model, plan)
     seconds = time.perf_counter() - t0
-    return {"model": small, "seconds": seconds, "parts": dict(plan.extra).get("captured_parts", "whole")}
+    return {"model": small, "seconds": seconds, "parts": dict(plan.extra).get("captured_parts", "whole"),
+            "workload": plan.ratio}
 
 
 def _heads(model) -> list:
@@ -97,8 +101,9 @@ def run(name: str, engine, x_model) -> str:
     except Exception as exc:  # noqa: BLE001 - a failure is a row of the table
         return f"FAILS ({type(exc).__name__}: {str(exc).splitlines()[0][:90] if str(exc) else ''})"
     ok = same and abs(kept - 0.5) <= 0.01
-    return f"{'ok' if ok else 'off'} kept {kept:.4f} fields {'same' if same else 'CHANGED'} {r['seconds']:.0f} s" + (
-        f" parts: {r['parts']}" if r["parts"] else "")
+    at = f" (at the dense workload {r['workload']:.4f})" if "workload" in r else ""
+    return (f"{'ok' if ok else 'off'} kept {kept:.4f}{at} fields {'same' if same else 'CHANGED'} "
+            f"{r['seconds']:.0f} s" + (f" parts: {r['parts']}" if r["parts"] else ""))
 
 
 def main(argv=None) -> None:

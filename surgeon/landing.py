@@ -154,6 +154,8 @@ def _verify_runs(a: Analysis, small: nn.Module, example_input: Any, p: Plan) -> 
             flops, got = known[0], shapes_of(known[1])
         else:
             flops, got = measure(small, example_input)
+            if a.traced.parts:  # a partial capture: counted at the dense model's workload
+                flops = a.traced.gm.flops(small)
     except Exception as exc:  # noqa: BLE001 - reported with context below
         raise SurgeryError(_failure(small, example_input, p, exc)) from exc
     if not a.traced.same_output(got):

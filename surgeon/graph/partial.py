@@ -50,10 +50,28 @@ class PartialCapture(_FxCapture):
     targets are qualified names in it), as an fx capture has it, and which parts it holds."""
 
     def __init__(self, root: nn.Module, graph: fx.Graph, constants: dict[str, Any], parts: tuple[Part, ...],
-                 opaque: tuple[str, ...]):
+                 opaque: tuple[str, ...], calls: dict[str, tuple], opaque_flops: int):
         super().__init__(root, graph, constants)
         self.parts = parts
         self.opaque = opaque  # submodules with parameters left out of every part
+        self._calls = calls  # part path -> the (args, kwargs) it was called with on the example
+        self.opaque_flops = opaque_flops
+
+    def flops(self, model: nn.Module) -> int:
+        """FLOPs of ``model`` (this capture's model, or a pruned copy of it) at the example's
+        workload: every part run on the inputs it had in the capture (the widths that cross opaque
+        code are kept, so they still fit), plus the opaque code's FLOPs. Where opaque code decides
+        how much work a part does (a detector's heads run once per box it keeps), a pruned model's
+        own forward may do more or less work than the dense one did; this count compares the two
+        at the same work, as the planner's cost model does."""
+        total = self.opaque_flops
+        with torch.no_grad():
+            for part in self.parts:
+                a, kw = self._calls[part.path]
+                with FlopTally() as tally:
+                    model.get_submodule(part.path)(*a, **kw)
+                total += int(tally.count)
+        return total
 
 
 class _Wrap(nn.Module):
@@ -197,8 +215,10 @@ def partial_capture(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Partia
     if not found:
         return None
     graph, info, constants, parts = _join(found)
-    info["<opaque>"] = NodeInfo(shape=None, flops=max(0, whole - sum(i.flops for i in info.values())))
-    return PartialCapture(model, graph, constants, parts, tuple(opaque)), info, out
+    rest = max(0, whole - sum(i.flops for i in info.values()))
+    info["<opaque>"] = NodeInfo(shape=None, flops=rest)
+    inputs = {path: calls[id(model.get_submodule(path))][0][:2] for path, *_ in found}
+    return PartialCapture(model, graph, constants, parts, tuple(opaque), inputs, rest), info, out
 
 
 def _join(found: list) -> tuple[fx.Graph, dict[str, NodeInfo], dict[str, Any], tuple[Part, ...]]:
