@@ -7,8 +7,8 @@ runs the model once for real (eval mode, no autograd; whatever it writes is take
 the inputs of every submodule call, and captures top-down: a submodule with parameters that was
 called exactly once, whose own submodules run only inside that call, is captured with fx on the
 inputs it was given (lists and dicts of tensors flattened into one placeholder per tensor); where
-that fails, its children are tried. Submodules with no parameters are never parts: there is
-nothing in them to prune.
+that fails, its children are tried. Submodules with no parameters are never parts, nor is a part
+of one op (a lone Linear): with its inputs and outputs kept, nothing in them could be pruned.
 
 The parts are joined into one graph, which the rest of the pipeline reads like any fx capture.
 Each part's inputs are placeholders and its outputs leave through the graph's output, so the
@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from .flops import FlopTally, NodeInfo, _describe, _propagate
-from .trace import _FxCapture, _Tracer
+from ._fxcapture import _FxCapture, _Tracer
 
 __all__ = ["Part", "partial_capture", "PartialCapture"]
 
@@ -165,6 +165,10 @@ class _Rooted:
         return getattr(self.root, name)
 
 
+def _inner_ops(graph: fx.Graph) -> int:
+    return sum(n.op in ("call_module", "call_function", "call_method") for n in graph.nodes)
+
+
 def _has_params(mod: nn.Module) -> bool:
     return any(True for _ in mod.parameters())
 
@@ -202,7 +206,8 @@ def partial_capture(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Partia
         if path and _alone(mod, calls):
             got = _capture_part(mod, calls[id(mod)][0])
             if got is not None:
-                found.append((path, *got))
+                if _inner_ops(got[0]) > 1:  # one op alone has no width of its own to prune: leave it opaque
+                    found.append((path, *got))
                 return
         children = list(mod.named_children())
         direct = any(True for _ in mod.parameters(recurse=False))
