@@ -3,7 +3,8 @@
 The model is a residual MLP, ``depth`` blocks of ``x + Linear(4d, d)(ReLU(Linear(d, 4d)(LayerNorm(d)(x))))``
 with d=64 and an input of shape (8, 64). Per depth, with one thread, engines interleaved,
 ``--repeats`` runs each (fresh copies), median time; ours/theirs is the median of the per-pair
-ratios (each pair runs back to back, so load on a shared machine drifts less within a pair):
+ratios (each pair runs back to back, so load on a shared machine drifts less within a pair; the heap
+is collected, untimed, before every run, so neither engine pays for collecting the other's garbage):
 
 * ours:   ``surgeon.shrink(model, x, target=0.5)`` (includes its own FLOPs check of the result);
 * theirs: Torch-Pruning ``MetaPruner`` (DependencyGraph build) + ``pruner.step()`` at pruning
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import cProfile
+import gc
 import io
 import pstats
 import statistics
@@ -85,6 +87,8 @@ def measure(depth: int, repeats: int, peer: bool) -> dict:
     for r in range(repeats):
         order = list(engines) if r % 2 == 0 else list(engines)[::-1]
         for name in order:
+            small = None  # the previous result goes first: neither engine times collecting the other's garbage
+            gc.collect()
             seconds, small = engines[name](model, x)
             times[name].append(seconds)
             kept[name] = count_flops(small, x) / base
