@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["shared", "modules", "parameters", "remember", "settle"]
+__all__ = ["shared", "modules", "module_list", "parameters", "buffers", "remember", "settle"]
 
 _SHARED: ContextVar[dict | None] = ContextVar("surgeon_walks", default=None)
 
@@ -59,10 +59,20 @@ def modules(model: nn.Module) -> dict[str, nn.Module]:
     return _remembered(model, "modules", lambda: dict(model.named_modules(remove_duplicate=False)))
 
 
+def module_list(model: nn.Module) -> list[nn.Module]:
+    """``list(model.modules())`` (each module once, in walk order), walked once per shared block."""
+    return _remembered(model, "module_list", lambda: list({id(m): m for m in modules(model).values()}.values()))
+
+
 def parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:
     """``dict(model.named_parameters(remove_duplicate=False))`` (aliases under every name, in
     walk order), walked once per shared block."""
     return _remembered(model, "parameters", lambda: dict(model.named_parameters(remove_duplicate=False)))
+
+
+def buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``dict(model.named_buffers(remove_duplicate=False))``, walked once per shared block."""
+    return _remembered(model, "buffers", lambda: dict(model.named_buffers(remove_duplicate=False)))
 
 
 def remember(model: nn.Module, what: str, compute) -> object:

@@ -26,6 +26,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .. import _walks
+
 __all__ = ["Snapshot", "untouched", "ReadRecorder", "user_class"]
 
 _CONTAINERS = (dict, OrderedDict, list, set)
@@ -88,7 +90,7 @@ class Snapshot:
     """The state of every module of ``model``, to compare with and restore later."""
 
     def __init__(self, model: nn.Module):
-        every = list(model.modules())
+        every = _walks.module_list(model)
         # torch's own modules write no attributes in forward (in eval mode): their tensors are
         # watched below; the root and the user's own classes are recorded in full
         self.modules = [m for i, m in enumerate(every) if i == 0 or user_class(type(m))]
@@ -238,7 +240,7 @@ class ReadRecorder:
 
     def __enter__(self) -> "ReadRecorder":
         names: dict[type, set[str]] = {}
-        for m in self.model.modules():
+        for m in _walks.module_list(self.model):
             cls = type(m)
             if not user_class(cls) or (self.skip is not None and self.skip(m)):
                 continue
@@ -264,7 +266,7 @@ class ReadRecorder:
 
     def reads(self) -> tuple[tuple[str, str, Any], ...]:
         """(module path, attribute, value) of every recorded read, in a stable order."""
-        names = {id(m): n for n, m in self.model.named_modules(remove_duplicate=False)}
+        names = {id(m): n for n, m in _walks.modules(self.model).items()}
         out = set()
         for ident, k in self.log:
             path = names.get(ident)

@@ -153,7 +153,7 @@ def _model_tensor_names(model: nn.Module) -> set[str]:
     """Qualified names of the user's parameters and buffers, aliases included: what surgery can
     slice."""
     names = set(_walks.parameters(model))
-    names.update(n for n, _ in model.named_buffers(remove_duplicate=False))
+    names.update(_walks.buffers(model))
     return names
 
 

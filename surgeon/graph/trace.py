@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.fx.traceback as fx_traceback
 from torch import nn
 
 from .. import _walks
 from ..errors import TraceError
 from ..slicing.fixers import has_fixer
+from ._fxcapture import _FxCapture, _Tracer
+from .partial import partial_capture
 from ._snapshot import ReadRecorder, untouched
 from .flops import FlopTally, NodeInfo, _describe, _propagate, count_known, no_fast_path  # noqa: F401
 from .run import eval_mode, normalize_inputs, run_model, shapes_of  # noqa: F401
@@ -57,6 +58,18 @@ class Traced:
     # (module path, attribute, value); widths a graph may never show (``assert x.shape[1] == self.c``)
     attr_reads: tuple = ()
     warmed: bool = False  # captured after one real forward (the model writes state on its first call)
+    # a partial capture (see surgeon.graph.partial): the submodules captured, and those with
+    # parameters left to opaque code; empty for a whole-model capture
+    parts: tuple = ()
+    opaque: tuple = ()
+
+    def same_output(self, shapes: Any) -> bool:
+        """Whether a model's output ``shapes`` (as :func:`shapes_of` gives them) match the capture's.
+        After a partial capture the opaque code may keep a data-dependent count of rows (a
+        detector's boxes), so there the first dim of each tensor is not compared."""
+        if not self.parts:
+            return shapes == self.reference_shapes
+        return _loose(shapes) == _loose(self.reference_shapes)
 
     @property
     def graph(self) -> fx.Graph:
@@ -95,72 +108,19 @@ class Traced:
         if self._tensors is None:
             root = _root(self.gm)
             self._tensors = dict(_walks.parameters(root))
-            self._tensors.update(root.named_buffers(remove_duplicate=False))
+            self._tensors.update(_walks.buffers(root))
         return self._tensors
 
 
-class _FxCapture:
-    """What ``symbolic_trace`` gives, without compiling a GraphModule: the graph and the user's
-    own model as its root (node targets are qualified names in it). Attribute look-ups such as
-    ``get_submodule`` and ``get_parameter`` go to the root."""
-
-    def __init__(self, root: nn.Module, graph: fx.Graph, constants: dict[str, Any] | None = None):
-        self.root = root
-        self.graph = graph
-        self.constants = constants or {}  # tensors fx made in forward (``_tensor_constant0``), by name
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.root, name)
-
-
-_PLAIN_ARGS = frozenset({int, float, bool, str, type(None)})
-
-
-class _Tracer(fx.Tracer):
-    """The default fx tracer, keeping torch.nn modules (but not containers) as leaves. The
-    torch.nn transformer blocks are made of other modules, so they are traced through (or, where
-    their forward is not traceable, the capture falls back to torch.export), never a leaf that
-    no rule knows."""
-
-    _COMPOSITE = (nn.TransformerEncoder, nn.TransformerEncoderLayer, nn.TransformerDecoder,
-                  nn.TransformerDecoderLayer, nn.Transformer)
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return not isinstance(m, self._COMPOSITE) and super().is_leaf_module(m, qualname)
-
-    def create_arg(self, a: Any) -> Any:
-        """Proxies, and flat tuples/lists of proxies and plain constants (nearly every argument of
-        a module call), lowered directly; everything else as fx does it."""
-        kind = type(a)
-        if kind is fx.Proxy:
-            return a.node
-        if kind is tuple or kind is list:
-            if all(type(e) is fx.Proxy or type(e) in _PLAIN_ARGS for e in a):
-                return kind(e.node if type(e) is fx.Proxy else e for e in a)
-        elif kind is dict and not a:
-            return {}
-        return super().create_arg(a)
-
-    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None) -> fx.Node:
-        """``TracerBase.create_node`` for plain symbolic tracing, without what only other uses need
-        (mutation checks, preserved export metadata, recorded stack traces, the deprecated scope
-        table) and with the module stack copied as a plain dict (``copy.copy`` of an OrderedDict
-        goes through ``__reduce_ex__``, a third of the cost of a node on deep models).
-
-        The node is created without arguments, which are then assigned (``Node.args``' setter
-        records the uses, as the constructor does): ``Graph.create_node`` walks the arguments
-        of every call node through pytree to warn about raw SymInts, which plain symbolic tracing
-        never makes, and that walk was a fifth of the capture on deep models."""
-        if self.check_mutable_operations or self.record_stack_traces or fx_traceback.has_preserved_node_meta():
-            return super().create_node(kind, target, args, kwargs, name, type_expr)
-        node = self.graph.create_node(kind, target, None, None, name, type_expr)
-        if args:
-            node.args = args
-        if kwargs:
-            node.kwargs = kwargs
-        if self.module_stack:
-            node.meta["nn_module_stack"] = dict(self.module_stack)
-        return node
+def _loose(shapes: Any) -> Any:
+    """``shapes`` with the first dim of every tensor shape left out."""
+    if isinstance(shapes, tuple) and all(isinstance(d, int) for d in shapes):
+        return ("*",) + shapes[1:] if shapes else shapes
+    if isinstance(shapes, (tuple, list)):
+        return type(shapes)(_loose(v) for v in shapes)
+    if isinstance(shapes, dict):
+        return {k: _loose(v) for k, v in shapes.items()}
+    return shapes
 
 
 def _root(gm: Any) -> nn.Module:
@@ -253,6 +213,8 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = normalize_inputs(example_input)
     traced, errors, _ = _trace(model, args, kwargs)
+    if traced is None:  # the largest submodules that capture, the code between them opaque
+        traced = _partial(model, args, kwargs, errors)
     if traced is not None:
         return traced
     with eval_mode(model), untouched(model):
@@ -262,6 +224,24 @@ def trace(model: nn.Module, example_input: Any) -> Traced:
         "\nWhat to do: make the failing code traceable (torch.fx.wrap a helper with data-dependent "
         "control flow, or keep it in a leaf module), or pass an example input that avoids the branch."
     ) from None
+
+
+def _partial(model: nn.Module, args: tuple, kwargs: dict, errors: list[str]) -> Traced | None:
+    """:func:`surgeon.graph.partial.partial_capture` as a :class:`Traced` (whatever its real run
+    writes into ``model`` taken back), or None where no part captures."""
+    with eval_mode(model, _walks.module_list(model)), untouched(model):
+        try:
+            got = partial_capture(model, args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - the whole-model errors say what fails
+            errors.append(f"partial: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}")
+            return None
+    if got is None:
+        return None
+    gm, info, out = got
+    log.info("surgeon: %s captured in %d parts (%s); opaque: %s", type(model).__name__, len(gm.parts),
+             ", ".join(p.path for p in gm.parts), ", ".join(gm.opaque) or "nothing with parameters")
+    return Traced(model=model, gm=gm, mode="fx", info=info, output_shape=_describe(out),
+                  reference_shapes=shapes_of(out), plain=False, parts=gm.parts, opaque=gm.opaque)
 
 
 def try_trace(model: nn.Module, example_input: Any) -> tuple[Traced | None, list[str]]:
@@ -275,7 +255,7 @@ def try_trace(model: nn.Module, example_input: Any) -> tuple[Traced | None, list
 def _trace(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Traced | None, list[str], list[str]]:
     """The capture, with whatever it writes into ``model`` taken back; where the cold capture
     writes state, the model is warmed up by one real forward and captured again."""
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(model, _walks.module_list(model)), torch.enable_grad():
         with untouched(model) as snap:
             traced, errors, stack = _capture(model, args, kwargs)
             written = snap.changes()
@@ -330,7 +310,7 @@ def _keep_state(gm: _FxCapture, model: nn.Module) -> None:
     """Tensors a warmed-up model holds in plain attributes (its cached state, which the snapshot
     takes back) are kept beside the capture, as fx's own constants are."""
     registered = {id(t) for t in _walks.parameters(model).values()}
-    registered.update(id(t) for _, t in model.named_buffers(remove_duplicate=False))
+    registered.update(id(t) for _, t in model.named_buffers(remove_duplicate=False))  # after the warm-up
     for n in gm.graph.nodes:
         if n.op != "get_attr" or n.target in gm.constants:
             continue

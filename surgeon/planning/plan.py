@@ -169,6 +169,10 @@ class Plan:
         for key in ("flops_before", "flops_after", "params_before", "params_after"):
             if key in extra:
                 lines.append(f"  {key}: {extra[key]:,.0f}")
+        if "captured_parts" in extra:  # a partial capture (surgeon.graph.partial)
+            lines.append(f"  partial capture: {extra['captured_parts']} captured; the code between them "
+                         f"is opaque (tensors crossing it keep their widths); opaque modules with "
+                         f"parameters: {extra['opaque']}")
         if "off_target" in extra:  # set by surgeon.offtarget when the landing missed the target
             lines.append(f"  OFF TARGET: {extra['off_target']}")
         changed = [d for d in self.decisions if d.kept < d.units]
