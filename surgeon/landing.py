@@ -10,6 +10,7 @@ off the target warns (:mod:`surgeon.offtarget`). ``shrink``,
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,9 @@ import torch
 from torch import nn
 
 from .analysis import Analysis
-from .errors import PlanError, SurgeryError
+from .errors import OffTargetWarning, PlanError, SurgeryError
 from .graph.trace import count_known, eval_mode, run_model, shapes_of
-from .offtarget import OFF_TARGET, check_landing
+from .offtarget import OFF_TARGET, _caller_level, check_landing
 from .options import Metric, ShrinkConfig
 from .planning.plan import Plan
 from .slicing.hollow import Hollow
@@ -125,8 +126,25 @@ def _land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, 
     p, got, flops, small = best
     small = cut(p) if small is None else small
     check_config(a, small, cfg.uniform)
+    if a.traced.parts and cfg.metric is Metric.FLOPS:
+        p = _own_workload(a, small, example_input, p, got)
     band = max(OFF_TARGET, LATENCY_TOL * want) if cfg.metric is Metric.LATENCY else OFF_TARGET
     return Landing(small, check_landing(a, p, cfg, got, band), a, got, flops)  # a miss is said out loud
+
+
+def _own_workload(a: Analysis, small: nn.Module, example_input: Any, p: Plan, got: float) -> Plan:
+    """After a partial capture the landing counts FLOPs at the dense model's workload. Where the
+    opaque code gives the shrunk model another workload on the example (a detector keeping another
+    number of boxes runs its heads another number of times), say so, with both figures."""
+    own = measure(small, example_input)[0] / a.traced.total_flops()
+    if abs(own - got) <= OFF_TARGET:
+        return p
+    msg = (f"at the dense model's workload the result keeps {got:.4f} of the FLOPs, but its own forward on "
+           f"the example keeps {own:.4f}: the code outside the captured parts "
+           f"({', '.join(x.path for x in a.traced.parts)}) ran them on a different amount of work than "
+           "the dense model did (a data-dependent count, such as the boxes a detector keeps)")
+    warnings.warn(msg, OffTargetWarning, stacklevel=_caller_level())
+    return dataclasses.replace(p, extra=p.extra + (("own_workload", round(own, 6)), ("workload_note", msg)))
 
 
 def check_config(a: Analysis, small: nn.Module, uniform: bool | None) -> None:

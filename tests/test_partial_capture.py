@@ -176,3 +176,38 @@ def test_index_routed_moe_prunes_expert_widths_for_any_routing():
         for batch in (x, other):
             assert max_rel_error(zeroed(batch), small(batch)) < 1e-5
         assert max_rel_error(model(other), zeroed(other)) > 1e-3
+
+
+class Selecting(nn.Module):
+    """The opaque code decides how many rows the head runs on (as a detector's boxes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 8))
+        self.head = nn.Sequential(nn.Linear(8, 256), nn.ReLU(), nn.Linear(256, 4))
+
+    def forward(self, x):
+        f = self.backbone(x)
+        keep = f[:, 0] > 0
+        if int(keep.sum()) == 0:  # the value decides: no graph holds this branch
+            return f.new_zeros(1, 4)
+        return self.head(f[keep]).sum(0, keepdim=True)
+
+
+def test_a_changed_workload_is_said_out_loud():
+    from surgeon.landing import _own_workload
+
+    torch.manual_seed(3)
+    model, x = Selecting().eval(), torch.randn(64, 16)
+    a = surgeon.analyze(model, x)
+    assert [p.path for p in a.traced.parts] == ["backbone", "head"]
+    plan = surgeon.plan(model, x, target=1.0)
+    assert _own_workload(a, model, x, plan, 1.0) is plan  # the same work: nothing to say
+    busier = copy.deepcopy(model)
+    with torch.no_grad():
+        busier.backbone[2].bias[0] = 1e3  # every row selected: the head runs on all 64
+    with pytest.warns(surgeon.OffTargetWarning, match="own forward on the example keeps"):
+        noted = _own_workload(a, busier, x, plan, 1.0)
+    own = count_flops(busier, x) / count_flops(model, x)
+    assert own > 1.05 and dict(noted.extra)["own_workload"] == pytest.approx(own, rel=1e-4)
+    assert "WORKLOAD" in noted.report()

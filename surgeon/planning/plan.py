@@ -173,6 +173,8 @@ class Plan:
             lines.append(f"  partial capture: {extra['captured_parts']} captured; the code between them "
                          f"is opaque (tensors crossing it keep their widths); opaque modules with "
                          f"parameters: {extra['opaque']}")
+        if "workload_note" in extra:  # set by the landing of a partial capture (see surgeon.landing)
+            lines.append(f"  WORKLOAD: {extra['workload_note']}")
         if "off_target" in extra:  # set by surgeon.offtarget when the landing missed the target
             lines.append(f"  OFF TARGET: {extra['off_target']}")
         changed = [d for d in self.decisions if d.kept < d.units]
