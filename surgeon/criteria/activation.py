@@ -21,6 +21,7 @@ batches need no target, and no ``loss_fn``.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any, Callable
 
 import numpy as np
@@ -46,6 +47,20 @@ def _layout(mod: nn.Module) -> tuple[int, Callable[[torch.Tensor], int]] | None:
     return None
 
 
+def weight_owners(model: nn.Module, groups: list[PruneGroup]) -> tuple[dict[str, nn.Module], dict[str, set[int]]]:
+    """The Linear/Conv modules whose weights are group members, and the dims of each scored."""
+    owners: dict[str, nn.Module] = {}
+    dims: dict[str, set[int]] = defaultdict(set)
+    for g in groups:
+        for m in g.tensors:
+            mod_name, _, leaf = m.name.rpartition(".")
+            mod = model.get_submodule(mod_name) if mod_name else model
+            if leaf == "weight" and _layout(mod) is not None:
+                owners[mod_name] = mod
+                dims[mod_name].add(m.dim)
+    return owners, dims
+
+
 class Activation:
     """``|W| * ||X||`` per unit (Wanda, structured), from the input activations that ``data``
     produces at each Linear/Conv layer.
@@ -64,13 +79,7 @@ class Activation:
         self.batches = Batches(data, self.name, max_batches)
 
     def score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]:
-        owners: dict[str, nn.Module] = {}
-        for g in groups:
-            for m in g.tensors:
-                mod_name, _, leaf = m.name.rpartition(".")
-                mod = model.get_submodule(mod_name) if mod_name else model
-                if leaf == "weight" and _layout(mod) is not None:
-                    owners[mod_name] = mod
+        owners, _ = weight_owners(model, groups)
         norms = self._input_norms(model, owners)
         wanda = {name: _wanda(mod, norms[name]) for name, mod in owners.items() if name in norms}
         fallback = None

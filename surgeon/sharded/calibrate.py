@@ -18,7 +18,6 @@ values as in memory, so the scores, hence the plan, are those of :class:`~surgeo
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from torch import nn
 
 from ..criteria import MetaDeviceError
 from ..criteria._data import Batches, forward
-from ..criteria.activation import _layout, _wanda
+from ..criteria.activation import _layout, _wanda, weight_owners
 from ..criteria.base import CHUNK, combine
 from ..graph.groups import PruneGroup
 from ..graph.trace import eval_mode
@@ -53,7 +52,7 @@ class LayerwiseActivation:
         self.ck, self.srcs = ck, srcs
 
     def score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]:
-        owners, dims = _owners(model, groups)
+        owners, dims = weight_owners(model, groups)
         with eval_mode(model), torch.no_grad():
             reduced = _Run(model, owners, dims, self.batches, Loader(model, self.ck, self.srcs)).run()
         out, fallback = [], []
@@ -71,20 +70,6 @@ class LayerwiseActivation:
             for gi, s in zip(fallback, l2):
                 out[gi] = s
         return out
-
-
-def _owners(model: nn.Module, groups: list[PruneGroup]) -> tuple[dict[str, nn.Module], dict[str, set[int]]]:
-    """The Linear/Conv modules whose weights are group members, and the dims of each scored."""
-    owners: dict[str, nn.Module] = {}
-    dims: dict[str, set[int]] = defaultdict(set)
-    for g in groups:
-        for m in g.tensors:
-            mod_name, _, leaf = m.name.rpartition(".")
-            mod = model.get_submodule(mod_name) if mod_name else model
-            if leaf == "weight" and _layout(mod) is not None:
-                owners[mod_name] = mod
-                dims[mod_name].add(m.dim)
-    return owners, dims
 
 
 def _next(args: tuple, kwargs: dict, out: Any) -> tuple[tuple, dict]:
