@@ -9,7 +9,9 @@ For each model (torchvision, random weights, input 1x3x224x224) this writes, wit
 * ``shrunk int8``: the same, ``quantize="auto"`` with calibration data: static QDQ, per-channel
   int8 weights, mixed precision by measurement (see ``surgeon.exporters.int8``);
 * ``TP fp32`` / ``TP int8``: Torch-Pruning's magnitude pruner (``benchmarks/zoo.py``'s setting) at
-  the channel ratio whose FLOPs land nearest 0.5, exported with the same int8 recipe.
+  the channel ratio whose FLOPs land nearest 0.5 (``--tp-steps`` bisection steps, each cut off
+  after ``--tp-limit`` seconds; the FLOPs column says where it landed), exported with the same int8
+  recipe (``quantize="auto"``, the same calibration data); ``--no-peer`` leaves them out.
 
 Calibration and agreement inputs: i.i.d. standard normal pixels N(0, 1) (what ImageNet-normalised
 images look like to first order; the weights are random, so real images would say no more):
@@ -229,8 +231,8 @@ def main(argv=None) -> None:
     ap.add_argument("--calib", type=int, default=32, help="calibration samples (default 32)")
     ap.add_argument("--no-peer", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--all-threads", action="store_true", help="also time on all threads (wall clock)")
-    ap.add_argument("--tp-steps", type=int, default=8)
-    ap.add_argument("--tp-limit", type=float, default=600.0, help="seconds per Torch-Pruning step (default 600)")
+    ap.add_argument("--tp-steps", type=int, default=6, help="bisection steps on the TP channel ratio (default 6)")
+    ap.add_argument("--tp-limit", type=float, default=120.0, help="seconds per Torch-Pruning step (default 120)")
     ap.add_argument("--accuracy", action="store_true", help="accuracy on Fashion-MNIST and digits instead")
     ap.add_argument("--fashion-train", type=int, default=20000, help="Fashion-MNIST training images (default 20000)")
     args = ap.parse_args(argv)

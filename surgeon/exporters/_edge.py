@@ -8,6 +8,7 @@ go through :func:`._files.save_model` (atomic, weights past 2 GiB in an external
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 from typing import Any, Iterable
@@ -93,7 +94,8 @@ def quantize(src: str, dst: str, mode: str, names: list[str], calibration: list[
     activations quantised on the fly (uint8 weights for convolutions: the only ConvInteger
     onnxruntime's CPU provider implements, and slower than float there). ``static``: QDQ format,
     per-channel int8 weights and uint8 activations with ranges calibrated on ``calibration``,
-    mixed precision by measurement (:func:`.int8.plan_precision`; ``measure=False`` skips the timing).
+    mixed precision by measurement (:func:`.int8.plan_precision`, :mod:`.int8_paths`; ``measure=False``
+    skips the timing and the search for the nodes whose int8 error reaches the output most).
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -122,38 +124,47 @@ def quantize(src: str, dst: str, mode: str, names: list[str], calibration: list[
 
 
 def _static_mixed(pre: str, dst: str, model, names: list[str], calibration: list, big: bool, measure: bool):
-    """Static QDQ once (the ops of :data:`.int8.KEPT_FP32` left fp32), then mixed precision as edits
-    of that file: the Quantize/Dequantize pairs on the noisiest tensors removed, and each weighted
-    node kind that the whole model runs faster with in fp32 given back its float weights."""
+    """Static QDQ once (the ops of :data:`.int8.KEPT_FP32` and the glue on fp32 paths left fp32),
+    then mixed precision as edits of that file: fp32 readers read fp32 tensors and the outputs stay
+    fp32; the Quantize/Dequantize pairs on the noisiest tensors removed; with ``measure``, the
+    weighted nodes whose fp32 copy cuts the output error most on a calibration batch, and each
+    weighted node kind that the whole model runs faster with in fp32, given back their float weights."""
     import onnx
 
-    from . import int8
+    from . import int8, int8_paths
 
-    _static(pre, dst, names, calibration, big)
+    glue = int8_paths.float_glue(model)
+    _static(pre, dst, names, calibration, big, glue)
     kinds = int8.node_kinds(model)
     if big:  # the edits below hold the model in memory: past protobuf's limit, quantize only
-        return int8.plan_precision(kinds, {})
-    qdq = onnx.load(dst)
+        return int8.plan_precision(kinds, {}, glue=glue)
+    fp32 = set(glue)
+    qdq = int8_paths.float_paths(onnx.load(dst), fp32)
     feeds = _Reader(names, calibration[:1]).all()  # every intermediate tensor is kept: one sample batch
     noisy = int8.noisy_tensors(qdq, feeds)
     if noisy:
         qdq = int8.bypass(qdq, set(noisy))
+    accurate, before, after = int8_paths.sensitive_nodes(qdq, model, feeds[0], fp32) if measure else ({}, 0.0, 0.0)
     timings = int8.time_kinds(qdq, model, kinds, feeds[0]) if measure else {}
-    prec = int8.plan_precision(kinds, timings, {node: db for node, db in noisy.values()})
+    prec = int8.plan_precision(kinds, timings, {node: db for node, db in noisy.values()}, accurate, glue)
     if prec.exclude:
-        qdq = int8.float_weights(qdq, model, set(prec.exclude))
+        qdq = int8_paths.float_paths(int8.float_weights(qdq, model, set(prec.exclude)), fp32 | set(prec.exclude))
     _files.save_model(qdq, dst)
-    return prec
+    if not accurate:
+        return prec
+    line = (f"output error on a calibration batch (MSE / variance): {before:.1e} all int8, {after:.1e} with "
+            f"the {len(accurate)} node(s) most sensitive to int8 in fp32")
+    return dataclasses.replace(prec, notes=(line,))
 
 
-def _static(pre: str, dst: str, names: list[str], calibration: list, big: bool) -> None:
+def _static(pre: str, dst: str, names: list[str], calibration: list, big: bool, exclude: tuple[str, ...] = ()) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from . import int8
 
     quantize_static(pre, dst, _Reader(names, calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=list(int8.QUANTIZED_OPS),
+                    op_types_to_quantize=list(int8.QUANTIZED_OPS), nodes_to_exclude=list(exclude),
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=big)
 
 

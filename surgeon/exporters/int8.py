@@ -17,8 +17,9 @@
   ratios); a kind stays fp32 where int8 is not faster. The ops whose per-tensor int8 error is
   large (LayerNormalization, GELU, Softmax, Sigmoid, the layer-scale Mul) are not quantized
   (:data:`KEPT_FP32`), and the tensors whose int8 copy has the worst signal-to-noise ratio on the
-  calibration data keep fp32 (:func:`noisy_tensors`, :func:`bypass`). Every decision comes with
-  its reason, which the export report lists.
+  calibration data keep fp32 (:func:`noisy_tensors`, :func:`bypass`); glue on fp32 paths, the
+  outputs, and the nodes whose int8 error the output feels most stay fp32 too (:mod:`.int8_paths`).
+  Every decision comes with its reason, which the export report lists.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import numpy as np
 from ._base import ExportError
 
 __all__ = ["CalibrationNeeded", "NodeTiming", "Precision", "shares", "macs_by_kind", "choose_mode", "node_kinds",
-           "plan_precision", "time_kinds", "float_weights", "bypass", "noisy_tensors", "QUANTIZED_OPS",
-           "KEPT_FP32", "DYNAMIC_SHARE"]
+           "plan_precision", "time_kinds", "node_macs", "float_weights", "fp32_sources", "bypass", "noisy_tensors",
+           "QUANTIZED_OPS", "KEPT_FP32", "DYNAMIC_SHARE"]
 
 log = logging.getLogger("surgeon.exporters.onnx")
 
@@ -76,6 +77,7 @@ class Precision:
     exclude: tuple[str, ...]  # node names left fp32
     reasons: tuple[tuple[str, str], ...]  # (node, reason) for each of them
     saved_ms: float  # measured fp32 - int8 time of the quantized compute nodes (one thread)
+    notes: tuple[str, ...] = ()  # what was measured besides, one line each (the output error)
 
     def summary(self) -> list[str]:
         """One line per reason, with how many nodes it kept fp32."""
@@ -83,11 +85,11 @@ class Precision:
         for node, why in self.reasons:
             counts.setdefault(why, []).append(node)
         return [f"{len(nodes)} node(s) left fp32 ({why}): {', '.join(nodes[:4])}{', ...' if len(nodes) > 4 else ''}"
-                for why, nodes in counts.items()]
+                for why, nodes in counts.items()] + list(self.notes)
 
 
-def macs_by_kind(model) -> dict[str, float]:
-    """Multiply-adds of the Conv, MatMul and Gemm nodes of an ONNX model with inferred shapes."""
+def node_macs(model) -> dict[str, float]:
+    """Multiply-adds of each named Conv, MatMul and Gemm node of an ONNX model with inferred shapes."""
     shapes = {}
     for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
         dims = vi.type.tensor_type.shape.dim
@@ -95,7 +97,7 @@ def macs_by_kind(model) -> dict[str, float]:
     for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
     macs: dict[str, float] = {}
-    for node in model.graph.node:
+    for k, node in enumerate(model.graph.node):
         if node.op_type not in COMPUTE:
             continue
         out = shapes.get(node.output[0])
@@ -107,7 +109,16 @@ def macs_by_kind(model) -> dict[str, float]:
         else:  # output elements x the reduced dimension
             trans = any(a.name == "transB" and a.i for a in node.attribute) if node.op_type == "Gemm" else False
             n = float(np.prod(out)) * float(w[-1] if trans else (w[-2] if len(w) > 1 else w[0]))
-        macs[node.op_type] = macs.get(node.op_type, 0.0) + n
+        macs[node.name or f"#{k}:{node.op_type}"] = n
+    return macs
+
+
+def macs_by_kind(model) -> dict[str, float]:
+    """Multiply-adds of the Conv, MatMul and Gemm nodes of an ONNX model with inferred shapes, by op type."""
+    types = {n.name or f"#{k}:{n.op_type}": n.op_type for k, n in enumerate(model.graph.node)}
+    macs: dict[str, float] = {}
+    for name, n in node_macs(model).items():
+        macs[types[name]] = macs.get(types[name], 0.0) + n
     return macs
 
 
@@ -147,19 +158,29 @@ def node_kinds(model) -> dict[str, str]:
 
 
 def plan_precision(kinds: Mapping[str, str], timings: Mapping[str, NodeTiming],
-                   noisy: Mapping[str, float] | None = None) -> Precision:
+                   noisy: Mapping[str, float] | None = None, accurate: Mapping[str, float] | None = None,
+                   glue: tuple[str, ...] = ()) -> Precision:
     """The nodes to keep fp32 and why, from their kinds (``kinds``: name -> :func:`node_kinds`),
     the measured ``timings`` of each kind (kind -> the whole model's time with that kind in fp32
-    and in int8, :func:`time_kinds`) and ``noisy`` (name -> signal-to-noise ratio in dB of its
-    quantized output, for the nodes below :data:`SNR_DB`). ``exclude`` lists the weighted nodes
-    whose kind is slower in int8 (they keep float weights)."""
+    and in int8, :func:`time_kinds`), ``noisy`` (name -> signal-to-noise ratio in dB of its
+    quantized output, for the nodes below :data:`SNR_DB`), ``accurate`` (name -> the share of the
+    output error its fp32 copy removes, :func:`.int8_paths.sensitive_nodes`) and ``glue`` (glue
+    nodes on fp32 paths, :func:`.int8_paths.float_glue`). ``exclude`` lists the weighted nodes that
+    keep float weights: those in ``accurate`` and those whose kind is slower in int8."""
     exclude, reasons = [], []
+    glue_set = set(glue)
     for name, kind in kinds.items():
         t = timings.get(kind)
-        if name in (noisy or {}):
+        if name in (accurate or {}):
+            exclude.append(name)
+            reasons.append((f"{name} ({accurate[name]:.0%})", "int8 error on the calibration data: alone in fp32, "
+                                                             "it removes the share shown of the output error"))
+        elif name in (noisy or {}):
             reasons.append((name, f"int8 error on the calibration data: output SNR below {SNR_DB:.0f} dB"))
         elif kind in KEPT_FP32:
             reasons.append((name, f"{kind}: {KEPT_FP32[kind]}"))
+        elif name in glue_set:
+            reasons.append((name, f"{kind} on an fp32 path (it reads an fp32 node or feeds only fp32 nodes)"))
         elif t is not None and t.int8_slower:
             exclude.append(name)
             reasons.append((name, f"{kind}: measured slower in int8 (model {t.int8_ms:.2f} ms with it int8, "
@@ -204,9 +225,7 @@ def float_weights(qdq, float_model, names):
     inits = {i.name: i for i in float_model.graph.initializer}
     have = {i.name for i in model.graph.initializer}
     taken = {o for n in model.graph.node for o in n.output}  # the quantizer names a Dequantize output after the weight
-    quant = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    source = {n.output[0]: quant[n.input[0]] for n in model.graph.node
-              if n.op_type == "DequantizeLinear" and n.input[0] in quant}
+    source = fp32_sources(model)  # the activation before its pair, clamped where a Relu was folded into it
     for n in model.graph.node:
         if n.name not in names or n.name not in orig:
             continue
@@ -228,14 +247,44 @@ def float_weights(qdq, float_model, names):
     return model
 
 
+def fp32_sources(model) -> dict[str, str]:
+    """Each Dequantize output of a Quantize/Dequantize pair in ``model`` -> the fp32 tensor to read
+    instead: the Quantize's input, or, where the pair's range starts at 0, that input clipped to the
+    range (a Clip node added after the Quantize): the quantizer drops a Relu or Clip(0, 6) before a
+    Quantize whose range already clamps as they do, so reading the bare input would lose them."""
+    import onnx
+
+    consts = {i.name: i for i in model.graph.initializer}
+    quant = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    sources, clamped, nodes = {}, {}, []
+    for n in model.graph.node:  # in graph order: a Quantize comes before its Dequantize
+        nodes.append(n)
+        if n.op_type == "DequantizeLinear" and n.input[0] in quant:
+            sources[n.output[0]] = clamped.get(n.input[0], quant[n.input[0]])
+        if n.op_type != "QuantizeLinear" or len(n.input) < 3 or n.input[1] not in consts or n.input[2] not in consts:
+            continue
+        zero, scale = onnx.numpy_helper.to_array(consts[n.input[2]]), onnx.numpy_helper.to_array(consts[n.input[1]])
+        if zero.size != 1 or zero.dtype != np.uint8 or int(zero.reshape(-1)[0]) != 0 or scale.size != 1:
+            continue
+        x = n.input[0]
+        name, lo, hi = f"{x}.clamped", f"{x}.clamp_lo", f"{x}.clamp_hi"
+        model.graph.initializer.extend([onnx.numpy_helper.from_array(np.zeros((), np.float32), lo),
+                                        onnx.numpy_helper.from_array((scale.reshape(()) * 255).astype(np.float32), hi)])
+        nodes.append(onnx.helper.make_node("Clip", [x, lo, hi], [name], name=name))
+        clamped[n.output[0]] = name
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return sources
+
+
 def bypass(qdq, tensors):
     """A copy of ``qdq`` without the Quantize/Dequantize pairs on ``tensors``: they stay fp32."""
     model = _copy(qdq)
     outputs = {o.name for o in model.graph.output}
     quant = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    rename = {n.output[0]: quant[n.input[0]] for n in model.graph.node
-              if n.op_type == "DequantizeLinear" and n.input[0] in quant and quant[n.input[0]] in tensors
-              and n.output[0] not in outputs}
+    pairs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quant
+             and quant[n.input[0]] in tensors and n.output[0] not in outputs}
+    rename = {dq: x for dq, x in fp32_sources(model).items() if dq in pairs}
     for n in model.graph.node:
         for k, i in enumerate(n.input):
             if i in rename:
