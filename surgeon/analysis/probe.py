@@ -49,9 +49,6 @@ def resolve_probes(model: nn.Module, example_input: Any, traced, c: Coupling) ->
     cut = _capture_cut(model, example_input, traced, groups, keep, c.attr_fixes, attrs, width) if tested else None
     passed = _passed(c, traced, cut, tested, held, width) if cut is not None else set()
     frozen = {k: v for k, v in c.frozen.items() if k not in passed}
-    bad = _followers(model, example_input, traced, c, groups, {k for k in held if k not in passed}, frozen)
-    if not passed and not bad:
-        return c
     fixes = list(c.attr_fixes)
     for key in sorted(passed):  # the attributes that hold these widths follow them from now on
         for _, _, _, candidates in c.probes[key]:
@@ -59,6 +56,11 @@ def resolve_probes(model: nn.Module, example_input: Any, traced, c: Coupling) ->
                 fix = AttrFix(cand[0], cand[1], key, index=cand[2] if len(cand) > 2 else None)
                 if tuple(cand) in attrs and fix not in fixes:
                     fixes.append(fix)
+    # the followers' cut copy sets those attributes too (a T5 attention reads its n_heads)
+    bad = _followers(model, example_input, traced, c, groups, {k for k in held if k not in passed}, frozen,
+                     tuple(fixes))
+    if not passed and not bad:
+        return c
     for gi in bad:
         for m in groups[gi].members:
             frozen.setdefault(m.key, _FOLLOWED)
@@ -70,7 +72,8 @@ _FOLLOWED = ("its width is written as a number into a reshape or split of the ex
              "or pass ignore= for the module")
 
 
-def _followers(model, example_input, traced, c: Coupling, groups, failed: set, frozen) -> list[int]:
+def _followers(model, example_input, traced, c: Coupling, groups, failed: set, frozen,
+               fixes: tuple = ()) -> list[int]:
     """Groups that the numbers of the probes still held may be computed from: in an exported
     graph ``B, N, C = x.shape; y.reshape(B, N, C)`` writes ``x``'s width into ``y``'s dims, which
     no coupling shows. Each group that can still lose a unit and has a dim as wide as such a
@@ -94,7 +97,7 @@ def _followers(model, example_input, traced, c: Coupling, groups, failed: set, f
     if not suspects:
         return []
     width = functools.partial(kept_width, member_index(groups), c.sizes, keep=keep)
-    cut = _capture_cut(model, example_input, traced, groups, keep, c.attr_fixes, {}, width)
+    cut = _capture_cut(model, example_input, traced, groups, keep, fixes or c.attr_fixes, {}, width)
     if cut is None:
         return suspects
     held = {k: c.frozen[k] for k in failed}

@@ -92,7 +92,7 @@ class Traced:
     def submodule(self, target: str) -> nn.Module:
         """``gm.get_submodule(target)`` through a table built once (AttributeError if none)."""
         if self._modules is None:
-            self._modules = dict(self.gm.named_modules(remove_duplicate=False))
+            self._modules = _walks.modules(_root(self.gm))  # the walk the rest of the call shares
         try:
             return self._modules[target]
         except KeyError:
