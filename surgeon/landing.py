@@ -82,7 +82,7 @@ def _land_inplace(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: An
                   hollow: Hollow) -> Landing:
     trial = _land(model, example_input, cfg, a, plan_for, cut=hollow.cut)
     apply_own(model, trial.plan, inplace=True)  # the user's own objects take the landed shapes
-    flops = _verify_runs(a, model, example_input, trial.plan)  # for real, on the reshaped model
+    flops, _ = _verify_runs(a, model, example_input, trial.plan)  # for real, on the reshaped model
     if flops != trial.flops:
         raise SurgeryError(f"the shrunk model counts {flops} FLOPs for real and {trial.flops} in its "
                            "trial cut; this is a bug in surgeon, please report it with the model")
@@ -105,43 +105,44 @@ def _land(model: nn.Module, example_input: Any, cfg: ShrinkConfig, a: Analysis, 
                 raise  # the user's own target is out of reach
             break  # a re-aimed goal fell past the floor: keep the best landing so far
         if best is not None:  # one shrunk copy at a time beside the model: the best is re-made if needed
-            best = best[:3] + (None,)
+            best = best[:4] + (None,)
         small = cut(p)
         if not cfg.verify:
             check_config(a, small, cfg.uniform)
             return Landing(small, check_landing(a, p, cfg, p.ratio), a, p.ratio, None)
-        flops = _verify_runs(a, small, example_input, p)
+        flops, own = _verify_runs(a, small, example_input, p)
         if cfg.metric is Metric.LATENCY:  # measured end to end, interleaved with the dense model
             got, tol = measured_ratio(model, small, example_input, cfg.runtime_name), LATENCY_TOL * want
         else:
             cost = flops if cfg.metric is Metric.FLOPS else count_params(small)
             got, tol = (cost / base if base else 1.0), TOLERANCE
         if best is None or abs(got - want) < abs(best[1] - want):
-            best = (p, got, flops, small)
+            best = (p, got, flops, own, small)
         del small
         if abs(got - want) <= tol or want >= 1.0 or got <= 0:
             break
         tried.append((goal, got))
         goal = reaim(tried, want) if cfg.metric is Metric.LATENCY else min(1.0, max(1e-6, goal * want / got))
-    p, got, flops, small = best
+    p, got, flops, own, small = best
     small = cut(p) if small is None else small
     check_config(a, small, cfg.uniform)
     if a.traced.parts and cfg.metric is Metric.FLOPS:
-        p = _own_workload(a, small, example_input, p, got)
+        p = _own_workload(a, own, p, got)
     band = max(OFF_TARGET, LATENCY_TOL * want) if cfg.metric is Metric.LATENCY else OFF_TARGET
     return Landing(small, check_landing(a, p, cfg, got, band), a, got, flops)  # a miss is said out loud
 
 
-def _own_workload(a: Analysis, small: nn.Module, example_input: Any, p: Plan, got: float) -> Plan:
+def _own_workload(a: Analysis, own_flops: int, p: Plan, got: float) -> Plan:
     """After a partial capture the landing counts FLOPs at the dense model's workload. Where the
     opaque code gives the shrunk model another workload on the example (a detector keeping another
-    number of boxes runs its heads another number of times), say so, with both figures."""
-    own = measure(small, example_input)[0] / a.traced.total_flops()
+    number of boxes runs its heads another number of times: ``own_flops``, counted on its own
+    forward by the verification run), say so, with both figures."""
+    own = own_flops / a.traced.total_flops()
     if abs(own - got) <= OFF_TARGET:
         return p
     msg = (f"at the dense model's workload the result keeps {got:.4f} of the FLOPs, but its own forward on "
            f"the example keeps {own:.4f}: the code outside the captured parts "
-           f"({', '.join(x.path for x in a.traced.parts)}) ran them on a different amount of work than "
+           f"({', '.join(a.traced.parts)}) ran them on a different amount of work than "
            "the dense model did (a data-dependent count, such as the boxes a detector keeps)")
     warnings.warn(msg, OffTargetWarning, stacklevel=_caller_level())
     return dataclasses.replace(p, extra=p.extra + (("own_workload", round(own, 6)), ("workload_note", msg)))
@@ -163,8 +164,10 @@ def check_config(a: Analysis, small: nn.Module, uniform: bool | None) -> None:
                       "with torch.save(model) or keep the default uniform widths", stacklevel=4)
 
 
-def _verify_runs(a: Analysis, small: nn.Module, example_input: Any, p: Plan) -> int:
-    """Run the shrunk model once: it must work and keep the output shapes. Returns its FLOPs."""
+def _verify_runs(a: Analysis, small: nn.Module, example_input: Any, p: Plan) -> tuple[int, int]:
+    """Run the shrunk model once: it must work and keep the output shapes. Returns its FLOPs as
+    the landing counts them, and as its own forward on the example did (the same number, except
+    after a partial capture, which counts at the dense model's workload)."""
     expected = a.traced.reference_shapes
     try:
         known = count_known(small, example_input) if a.traced.plain else None
@@ -172,14 +175,15 @@ def _verify_runs(a: Analysis, small: nn.Module, example_input: Any, p: Plan) -> 
             flops, got = known[0], shapes_of(known[1])
         else:
             flops, got = measure(small, example_input)
-            if a.traced.parts:  # a partial capture: counted at the dense model's workload
-                flops = a.traced.gm.flops(small)
+        own = flops
+        if a.traced.parts:  # a partial capture: counted at the dense model's workload
+            flops = a.traced.gm.flops(small)
     except Exception as exc:  # noqa: BLE001 - reported with context below
         raise SurgeryError(_failure(small, example_input, p, exc)) from exc
     if not a.traced.same_output(got):
         raise SurgeryError(f"the shrunk model's output shapes changed: {expected} -> {got}; "
                            f"this is a bug in a coupling rule, please report it with the model")
-    return flops
+    return flops, own
 
 
 def _failure(small: nn.Module, example_input: Any, p: Plan, exc: Exception) -> str:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import surgeon
-from surgeon.verify import count_flops, max_rel_error
+from surgeon.verify import count_flops, max_rel_error, measure
 
 from helpers import check_zero_invariance, reference_output
 
@@ -59,7 +59,7 @@ def test_parts_are_captured_and_the_opaque_boundary_frozen():
     with pytest.raises(Exception):
         torch.fx.symbolic_trace(model)  # the premise: the whole forward does not capture
     a = surgeon.analyze(model, x)
-    assert [p.path for p in a.traced.parts] == ["backbone", "head"]
+    assert a.traced.parts == ("backbone", "head")
     by_tensor = {(m.name, m.dim): g for g in a.groups for m in g.tensors}
     inner = by_tensor[("backbone.0.weight", 0)]  # a width wholly inside the backbone: prunable
     assert inner.prunable
@@ -200,14 +200,14 @@ def test_a_changed_workload_is_said_out_loud():
     torch.manual_seed(3)
     model, x = Selecting().eval(), torch.randn(64, 16)
     a = surgeon.analyze(model, x)
-    assert [p.path for p in a.traced.parts] == ["backbone", "head"]
+    assert a.traced.parts == ("backbone", "head")
     plan = surgeon.plan(model, x, target=1.0)
-    assert _own_workload(a, model, x, plan, 1.0) is plan  # the same work: nothing to say
+    assert _own_workload(a, measure(model, x)[0], plan, 1.0) is plan  # the same work: nothing to say
     busier = copy.deepcopy(model)
     with torch.no_grad():
         busier.backbone[2].bias[0] = 1e3  # every row selected: the head runs on all 64
     with pytest.warns(surgeon.OffTargetWarning, match="own forward on the example keeps"):
-        noted = _own_workload(a, busier, x, plan, 1.0)
+        noted = _own_workload(a, measure(busier, x)[0], plan, 1.0)
     own = count_flops(busier, x) / count_flops(model, x)
     assert own > 1.05 and dict(noted.extra)["own_workload"] == pytest.approx(own, rel=1e-4)
     assert "WORKLOAD" in noted.report()

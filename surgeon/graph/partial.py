@@ -23,7 +23,6 @@ meaning for the rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,22 +33,14 @@ from torch.utils import _pytree as pytree
 from .flops import FlopTally, NodeInfo, _describe, _propagate
 from ._fxcapture import _FxCapture, _Tracer
 
-__all__ = ["Part", "partial_capture", "PartialCapture"]
-
-
-@dataclass(frozen=True)
-class Part:
-    """A captured submodule: its path in the model and how many graph nodes it gave."""
-
-    path: str
-    nodes: int
+__all__ = ["partial_capture", "PartialCapture"]
 
 
 class PartialCapture(_FxCapture):
     """What :func:`partial_capture` gives: the joined graph with the user's model as its root (node
-    targets are qualified names in it), as an fx capture has it, and which parts it holds."""
+    targets are qualified names in it), as an fx capture has it, and the paths of the parts it holds."""
 
-    def __init__(self, root: nn.Module, graph: fx.Graph, constants: dict[str, Any], parts: tuple[Part, ...],
+    def __init__(self, root: nn.Module, graph: fx.Graph, constants: dict[str, Any], parts: tuple[str, ...],
                  opaque: tuple[str, ...], calls: dict[str, tuple], opaque_flops: int):
         super().__init__(root, graph, constants)
         self.parts = parts
@@ -66,10 +57,10 @@ class PartialCapture(_FxCapture):
         at the same work, as the planner's cost model does."""
         total = self.opaque_flops
         with torch.no_grad():
-            for part in self.parts:
-                a, kw = self._calls[part.path]
+            for path in self.parts:
+                a, kw = self._calls[path]
                 with FlopTally() as tally:
-                    model.get_submodule(part.path)(*a, **kw)
+                    model.get_submodule(path)(*a, **kw)
                 total += int(tally.count)
         return total
 
@@ -151,18 +142,11 @@ def _capture_part(mod: nn.Module, call: tuple):
         graph = _Tracer().trace(wrap)
         constants = {name: vars(wrap).pop(name) for name in set(vars(wrap)) - before}
         with torch.no_grad():
-            info, _out, _mods, _known = _propagate(_Rooted(wrap, graph), wrap, [leaves[i] for i in slots], constants)
+            info, _out, _mods, _known = _propagate(_FxCapture(wrap, graph, constants), wrap,
+                                                   [leaves[i] for i in slots], constants)
     except Exception:  # noqa: BLE001 - any failure means "try the children"
         return None
     return graph, info, constants
-
-
-class _Rooted:
-    def __init__(self, root, graph):
-        self.root, self.graph = root, graph
-
-    def __getattr__(self, name):
-        return getattr(self.root, name)
 
 
 def _inner_ops(graph: fx.Graph) -> int:
@@ -175,7 +159,7 @@ def _has_params(mod: nn.Module) -> bool:
 
 def _prefixed(path: str, target: str) -> str:
     """A wrapper-relative target (``inner.conv``) as a qualified name in the model."""
-    rest = target[len("inner"):].lstrip(".") if target.startswith("inner") else target
+    rest = target[len("inner."):] if target.startswith("inner.") else "" if target == "inner" else target
     return ".".join(p for p in (path, rest) if p)
 
 
@@ -219,23 +203,22 @@ def partial_capture(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Partia
     visit("", model)
     if not found:
         return None
-    graph, info, constants, parts = _join(found)
+    graph, info, constants = _join(found)
+    parts = tuple(path for path, *_ in found)
     rest = max(0, whole - sum(i.flops for i in info.values()))
     info["<opaque>"] = NodeInfo(shape=None, flops=rest)
     inputs = {path: calls[id(model.get_submodule(path))][0][:2] for path, *_ in found}
     return PartialCapture(model, graph, constants, parts, tuple(opaque), inputs, rest), info, out
 
 
-def _join(found: list) -> tuple[fx.Graph, dict[str, NodeInfo], dict[str, Any], tuple[Part, ...]]:
+def _join(found: list) -> tuple[fx.Graph, dict[str, NodeInfo], dict[str, Any]]:
     """One graph of every part, targets and module stacks prefixed with the part's path."""
     graph = fx.Graph()
     info: dict[str, NodeInfo] = {}
     constants: dict[str, Any] = {}
     outputs = []
-    parts = []
     for path, g, part_info, part_constants in found:
         env: dict[fx.Node, fx.Node] = {}
-        count = 0
         for n in g.nodes:
             if n.op == "output":
                 outputs.append(fx.node.map_arg(n.args[0], env.__getitem__))
@@ -259,8 +242,6 @@ def _join(found: list) -> tuple[fx.Graph, dict[str, NodeInfo], dict[str, Any], t
                     new.meta["nn_module_stack"] = _stack(n.meta["nn_module_stack"], path)
             env[n] = new
             info[new.name] = part_info[n.name]
-            count += 1
-        parts.append(Part(path, count))
     out = graph.output(tuple(outputs))
     info[out.name] = NodeInfo(shape=_describe(None))
-    return graph, info, constants, tuple(parts)
+    return graph, info, constants

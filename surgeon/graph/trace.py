@@ -239,7 +239,7 @@ def _partial(model: nn.Module, args: tuple, kwargs: dict, errors: list[str]) -> 
         return None
     gm, info, out = got
     log.info("surgeon: %s captured in %d parts (%s); opaque: %s", type(model).__name__, len(gm.parts),
-             ", ".join(p.path for p in gm.parts), ", ".join(gm.opaque) or "nothing with parameters")
+             ", ".join(gm.parts), ", ".join(gm.opaque) or "nothing with parameters")
     return Traced(model=model, gm=gm, mode="fx", info=info, output_shape=_describe(out),
                   reference_shapes=shapes_of(out), plain=False, parts=gm.parts, opaque=gm.opaque)
 

@@ -482,7 +482,7 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
     extra = (("flops_before", flops.base), ("flops_after", after["flops"]),
              ("params_before", params_before), ("params_after", params_after))
     if a.traced.parts:  # a partial capture: say what was captured and what was left to opaque code
-        extra += (("captured_parts", ", ".join(p.path for p in a.traced.parts)),
+        extra += (("captured_parts", ", ".join(a.traced.parts)),
                   ("opaque", ", ".join(a.traced.opaque) or "no module with parameters"))
     c = a.cost(metric)
     config = ()
