@@ -190,8 +190,10 @@ def partial_capture(model: nn.Module, args: tuple, kwargs: dict) -> tuple[Partia
         if path and _alone(mod, calls):
             got = _capture_part(mod, calls[id(mod)][0])
             if got is not None:
-                if _inner_ops(got[0]) > 1:  # one op alone has no width of its own to prune: leave it opaque
+                if _inner_ops(got[0]) > 1:
                     found.append((path, *got))
+                else:  # one op alone has no width of its own to prune: left to the opaque code
+                    opaque.append(path)
                 return
         children = list(mod.named_children())
         direct = any(True for _ in mod.parameters(recurse=False))
