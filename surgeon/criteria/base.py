@@ -181,33 +181,12 @@ class Magnitude:
 
     @own_loop
     def _score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]:
-        params = _walks.parameters(model)
-        tensors: dict[str, torch.Tensor | None] = {}
-        ndim: dict[str, int] = {}
-        dims_of: dict[str, list[int]] = {}  # tensor -> its member dims, in first-use order
-        parts = []  # (group index, tensor name, dim, unit_of) of every member with a slice to score
-        for gi, g in enumerate(groups):
-            for m in g.members:
-                key = m.key
-                if key[0] != "p":
-                    continue
-                _, name, dim = key
-                nd = ndim.get(name)
-                if nd is None:
-                    t = tensors[name] = params[name] if name in params else _tensor(model, name)
-                    nd = ndim[name] = -1 if t is None else t.dim()
-                if nd > dim:
-                    parts.append((gi, name, dim, m.unit_of))
-                    dims = dims_of.get(name)
-                    if dims is None:
-                        dims_of[name] = [dim]
-                    elif dim not in dims:
-                        dims.append(dim)
+        parts, dims_of, tensors = magnitude_members(model, groups)
         if not parts:
             return [np.zeros(g.n_units) for g in groups]
         # Per-index scores: sum |t|^p over every dim but the member's, |t|^p once per tensor. A
         # vector needs no sum: all of them are powered at once.
-        vectors = [n for n in dims_of if ndim[n] == 1]
+        vectors = [n for n in dims_of if tensors[n].dim() == 1]
         devices = {tensors[n].device for n in dims_of}
         if len({tensors[n].device for n in vectors}) > 1:
             vectors = []
@@ -222,7 +201,7 @@ class Magnitude:
                 at += size
         scratch = _Scratch(tensors[n] for n in dims_of if tensors[n].device.type == "cpu")
         for name, dims in dims_of.items():
-            if ndim[name] == 1 and vectors:
+            if vectors and tensors[name].dim() == 1:
                 continue
             for d, sums in zip(dims, scratch.sums(tensors[name], dims, self.p)):
                 found.append(sums)
@@ -233,6 +212,35 @@ class Magnitude:
         flat = torch.cat(found).numpy()
         return _combine(groups, [p[0] for p in parts], [p[3] for p in parts],
                         [flat[span[name, dim]] for _, name, dim, _ in parts])
+
+
+def magnitude_members(model: nn.Module, groups: list[PruneGroup]):
+    """What :class:`Magnitude` scores, as (parts, dims_of, tensors): every member with a parameter
+    slice to score as (group index, tensor name, dim, unit_of); each tensor's member dims in
+    first-use order; the tensors by name (None for a name with no tensor)."""
+    params = _walks.parameters(model)
+    tensors: dict[str, torch.Tensor | None] = {}
+    ndim: dict[str, int] = {}
+    dims_of: dict[str, list[int]] = {}
+    parts = []
+    for gi, g in enumerate(groups):
+        for m in g.members:
+            key = m.key
+            if key[0] != "p":
+                continue
+            _, name, dim = key
+            nd = ndim.get(name)
+            if nd is None:
+                t = tensors[name] = params[name] if name in params else _tensor(model, name)
+                nd = ndim[name] = -1 if t is None else t.dim()
+            if nd > dim:
+                parts.append((gi, name, dim, m.unit_of))
+                dims = dims_of.get(name)
+                if dims is None:
+                    dims_of[name] = [dim]
+                elif dim not in dims:
+                    dims.append(dim)
+    return parts, dims_of, tensors
 
 
 class BNScale:

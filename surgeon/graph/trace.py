@@ -113,7 +113,7 @@ class Traced:
 
 
 def _loose(shapes: Any) -> Any:
-    """``shapes`` with the first dim of every tensor shape left out."""
+    """``shapes`` with the first dim of every tensor shape replaced by ``"*"`` (not compared)."""
     if isinstance(shapes, tuple) and all(isinstance(d, int) for d in shapes):
         return ("*",) + shapes[1:] if shapes else shapes
     if isinstance(shapes, (tuple, list)):

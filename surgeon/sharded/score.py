@@ -10,37 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _walks
-from ..criteria.base import CHUNK, _combine, _powered, _Scratch, _sum_but, _tensor
+from ..criteria.base import CHUNK, _combine, _powered, _Scratch, _sum_but, magnitude_members
 from ..graph.groups import PruneGroup
 from .files import Checkpoint
 from .names import Source
 
-__all__ = ["CheckpointMagnitude", "members"]
-
-
-def members(model: nn.Module, groups: list[PruneGroup]):
-    """(parts, dims_of, tensors) as :class:`~surgeon.criteria.Magnitude` collects them: every
-    member with a parameter slice to score as (group index, tensor, dim, unit_of), each tensor's
-    member dims in first-use order, and the model's (meta) tensors by name."""
-    params = _walks.parameters(model)
-    tensors: dict[str, torch.Tensor | None] = {}
-    dims_of: dict[str, list[int]] = {}
-    parts = []
-    for gi, g in enumerate(groups):
-        for m in g.members:
-            if m.key[0] != "p":
-                continue
-            _, name, dim = m.key
-            if name not in tensors:
-                tensors[name] = params[name] if name in params else _tensor(model, name)
-            t = tensors[name]
-            if t is not None and t.dim() > dim:
-                parts.append((gi, name, dim, m.unit_of))
-                dims = dims_of.setdefault(name, [])
-                if dim not in dims:
-                    dims.append(dim)
-    return parts, dims_of, tensors
+__all__ = ["CheckpointMagnitude"]
 
 
 class CheckpointMagnitude:
@@ -54,7 +29,7 @@ class CheckpointMagnitude:
 
     def score(self, model: nn.Module, groups: list[PruneGroup]) -> list[np.ndarray]:
         with torch.no_grad():
-            parts, dims_of, tensors = members(model, groups)
+            parts, dims_of, tensors = magnitude_members(model, groups)
             if not parts:
                 return [np.zeros(g.n_units) for g in groups]
             scratch = _Scratch(tensors[n] for n in dims_of)  # sized by the meta shapes
