@@ -86,12 +86,15 @@ def zero_invariance(model: nn.Module, example_input: Any, units: dict[int, Seque
     """
     from .analysis import analyze
     from .planning.planner import build_plan
+    from .slicing.clone import clone_module
     from .surgery import apply
 
     a = analysis or analyze(model, example_input)
     by_id = {g.id: gi for gi, g in enumerate(a.groups)}
     keep = a.full_keep()
-    zeroed = apply(model, _no_op_plan(a))
+    # a plain copy: a no-op plan would write a config's implicit widths out (GPT-J's n_inner None
+    # becomes 4 * n_embd), and the real plan below, made from the model as it is, expects None
+    zeroed = clone_module(model)
     params = dict(zeroed.named_parameters())
     with torch.no_grad():
         for gid, us in units.items():
@@ -113,8 +116,3 @@ def zero_invariance(model: nn.Module, example_input: Any, units: dict[int, Seque
         out = first_tensor(run_model(pruned, example_input))
     return max_rel_error(ref, out)
 
-
-def _no_op_plan(a):
-    from .planning.planner import build_plan
-
-    return build_plan(a, a.full_keep(), target=1.0, metric="flops", criterion="manual", round_to=None)

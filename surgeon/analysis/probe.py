@@ -42,12 +42,12 @@ def resolve_probes(model: nn.Module, example_input: Any, traced, c: Coupling) ->
         return c
     trial = c.derive(frozen={k: v for k, v in c.frozen.items() if k not in held})
     groups = build_groups(trial)
-    keep, tested = _trial_cut(groups, held)
-    index = member_index(groups)
-    width = functools.partial(kept_width, index, c.sizes, keep=keep)
-    attrs = _candidate_attrs(c, held, width) if tested else {}
-    cut = _capture_cut(model, example_input, traced, groups, keep, c.attr_fixes, attrs, width) if tested else None
-    passed = _passed(c, traced, cut, tested, held, width) if cut is not None else set()
+    passed, attrs, contested = _probe_round(model, example_input, traced, c, groups, held)
+    if passed is None and contested:
+        # the cut copy did not run: an attribute that two cut groups claim (q/k and v/o both read
+        # one head_dim) kept its old value. Once more without those groups: each other probe may pass
+        passed, attrs, _ = _probe_round(model, example_input, traced, c, groups, held, contested)
+    passed = passed or set()
     frozen = {k: v for k, v in c.frozen.items() if k not in passed}
     fixes = list(c.attr_fixes)
     for key in sorted(passed):  # the attributes that hold these widths follow them from now on
@@ -141,15 +141,35 @@ def _followed(groups, c: Coupling, suspects: list[int], moved, width) -> list[in
     return sorted(bad)
 
 
-def _trial_cut(groups, held) -> tuple[list[np.ndarray], list]:
-    """A keep-mask per group that cuts every probed group to widths no other group has, so that
-    an attribute holding a number two groups share shows up as claimed by two widths."""
+def _probe_round(model, example_input, traced, c: Coupling, groups, held, skip=frozenset()):
+    """One trial cut of every probed group but the ``skip`` ids, captured again: (the probed
+    dims that passed, or None where the cut copy did not capture; the candidate attributes it
+    set; the ids of the cut groups whose numbers an attribute two widths claim holds)."""
+    keep, tested = _trial_cut(groups, held, skip)
+    if not tested:
+        return set(), {}, set()
+    width = functools.partial(kept_width, member_index(groups), c.sizes, keep=keep)
+    claims = _claims(c, held, width)
+    attrs = {ma: next(iter(ws)) for ma, ws in claims.items() if len(ws) == 1}
+    contested = {g.id for g in tested for m in g.members if m.key in held
+                 for *_, candidates in c.probes.get(m.key, ()) for ma in candidates
+                 if len(claims.get(tuple(ma), ())) > 1}
+    cut = _capture_cut(model, example_input, traced, groups, keep, c.attr_fixes, attrs, width)
+    if cut is None:
+        return None, attrs, contested if len(contested) < len(tested) else set()
+    return _passed(c, traced, cut, tested, held, width), attrs, set()
+
+
+def _trial_cut(groups, held, skip=frozenset()) -> tuple[list[np.ndarray], list]:
+    """A keep-mask per group that cuts every probed group (but the ``skip`` ids) to widths no
+    other group has, so that an attribute holding a number two groups share shows up as claimed
+    by two widths."""
     keep, tested, used = [], [], set()
     for g in groups:
         mask = np.ones(g.n_units, dtype=bool)
         probed = [m for m in g.members if m.key in held]
         free = np.nonzero(~g.frozen_units)[0]
-        if g.reason is None and probed and len(free) >= 2:
+        if g.reason is None and probed and len(free) >= 2 and g.id not in skip:
             for r in range(1, len(free)):
                 trial = mask.copy()
                 trial[free[-r:]] = False
@@ -228,9 +248,9 @@ def _keeps(new, kept) -> bool:
     return spec is not None and all(pos < len(spec) and spec[pos] == value for pos, value in kept)
 
 
-def _candidate_attrs(c: Coupling, held, width) -> dict[tuple[str, str], int]:
+def _claims(c: Coupling, held, width) -> dict[tuple[str, str], set[int]]:
     """Attributes to set in the cut copy: each that holds the number a probed reshape or split
-    wrote, set to the width its dim has after the cut. An attribute two different widths claim
+    wrote, and the widths its dims have after the cut. An attribute two different widths claim
     cannot follow both, so it is left alone (and its probes fail unless the code ignores it)."""
     claims: dict[tuple[str, str], set[int]] = {}
     for key, checks in c.probes.items():
@@ -242,7 +262,7 @@ def _candidate_attrs(c: Coupling, held, width) -> dict[tuple[str, str], int]:
                 continue  # a width the trial keeps (a sequence as long as the head count) claims nothing
             for ma in candidates:
                 claims.setdefault(tuple(ma), set()).add(w)
-    return {ma: next(iter(ws)) for ma, ws in claims.items() if len(ws) == 1}
+    return claims
 
 
 def _follows(old, new, pos: int, probed: set[int], width: int) -> bool:

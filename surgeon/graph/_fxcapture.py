@@ -10,7 +10,7 @@ import torch.fx as fx
 import torch.fx.traceback as fx_traceback
 from torch import nn
 
-__all__ = ["_FxCapture", "_Tracer"]
+__all__ = ["_FxCapture", "_Tracer", "explicit_forward"]
 
 
 class _FxCapture:
@@ -38,6 +38,15 @@ class _Tracer(fx.Tracer):
 
     _COMPOSITE = (nn.TransformerEncoder, nn.TransformerEncoderLayer, nn.TransformerDecoder,
                   nn.TransformerDecoderLayer, nn.Transformer)
+
+    def __init__(self, root_fn: Any = None):
+        super().__init__()
+        self._root_fn = root_fn  # traced instead of ``type(root).forward`` (see explicit_forward)
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        if self._root_fn is not None:
+            root_fn = self._root_fn
+        return super().create_args_for_root(root_fn, is_module, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return not isinstance(m, self._COMPOSITE) and super().is_leaf_module(m, qualname)
@@ -101,3 +110,16 @@ class _Tracer(fx.Tracer):
         if self.module_stack:
             node.meta["nn_module_stack"] = dict(self.module_stack)
         return node
+
+
+def explicit_forward(forward: Any, names: list[str]) -> Any:
+    """``def forward(self, a, b): return forward(self, a=a, b=b)`` for the input ``names``: a root
+    function whose signature fx can read, where ``forward`` itself is a decorator's
+    ``(*args, **kwargs)`` wrapper whose code fx cannot rewrite."""
+    if not all(n.isidentifier() and n != "self" for n in names):
+        raise ValueError(f"cannot name the inputs {names} in a traced signature")
+    params = ", ".join(names)
+    call = ", ".join(f"{n}={n}" for n in names)
+    scope: dict[str, Any] = {"_forward": forward}
+    exec(f"def forward(self, {params}):\n    return _forward(self, {call})\n", scope)  # noqa: S102 - names checked above
+    return scope["forward"]

@@ -28,7 +28,7 @@ from torch import nn
 from .. import _walks
 from ..errors import TraceError
 from ..slicing.fixers import has_fixer
-from ._fxcapture import _FxCapture, _Tracer
+from ._fxcapture import explicit_forward, _FxCapture, _Tracer
 from .partial import partial_capture
 from ._snapshot import ReadRecorder, untouched
 from .flops import FlopTally, NodeInfo, _describe, _propagate, count_known, no_fast_path  # noqa: F401
@@ -142,7 +142,17 @@ def _fx_capture(model: nn.Module, args: tuple, kwargs: dict) -> _FxCapture:
     tracer = _Tracer()
     before = set(vars(model))
     try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
+        try:
+            graph = tracer.trace(model, concrete_args=concrete or None)
+        except ValueError as exc:
+            if "co_varnames" not in str(exc):
+                raise
+            # fx rewrites the code of a root forward that takes *args/**kwargs, and cannot where a
+            # decorator's wrapper stands in for it (a Hugging Face ``deprecate_kwarg``, say): trace
+            # from a function naming exactly the inputs given, which calls forward as the user does
+            names = [p.name for p in params[: len(args)]] + [k for k in kwargs if k not in {p.name for p in params[: len(args)]}]
+            tracer = _Tracer(root_fn=explicit_forward(type(model).forward, names))
+            graph = tracer.trace(model)
     finally:  # fx stores constants made in forward on the root: keep them off the user's model
         constants = {name: vars(model).pop(name) for name in set(vars(model)) - before}
     return _FxCapture(tracer.root, graph, constants)

@@ -12,6 +12,7 @@ from torch import nn
 from ...slicing.fixers import has_fixer
 from .base import RuleContext, register
 from .shape import SIZE_ARG, _find_attr, _probe
+from .sizes_attr import sizes_from_attr
 from .width import depends_on_width, follow_size, reads_sizes
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
@@ -135,7 +136,7 @@ def _exported_normalized(ctx: RuleContext, items: list, affine: bool) -> None:
     for k, item in enumerate(items):
         d = nd - len(items) + k
         if type(item) is int and ctx.c.is_channel_like(ctx.out(d)):
-            _probe(ctx, ctx.out(d), k, item, _find_attr(ctx, item),
+            _probe(ctx, ctx.out(d), k, item, _holders(ctx, written, k, item),
                    f"normalized_shape {written} is written in the code")
 
 
@@ -167,11 +168,19 @@ def _check_normalized(ctx: RuleContext, items: list) -> None:
             ctx.rel(key, ctx.v(*item), np.arange(n), np.arange(n))
         elif isinstance(item, fx.Node) and follow_size(ctx, key, item):
             continue
-        elif type(item) is int and (found := _find_attr(ctx, item)):
-            for module, attr in found:  # self.dim written into the call: surgery updates it
-                ctx.attr_fix(module, attr, key)
+        elif type(item) is int and (found := _holders(ctx, written, k, item)):
+            for module, attr, *at in found:  # self.dim written into the call: surgery updates it
+                ctx.attr_fix(module, attr, key, index=at[0] if at else None)
         else:
             depends_on_width(ctx, [key], d, f"normalized_shape {written} is written in the code")
+
+
+def _holders(ctx: RuleContext, written: tuple, k: int, item: int) -> list[tuple]:
+    """Where entry ``k`` of a ``normalized_shape`` written into the call is kept: entry ``k`` of a
+    tuple attribute equal to the whole shape that ``forward`` read (OLMo's parameter-free norm
+    keeps ``self.normalized_shape = (hidden,)``) as ``(module, attr, k)``, else an int attribute
+    equal to it as ``(module, attr)``."""
+    return sizes_from_attr(ctx, list(written), k) or list(_find_attr(ctx, item))
 
 
 def _owner_path(ctx: RuleContext) -> str | None:
