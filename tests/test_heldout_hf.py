@@ -93,3 +93,23 @@ def test_probe_retries_without_groups_that_share_an_attribute():
     heads = [g for g in a.groups if any("q_proj.weight" in m.name and m.dim == 0 for m in g.tensors)]
     assert heads and not any(h.prunable for h in heads)  # q/k and v/o read one head_dim: still kept
     _lands_with_a_narrower_residual(model, x)
+
+
+def test_implied_head_dim_with_a_kv_head_count_lands_at_its_default_config():
+    """OLMo derives head_dim = hidden / heads and sizes k/v by num_key_value_heads: a joint cut (a
+    head of every layer with head_dim residual channels) must set both head counts. The k/v width
+    is kv_heads * hidden / heads, a width the head count divides, solved with the joint's count."""
+    from surgeon.analysis.hf import check_config
+
+    cfg = T.OlmoConfig(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=128, max_position_embeddings=32)
+    model, x = _build(T.OlmoForCausalLM, cfg)
+    base = count_flops(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = surgeon.shrink(model, x, 0.5)
+    assert abs(count_flops(small, x) / base - 0.5) <= 0.01
+    assert small.config.num_attention_heads < 4 and small.config.hidden_size < 64
+    assert small.config.num_key_value_heads == small.config.num_attention_heads  # still multi-head
+    assert check_config(small) is None  # from_pretrained builds exactly these shapes
+    assert model.config.hidden_size == 64 and model.config.num_key_value_heads == 4

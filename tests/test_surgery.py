@@ -123,3 +123,36 @@ def test_measure_counts_what_count_flops_counts_and_runs_the_model():
     else:
         raise AssertionError("measure did not run the model")
     assert torch.backends.mha.get_fastpath_enabled()
+
+
+class _CachedBias(nn.Module):
+    """timm's LeViT / EfficientFormer habit: in eval mode forward keeps a tensor computed from a
+    parameter (with autograd on: not a graph leaf) in a dict attribute, which torch refuses to
+    deep-copy."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 8, 1)
+        self.bias = nn.Parameter(torch.randn(8, 1, 1))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x):
+        if self.training:
+            bias = self.bias * 2
+        else:
+            if "cpu" not in self.cache:
+                self.cache["cpu"] = self.bias * 2
+            bias = self.cache["cpu"]
+        return self.conv2(torch.relu(self.conv1(x))) + bias
+
+
+def test_shrink_copies_a_model_whose_forward_cached_a_non_leaf_tensor():
+    torch.manual_seed(0)
+    model, x = _CachedBias().eval(), torch.randn(2, 3, 8, 8)
+    ref = model(x)  # the user evaluated it once: the cache holds a tensor autograd made
+    assert model.cache["cpu"].grad_fn is not None
+    small = surgeon.shrink(model, x, 0.5)
+    assert small.conv1.out_channels < 16 and small.cache["cpu"].grad_fn is None
+    assert small.cache["cpu"] is not model.cache["cpu"]  # a copy, as deepcopy makes
+    assert torch.equal(model(x), ref) and model.conv1.out_channels == 16  # the original is untouched

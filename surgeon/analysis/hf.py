@@ -58,6 +58,9 @@ class ConfigModel:
     unit_fields: dict[str, int] = field(default_factory=dict)
     # width fields that also set a non-persistent buffer's value (Gemma: sqrt(hidden_size)) -> it
     value_fields: dict[str, str] = field(default_factory=dict)
+    # dims a field divides (narrower as it grows: OLMo's k_proj is kv_heads * hidden // heads):
+    # field -> those dims, which products solve with the field's new value where a joint sets it
+    divides: dict[str, set] = field(default_factory=dict)
 
 
 def _is_config(obj: Any) -> bool:
@@ -163,6 +166,9 @@ def config_model(model: nn.Module) -> ConfigModel | None:
             for d, (s0, s1) in enumerate(zip(shape, moved[name])):
                 if s0 != s1:
                     a = (s1 - s0) // v if type(v) is int else (s1 - s0) / v
+                    if a < 0:  # narrower as the field grows: a width divided by it, which no line
+                        cm.divides.setdefault(k, set()).add((name, d))  # through two points describes
+                        continue
                     fp[(name, d)] = (a, s0 - a * v)
         if fp:
             cm.footprint[k] = fp
@@ -317,7 +323,8 @@ def config_updates(a, cm: ConfigModel, keep) -> list[tuple[str, Any, Any]]:
                                    else shapes[name][dim])
     olds = {f: _get(cm.config, f) if _get(cm.config, f) is not None else cm.materialized[f] for f in cm.footprint}
     solved = {f: _solve(cm, f, widths) for f in cm.footprint}
-    solved.update(solve_products(cm, widths, olds))  # widths that are products of several fields
+    known = {f: int(keep[gi].sum()) / int(_get(cm.config, f)) for f, gi in cm.unit_fields.items()}
+    solved.update(solve_products(cm, widths, olds, known))  # widths that are products of several fields
     for f in _per_head(cm, solved):
         solved[f] = None  # the head counts explain its dims: head_dim stays
     for f, new in solved.items():

@@ -63,11 +63,13 @@ def _system(cm, widths: dict) -> tuple[list, list[str]]:
     return rows, fields
 
 
-def solve_products(cm, widths: dict, olds: dict) -> dict[str, Any]:
+def solve_products(cm, widths: dict, olds: dict, known: dict | None = None) -> dict[str, Any]:
     """New values of the fields that pure-product dims hold, solved together (``widths``:
-    ``(param, dim) -> (old width, new width)``; ``olds``: field -> its value). Empty when the
-    system has no exact unique solution; a field's value is None when it is no integer (or no
-    float that rebuilds its widths, for a ratio)."""
+    ``(param, dim) -> (old width, new width)``; ``olds``: field -> its value; ``known``: the
+    new/old ratio of head counts a joint sets, which divide the dims of ``cm.divides``). Empty
+    when the system has no exact unique solution; a field's value is None when it is no integer
+    (or no float that rebuilds its widths, for a ratio)."""
+    known = known or {}
     rows, fields = _system(cm, widths)
     if not rows or not fields:
         return {}
@@ -78,6 +80,9 @@ def solve_products(cm, widths: dict, olds: dict) -> dict[str, Any]:
         for f in fs:
             A[r, col[f]] = 1.0
         y[r] = math.log(widths[key][1] / widths[key][0])
+        for f, ratio in known.items():  # a dim divided by a head count the joint moved: its share out
+            if key in getattr(cm, "divides", {}).get(f, ()):
+                y[r] += math.log(ratio)
     x, _, rank, _ = np.linalg.lstsq(A, y, rcond=None)
     if rank < len(fields) or np.abs(A @ x - y).max(initial=0.0) > 1e-9:
         return {}

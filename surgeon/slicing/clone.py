@@ -57,7 +57,7 @@ def _clone(m: nn.Module, memo: dict[int, Any]) -> nn.Module:
     if plain is None:
         plain = _PLAIN[cls] = _plain_pickling(cls)
     if not plain:
-        return copy.deepcopy(m, memo)
+        return _deepcopy(m, memo, m)
     new = cls.__new__(cls)
     memo[id(m)] = new
     state = new.__dict__
@@ -74,9 +74,44 @@ def _clone(m: nn.Module, memo: dict[int, Any]) -> nn.Module:
         elif kind is tuple and all(type(e) in _ATOMIC for e in v):
             state[k] = v  # what deepcopy returns for it
         elif k != "_compiled_call_impl":
-            state[k] = copy.deepcopy(v, memo)
+            state[k] = _deepcopy(v, memo, m)
     state.pop("_compiled_call_impl", None)  # nn.Module.__getstate__ drops it too
     return new
+
+
+def _deepcopy(v: Any, memo: dict[int, Any], owner: nn.Module) -> Any:
+    """``copy.deepcopy(v, memo)``; where ``v`` holds a tensor that autograd made (a cache that
+    forward filled with grad on: timm's LeViT keeps ``attention_biases[:, idxs]`` in a dict),
+    which torch refuses to deep-copy, that tensor is copied detached (a cache is recomputed
+    from the parameters anyway)."""
+    try:
+        return copy.deepcopy(v, memo)
+    except RuntimeError as exc:
+        if "graph leaves" not in str(exc):
+            raise
+    seen: set[int] = set()
+    for t in _tensors_in(v, seen):
+        if t.grad_fn is not None and id(t) not in memo:
+            memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(v, memo)
+
+
+def _tensors_in(v: Any, seen: set[int], depth: int = 8):
+    """The tensors in ``v``: its containers and the attributes of its modules, ``depth`` levels deep."""
+    if id(v) in seen or depth == 0:
+        return
+    seen.add(id(v))
+    if isinstance(v, torch.Tensor):
+        yield v
+    elif isinstance(v, dict):
+        for e in v.values():
+            yield from _tensors_in(e, seen, depth - 1)
+    elif isinstance(v, (list, tuple, set)):
+        for e in v:
+            yield from _tensors_in(e, seen, depth - 1)
+    elif isinstance(v, nn.Module):
+        for e in vars(v).values():
+            yield from _tensors_in(e, seen, depth - 1)
 
 
 def _tensor(t: Any, memo: dict[int, Any]) -> Any:
