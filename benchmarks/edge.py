@@ -13,10 +13,17 @@ For each model (torchvision, random weights, input 1x3x224x224) this writes, wit
   after ``--tp-limit`` seconds; the FLOPs column says where it landed), exported with the same int8
   recipe (``quantize="auto"``, the same calibration data); ``--no-peer`` leaves them out.
 
+With ``--cli`` the three files are those the console script writes, each by its own process:
+``surgeon export torchvision:NAME --onnx dense.onnx``, ``surgeon shrink torchvision:NAME --target
+0.5 --out small.pt``, ``surgeon export small.pt --onnx s.onnx`` and ``surgeon export small.pt --onnx
+s8.onnx --int8 --calibration calibration.pt`` (no peer; agreement against the shrunk fp32 file).
+
 Calibration and agreement inputs: i.i.d. standard normal pixels N(0, 1) (what ImageNet-normalised
 images look like to first order; the weights are random, so real images would say no more):
-``--calib`` samples (batches of 4) to calibrate, and 64 fresh samples of the same distribution,
-never seen in calibration, for the top-1 agreement of each int8 file with its PyTorch model.
+``--calib`` samples saved in one ``.pt`` file, which both paths pass as the CLI passes
+``--calibration`` (read in batches of 8, the last fifth held out for the report's agreement), and
+64 fresh samples of the same distribution, never seen in calibration, for the top-1 agreement of
+each int8 file with its PyTorch model.
 
 All files are timed in alternation (dense, shrunk fp32, shrunk int8, ... rotated every round) on
 onnxruntime CPU with 1 thread (the thread's CPU time; see ``surgeon.latency.runtime``) and, with
@@ -30,7 +37,7 @@ dataset-fashion-mnist``) and an MLP trained on scikit-learn's digits, each shrun
 FLOPs (briefly fine-tuned) and exported fp32 and int8 (``quantize="auto"``, calibration from the
 training split); both files are scored in onnxruntime on the held-out test split.
 
-    PYTHONPATH=. python benchmarks/edge.py [--models resnet50,mobilenet_v2] [--rounds 15] [--no-peer]
+    PYTHONPATH=. python benchmarks/edge.py [--models resnet50,mobilenet_v2] [--rounds 15] [--no-peer] [--cli]
     PYTHONPATH=. python benchmarks/edge.py --accuracy
 """
 
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -68,16 +76,30 @@ def calibration(n: int, seed: int) -> list[torch.Tensor]:
     return [torch.randn(4, 3, 224, 224, generator=gen) for _ in range(max(1, n // 4))]
 
 
-def agreement(path: str, model: torch.nn.Module, samples: list[torch.Tensor]) -> float:
+def calibration_file(n: int, tmp: str) -> str:
+    """``n`` N(0, 1) samples (seed 1) in one tensor, saved as the ``--calibration`` file of the CLI:
+    both paths read it alike (batches of 8, the last fifth held out for the report's agreement)."""
+    path = os.path.join(tmp, "calibration.pt")
+    torch.save(torch.cat(calibration(n, 1)), path)
+    return path
+
+
+def agreement(path: str, model, samples: list[torch.Tensor]) -> float:
+    """Top-1 agreement of the file at ``path`` with ``model``: a torch module, or the path of an
+    fp32 ONNX file (which matches its PyTorch model to 1e-4)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    def top1(file: str):
+        sess = ort.InferenceSession(file, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: torch.from_numpy(sess.run(None, {name: x.numpy()})[0]).argmax(-1)
+
+    ref_of = top1(model) if isinstance(model, str) else (lambda x: model(x).argmax(-1))
+    out_of = top1(path)
     same = total = 0
     with torch.no_grad():
         for x in samples:
-            ref = model(x).argmax(-1)
-            out = torch.from_numpy(sess.run(None, {name: x.numpy()})[0]).argmax(-1)
+            ref, out = ref_of(x), out_of(x)
             same, total = same + int((ref == out).sum()), total + ref.numel()
     return same / total
 
@@ -107,7 +129,7 @@ def files_for(name: str, model, x, tmp: str, args) -> tuple[dict, dict, dict]:
         except Exception as exc:  # noqa: BLE001 - a peer failure is a result, not the end of the model
             print(f"  Torch-Pruning failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
     files, flops, agree = {}, {}, {}
-    calib, held = calibration(args.calib, 1), calibration(64, 2)
+    calib, held = calibration_file(args.calib, tmp), calibration(64, 2)
     for label, net in list(nets.items()):
         net.eval()
         flops[label] = count_flops(net, x) / base
@@ -126,6 +148,37 @@ def files_for(name: str, model, x, tmp: str, args) -> tuple[dict, dict, dict]:
         for line in rep.fp32_nodes:
             print(f"    {line}")
     return files, flops, agree
+
+
+def cli(*argv: str) -> str:
+    import subprocess
+
+    done = subprocess.run(["surgeon", *argv, "--quiet"], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"surgeon {' '.join(argv)}: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def files_cli(name: str, tmp: str, args) -> tuple[dict, dict, dict]:
+    """The files the console script writes: ``surgeon export torchvision:NAME``, ``surgeon shrink
+    torchvision:NAME --target 0.5 --out small.pt``, ``surgeon export small.pt`` with and without
+    ``--int8 --calibration calibration.pt``; agreement against the shrunk fp32 file."""
+    files = {k: os.path.join(tmp, f"{k.replace(' ', '_')}.onnx") for k in ("dense fp32", "shrunk fp32", "shrunk int8")}
+    small, calib = os.path.join(tmp, "small.pt"), calibration_file(args.calib, tmp)
+    cli("export", f"torchvision:{name}", "--onnx", files["dense fp32"])
+    said = cli("shrink", f"torchvision:{name}", "--target", str(TARGET), "--out", small).strip().splitlines()[0]
+    print(f"  {said}")
+    kept = re.search(r"FLOPs \S+ -> \S+ \(([\d.]+)\)", said)
+    ratio = float(kept.group(1)) if kept else float("nan")
+    cli("export", small, "--onnx", files["shrunk fp32"])
+    t0 = time.perf_counter()
+    out = cli("export", small, "--onnx", files["shrunk int8"], "--int8", "--calibration", calib)
+    agree = {"shrunk int8": agreement(files["shrunk int8"], files["shrunk fp32"], calibration(64, 2))}
+    print(f"  shrunk int8  by the CLI in {time.perf_counter() - t0:5.1f} s; top-1 agreement {agree['shrunk int8']:.3f} "
+          f"with the shrunk fp32 file on 64 held-out N(0,1) inputs", flush=True)
+    for line in out.strip().splitlines()[1:]:
+        print(f"    {line.strip()}")
+    return files, {"dense fp32": 1.0, "shrunk fp32": ratio, "shrunk int8": ratio}, agree
 
 
 def timed(files: dict, x, rounds: int, threads: int) -> dict[str, tuple[float, float, float]]:
@@ -230,6 +283,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
     ap.add_argument("--calib", type=int, default=32, help="calibration samples (default 32)")
     ap.add_argument("--no-peer", action="store_true", help="skip Torch-Pruning")
+    ap.add_argument("--cli", action="store_true", help="the files the console script writes (no peer)")
     ap.add_argument("--all-threads", action="store_true", help="also time on all threads (wall clock)")
     ap.add_argument("--tp-steps", type=int, default=6, help="bisection steps on the TP channel ratio (default 6)")
     ap.add_argument("--tp-limit", type=float, default=120.0, help="seconds per Torch-Pruning step (default 120)")
@@ -248,7 +302,8 @@ def main(argv=None) -> None:
         model, x = build(name)
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                files, flops, agree = files_for(name, model.eval(), x, tmp, args)
+                files, flops, agree = (files_cli(name, tmp, args) if args.cli else
+                                       files_for(name, model.eval(), x, tmp, args))
             except Exception as exc:  # noqa: BLE001 - one model's failure is a result, not the end
                 print(f"  {name} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
                 continue

@@ -50,7 +50,10 @@ def _calib(shape, n: int = 6, seed: int = 0) -> list[torch.Tensor]:
 
 def _fp32_weighted(path: Path) -> set[str]:
     """The Conv/MatMul/Gemm nodes of a QDQ file whose weight is a float initializer (not int8)."""
-    model = onnx.load(str(path))
+    return _fp32_weighted_model(onnx.load(str(path)))
+
+
+def _fp32_weighted_model(model) -> set[str]:
     floats = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     return {n.name for n in model.graph.node if n.op_type in int8.COMPUTE and len(n.input) > 1
             and n.input[1] in floats}
@@ -122,12 +125,13 @@ def test_export_leaves_a_kind_fp32_when_measured_slower(tmp_path, monkeypatch):
     seen = {}
 
     def fake_timings(qdq, float_model, kinds, feed, rounds=7):  # depthwise convs slower in int8
+        assert all(len(v) == 1 for v in feed.values())  # timed at one sample, as on the edge
         seen.update({n: k for n, k in kinds.items() if k == "DepthwiseConv"})
         return {"Conv": int8.NodeTiming(2.0, 1.0), "DepthwiseConv": int8.NodeTiming(1.0, 1.5),
                 "Gemm": int8.NodeTiming(2.0, 1.0)}
 
     monkeypatch.setattr(int8, "time_kinds", fake_timings)
-    monkeypatch.setattr(int8_paths, "sensitive_nodes", lambda *a, **k: ({}, 0.0, 0.0))  # timing only here
+    monkeypatch.setattr(int8_paths, "sensitive_nodes", lambda *a, **k: int8_paths.Sensitivity({}, 0.0, 0.0))
     net, x = DepthwiseNet().eval(), torch.randn(1, 1, 12, 12)
     rep = export(net, x, tmp_path / "c.onnx", quantize="auto", calibration=_calib((1, 12, 12)))
     assert len(seen) == 1
@@ -203,6 +207,35 @@ def test_fp32_readers_keep_the_relu_the_quantizer_folded(tmp_path):
     assert int8_paths.output_error(edited, feed, [ref]) < 1e-6  # all fp32 again, and the ReLUs still act
 
 
+class TwoReaders(nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1)
+        self.conv3, self.fc = nn.Conv2d(width, width, 1), nn.Linear(width, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))  # one ReLU-clamped int8 tensor, read by two convs
+        return self.fc((self.conv2(h) + self.conv3(h)).mean((2, 3)))
+
+
+def test_edits_of_edited_files_keep_one_clamp_per_tensor(tmp_path):
+    torch.manual_seed(0)
+    net, x = TwoReaders().eval(), torch.randn(1, 1, 12, 12)
+    src = export(net, x, tmp_path / "f.onnx").path
+    names = [onnx.load(src).graph.input[0].name]
+    _edge._static(src, str(tmp_path / "q.onnx"), names, [((c,), {}) for c in _calib((1, 12, 12))], False)
+    float_model, qdq = onnx.load(src), onnx.load(str(tmp_path / "q.onnx"))
+    conv2 = [n.name for n in float_model.graph.node if n.op_type == "Conv"][1]
+    once = int8.float_weights(qdq, float_model, {conv2})  # conv2 reads the clamped fp32 tensor, conv3 its int8 copy
+    twice = int8_paths.float_paths(int8.float_weights(once, float_model, {conv2}), {conv2})
+    outputs = [o for n in twice.graph.node for o in n.output]
+    assert len(outputs) == len(set(outputs)) and sum(n.op_type == "Clip" for n in twice.graph.node) == 1
+    onnx.checker.check_model(twice)
+    feed = {names[0]: _calib((1, 12, 12), n=1, seed=5)[0].numpy()}
+    ref = int8._session(float_model).run(None, feed)[0]
+    assert int8_paths.output_error(twice, feed, [ref]) < 0.05
+
+
 def test_the_node_int8_hurts_most_is_kept_fp32(tmp_path, monkeypatch):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
@@ -212,6 +245,7 @@ def test_the_node_int8_hurts_most_is_kept_fp32(tmp_path, monkeypatch):
         net[0].weight[:, 0] /= 300.0  # ... which the output needs as much as the outlier
     calib = [torch.randn(16, 4) * scale for _ in range(4)]
     monkeypatch.setattr(int8, "time_kinds", lambda *a, **k: {})  # error only, no timing
+    monkeypatch.setattr(int8_paths, "time_cost", lambda *a, **k: 0.01)  # fp32 costs 1% of the time
     first = next(n.name for n in onnx.load(export(net, calib[0][:1], tmp_path / "f.onnx").path).graph.node
                  if n.op_type in int8.COMPUTE)
     rep = export(net, calib[0][:1], tmp_path / "q.onnx", quantize="static", calibration=calib)
@@ -221,6 +255,31 @@ def test_the_node_int8_hurts_most_is_kept_fp32(tmp_path, monkeypatch):
     note = next(line for line in rep.fp32_nodes if line.startswith("output error on a calibration batch"))
     before, after = (float(v) for v in re.findall(r"(\d\.\de[-+]\d+)", note))
     assert after < before / 2
+    assert any("at +1.0% time (measured): kept fp32" in line for line in rep.fp32_nodes)
+
+
+def test_nodes_are_left_int8_where_their_fp32_time_costs_more_than_their_error(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                        nn.Linear(64, 10)).eval()
+    with torch.no_grad():
+        net[0].weight[:, 0] /= 300.0
+    calib = [torch.randn(16, 4) * torch.tensor([300.0, 1.0, 1.0, 1.0]) for _ in range(4)]
+    costs = []
+
+    def dear(qdq, trial, feed, rounds=7):  # each fp32 node adds half the model's time (an int8 chain broken)
+        n = len(_fp32_weighted_model(trial))
+        costs.append(n)
+        return 0.5 * n
+
+    monkeypatch.setattr(int8, "time_kinds", lambda *a, **k: {})
+    monkeypatch.setattr(int8_paths, "time_cost", dear)
+    monkeypatch.setattr(int8_paths, "GAIN", 0.0)  # every node that cuts the error at all is shortlisted
+    monkeypatch.setattr(int8_paths, "WORTH", 0.0)
+    rep = export(net, calib[0][:1], tmp_path / "q.onnx", quantize="static", calibration=calib)
+    assert _fp32_weighted(tmp_path / "q.onnx") == set()  # none pays for its time
+    assert costs and costs[-1] == 1 and all(a > b for a, b in zip(costs, costs[1:]))  # the better half, in turn
+    assert sum("less than 3x the time, left int8" in line for line in rep.fp32_nodes) == len(costs)
 
 
 # ---- calibration files ---------------------------------------------------------------------------------

@@ -127,8 +127,9 @@ def _static_mixed(pre: str, dst: str, model, names: list[str], calibration: list
     """Static QDQ once (the ops of :data:`.int8.KEPT_FP32` and the glue on fp32 paths left fp32),
     then mixed precision as edits of that file: fp32 readers read fp32 tensors and the outputs stay
     fp32; the Quantize/Dequantize pairs on the noisiest tensors removed; with ``measure``, the
-    weighted nodes whose fp32 copy cuts the output error most on a calibration batch, and each
-    weighted node kind that the whole model runs faster with in fp32, given back their float weights."""
+    weighted nodes whose fp32 copy cuts the output error most on a calibration batch (where that
+    is worth the time they add), and each weighted node kind that the whole model runs faster with
+    in fp32, given back their float weights; timings on one sample, the latency on the edge."""
     import onnx
 
     from . import int8, int8_paths
@@ -144,17 +145,19 @@ def _static_mixed(pre: str, dst: str, model, names: list[str], calibration: list
     noisy = int8.noisy_tensors(qdq, feeds)
     if noisy:
         qdq = int8.bypass(qdq, set(noisy))
-    accurate, before, after = int8_paths.sensitive_nodes(qdq, model, feeds[0], fp32) if measure else ({}, 0.0, 0.0)
-    timings = int8.time_kinds(qdq, model, kinds, feeds[0]) if measure else {}
+    timing = int8.one_sample(model, feeds[0])  # the latency of one input, as on the edge
+    found = int8_paths.sensitive_nodes(qdq, model, feeds[0], fp32, timing_feed=timing) if measure else None
+    accurate = dict(found.chosen) if found else {}
+    timings = int8.time_kinds(qdq, model, kinds, timing) if measure else {}
     prec = int8.plan_precision(kinds, timings, {node: db for node, db in noisy.values()}, accurate, glue)
     if prec.exclude:
         qdq = int8_paths.float_paths(int8.float_weights(qdq, model, set(prec.exclude)), fp32 | set(prec.exclude))
     _files.save_model(qdq, dst)
-    if not accurate:
+    if found is None or found.before <= int8_paths.ERR_OK:
         return prec
-    line = (f"output error on a calibration batch (MSE / variance): {before:.1e} all int8, {after:.1e} with "
-            f"the {len(accurate)} node(s) most sensitive to int8 in fp32")
-    return dataclasses.replace(prec, notes=(line,))
+    line = f"output error on a calibration batch (MSE / variance): {found.before:.1e} all int8" + (
+        f", {found.after:.1e} with the {len(accurate)} node(s) most sensitive to int8 in fp32" if accurate else "")
+    return dataclasses.replace(prec, notes=(line, *found.notes))
 
 
 def _static(pre: str, dst: str, names: list[str], calibration: list, big: bool, exclude: tuple[str, ...] = ()) -> None:

@@ -13,12 +13,14 @@
 * :func:`plan_precision`: the nodes to keep in fp32. The file is quantized once; then each kind of
   weighted node (Conv, DepthwiseConv, MatMul, Gemm) is timed in both precisions in the whole model
   (:func:`time_kinds`: the file as quantized against the file with that kind given back its float
-  weights and float input, onnxruntime CPU, one thread, interleaved, the median of the per-pair
-  ratios); a kind stays fp32 where int8 is not faster. The ops whose per-tensor int8 error is
-  large (LayerNormalization, GELU, Softmax, Sigmoid, the layer-scale Mul) are not quantized
-  (:data:`KEPT_FP32`), and the tensors whose int8 copy has the worst signal-to-noise ratio on the
-  calibration data keep fp32 (:func:`noisy_tensors`, :func:`bypass`); glue on fp32 paths, the
-  outputs, and the nodes whose int8 error the output feels most stay fp32 too (:mod:`.int8_paths`).
+  weights and float input, onnxruntime CPU, one thread, one sample (:func:`one_sample`),
+  interleaved, the median of the per-pair ratios); a kind stays fp32 where int8 is not faster.
+  The ops whose per-tensor int8 error is large (LayerNormalization, GELU, Softmax, Sigmoid, the
+  layer-scale Mul) are not quantized (:data:`KEPT_FP32`), and the tensors whose int8 copy has the
+  worst signal-to-noise ratio on the calibration data keep fp32 (:func:`noisy_tensors`,
+  :func:`bypass`); glue on fp32 paths, the outputs, and the nodes whose int8 error the output
+  feels most stay fp32 too, the last only where that error is worth the time they add, measured
+  (:mod:`.int8_paths`).
   Every decision comes with its reason, which the export report lists.
 """
 
@@ -33,8 +35,8 @@ import numpy as np
 from ._base import ExportError
 
 __all__ = ["CalibrationNeeded", "NodeTiming", "Precision", "shares", "macs_by_kind", "choose_mode", "node_kinds",
-           "plan_precision", "time_kinds", "node_macs", "float_weights", "fp32_sources", "bypass", "noisy_tensors",
-           "QUANTIZED_OPS", "KEPT_FP32", "DYNAMIC_SHARE"]
+           "plan_precision", "time_kinds", "one_sample", "node_macs", "float_weights", "fp32_sources", "bypass",
+           "noisy_tensors", "QUANTIZED_OPS", "KEPT_FP32", "DYNAMIC_SHARE"]
 
 log = logging.getLogger("surgeon.exporters.onnx")
 
@@ -257,6 +259,7 @@ def fp32_sources(model) -> dict[str, str]:
     consts = {i.name: i for i in model.graph.initializer}
     quant = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     sources, clamped, nodes = {}, {}, []
+    made = {o for n in model.graph.node for o in n.output}
     for n in model.graph.node:  # in graph order: a Quantize comes before its Dequantize
         nodes.append(n)
         if n.op_type == "DequantizeLinear" and n.input[0] in quant:
@@ -268,10 +271,12 @@ def fp32_sources(model) -> dict[str, str]:
             continue
         x = n.input[0]
         name, lo, hi = f"{x}.clamped", f"{x}.clamp_lo", f"{x}.clamp_hi"
+        clamped[n.output[0]] = name
+        if name in made:  # an earlier edit of this file added it (a bypass, then fp32 weights)
+            continue
         model.graph.initializer.extend([onnx.numpy_helper.from_array(np.zeros((), np.float32), lo),
                                         onnx.numpy_helper.from_array((scale.reshape(()) * 255).astype(np.float32), hi)])
         nodes.append(onnx.helper.make_node("Clip", [x, lo, hi], [name], name=name))
-        clamped[n.output[0]] = name
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return sources
@@ -291,6 +296,14 @@ def bypass(qdq, tensors):
                 n.input[k] = rename[i]
     _prune(model)
     return model
+
+
+def one_sample(model, feed: dict) -> dict:
+    """``feed`` cut to its first sample in the inputs whose batch dimension ``model`` leaves free:
+    what an edge device runs, and what the timings measure."""
+    free = {i.name for i in model.graph.input
+            if i.type.tensor_type.shape.dim and not i.type.tensor_type.shape.dim[0].HasField("dim_value")}
+    return {k: v[:1] if k in free and getattr(v, "ndim", 0) else v for k, v in feed.items()}
 
 
 def _session(model):

@@ -24,28 +24,35 @@ Three measures, each for a reason the int8 files of ConvNeXt-style models showed
   outputs are never quantized (uint8 logits tie the near-equal classes).
 * :func:`sensitive_nodes`: each weighted compute node is given back its fp32 weights and input in
   turn and the output error on a calibration batch measured; the nodes whose fp32 copy cuts that
-  error most per multiply-add stay fp32, where that cut is large against what they cost (:data:`WORTH`),
-  within :data:`FP32_MACS` of the model's multiply-adds.
+  error most per multiply-add are shortlisted (:data:`GAIN`, :data:`WORTH`, :data:`FP32_MACS`),
+  and kept fp32 only if they halve the error at least (:data:`CUT`) and the time they add, measured
+  (:func:`time_cost`), is small against the error they remove (:data:`PAYOFF`). Their multiply-adds
+  say little of that time: one fp32 depthwise conv inside MobileNet's int8 chain costs its
+  Quantize/Dequantize pair and two layout changes, a twentieth to a tenth of the whole model's time.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 from .int8 import COMPUTE, GLUE, QUANTIZED_OPS, _copy, _prune, _session, float_weights, fp32_sources, node_macs
 
-__all__ = ["float_glue", "float_paths", "output_error", "sensitive_nodes", "MOVES", "FP32_MACS", "GAIN", "WORTH",
-           "ERR_OK", "SEARCH_S"]
+__all__ = ["float_glue", "float_paths", "output_error", "sensitive_nodes", "time_cost", "Sensitivity", "MOVES",
+           "FP32_MACS", "GAIN", "WORTH", "ERR_OK", "SEARCH_S", "CUT", "PAYOFF", "COST_ROUNDS"]
 
 MOVES = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")  # layout only: no arithmetic to save
 FP32_MACS = 0.10  # at most this share of the multiply-adds is given back fp32 for accuracy
 GAIN = 0.05  # a node stays fp32 for accuracy if that alone cuts the output error by this share
-WORTH = 10.0  # ... and by this many times its share of the multiply-adds (~3x its share of the int8 time)
+WORTH = 10.0  # ... and by this many times its share of the multiply-adds (a first cut; time decides)
 ERR_OK = 1e-5  # output error (MSE / variance) below which no node is searched: int8 is as good as fp32
 SEARCH_S = 60.0  # seconds the search may take (cheapest nodes first); the rest stay int8
+CUT = 0.5  # fp32 nodes stay fp32 if they cut the output error by half at least (3 dB): less is not worth their time
+PAYOFF = 3.0  # ... and by this many times the share of time they add
+COST_ROUNDS = 11  # interleaved rounds that time the fp32 nodes' cost
 
 
 def _graph_maps(model):
@@ -129,16 +136,22 @@ def output_error(model, feed: dict, ref: list[np.ndarray]) -> float:
     return err / max(sum(float(r.var()) for r in ref), 1e-30)
 
 
-def sensitive_nodes(qdq, float_model, feed: dict, fp32_nodes: set[str],
-                    seconds: float = SEARCH_S) -> tuple[dict[str, float], float, float]:
-    """The weighted compute nodes to give back fp32 for accuracy: node -> the share of the output
-    error its fp32 copy alone removes on ``feed`` (at least :data:`GAIN`, and :data:`WORTH` times its
-    share of the multiply-adds), chosen by that share per multiply-add within :data:`FP32_MACS`; and
-    the output error before and after."""
-    ref = [r.astype(np.float64) for r in _session(float_model).run(None, feed)]
-    base = output_error(qdq, feed, ref)
-    if base <= ERR_OK:
-        return {}, base, base
+@dataclass(frozen=True)
+class Sensitivity:
+    """What :func:`sensitive_nodes` found: the nodes kept fp32 for accuracy (name -> the share of
+    the output error its fp32 copy alone removes), the output error all int8 and with them fp32,
+    and one line per decision taken (the measured time they cost, or why none was kept)."""
+
+    chosen: Mapping[str, float]
+    before: float
+    after: float
+    notes: tuple[str, ...] = ()
+
+
+def _gains(qdq, float_model, feed: dict, ref: list, base: float, fp32_nodes: set[str],
+           seconds: float) -> dict[str, float]:
+    """Each affordable weighted compute node -> the share of the output error its fp32 copy alone
+    removes, cheapest first until ``seconds`` are spent."""
     inits = {i.name for i in float_model.graph.initializer}
     macs = node_macs(float_model)
     total = sum(macs.values())
@@ -151,12 +164,57 @@ def sensitive_nodes(qdq, float_model, feed: dict, fp32_nodes: set[str],
             break
         trial = float_paths(float_weights(qdq, float_model, {name}), fp32_nodes | {name})
         gains[name] = (base - output_error(trial, feed, ref)) / base
-    budget, chosen = FP32_MACS * total, {}
+    return gains
+
+
+def _shortlist(gains: Mapping[str, float], macs: Mapping[str, float]) -> list[str]:
+    """The nodes whose fp32 copy cuts the error by :data:`GAIN` and :data:`WORTH` times their share
+    of the multiply-adds, best cut per multiply-add first, within :data:`FP32_MACS`."""
+    total = sum(macs.values()) or 1.0
+    budget, chosen = FP32_MACS * total, []
     for name in sorted(gains, key=lambda c: gains[c] / max(macs[c], 1.0), reverse=True):
         if gains[name] >= max(GAIN, WORTH * macs[name] / total) and macs[name] <= budget:
-            chosen[name] = gains[name]
+            chosen.append(name)
             budget -= macs[name]
-    if not chosen:
-        return {}, base, base
-    final = float_paths(float_weights(qdq, float_model, set(chosen)), fp32_nodes | set(chosen))
-    return chosen, base, output_error(final, feed, ref)
+    return chosen
+
+
+def time_cost(qdq, trial, feed: dict, rounds: int = COST_ROUNDS) -> float:
+    """The share of time ``trial`` adds to ``qdq`` (onnxruntime CPU, one thread, interleaved, the
+    median of the per-round ratios, less 1): an fp32 node inside an int8 chain costs its own fp32
+    time and, around it, a Quantize/Dequantize pair and the layout changes onnxruntime's int8
+    kernels need, which its share of the multiply-adds does not show."""
+    from ..latency.runtime import interleaved
+
+    runs = [lambda s=s: s.run(None, feed) for s in (_session(qdq), _session(trial))]
+    return interleaved(runs, "ort-cpu", rounds=rounds, warmup=2, clock="cpu").ratios[0] - 1.0
+
+
+def sensitive_nodes(qdq, float_model, feed: dict, fp32_nodes: set[str], seconds: float = SEARCH_S,
+                    timing_feed: dict | None = None) -> Sensitivity:
+    """The weighted compute nodes to give back fp32 for accuracy, by measurement on ``feed``: the
+    nodes whose fp32 copy alone cuts the output error most per multiply-add (:func:`_shortlist`),
+    kept only if together they cut it by :data:`CUT` at least and by :data:`PAYOFF` times the share
+    of time they add, measured on ``timing_feed`` (default ``feed``; :func:`time_cost`); where the
+    time is what fails, the better half of them is tried, and so on. The notes say what was measured."""
+    ref = [r.astype(np.float64) for r in _session(float_model).run(None, feed)]
+    base = output_error(qdq, feed, ref)
+    if base <= ERR_OK:
+        return Sensitivity({}, base, base)
+    gains = _gains(qdq, float_model, feed, ref, base, fp32_nodes, seconds)
+    shortlist, notes = _shortlist(gains, node_macs(float_model)), []
+    while shortlist:
+        final = float_paths(float_weights(qdq, float_model, set(shortlist)), fp32_nodes | set(shortlist))
+        after = output_error(final, feed, ref)
+        cut, cost = (base - after) / base, time_cost(qdq, final, timing_feed or feed)
+        what = f"the {len(shortlist)} node(s) most sensitive to int8 in fp32 cut the output error by {cut:.0%} " \
+               f"on a calibration batch at {cost:+.1%} time (measured)"
+        if cut >= max(CUT, PAYOFF * max(cost, 0.0)):
+            notes.append(f"{what}: kept fp32")
+            return Sensitivity({n: gains[n] for n in shortlist}, base, after, tuple(notes))
+        if cut < CUT:  # a part of them would cut less still
+            notes.append(f"{what}: less than {CUT:.0%}, left int8")
+            break
+        notes.append(f"{what}: less than {PAYOFF:g}x the time, left int8")
+        shortlist = shortlist[:len(shortlist) // 2]
+    return Sensitivity({}, base, base, tuple(notes))
