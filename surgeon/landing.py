@@ -143,7 +143,9 @@ def _own_workload(a: Analysis, own_flops: int, p: Plan, got: float) -> Plan:
     msg = (f"at the dense model's workload the result keeps {got:.4f} of the FLOPs, but its own forward on "
            f"the example keeps {own:.4f}: the code outside the captured parts "
            f"({', '.join(a.traced.parts)}) ran them on a different amount of work than "
-           "the dense model did (a data-dependent count, such as the boxes a detector keeps)")
+           "the dense model did (a data-dependent count, such as the boxes a detector keeps). What may help: "
+           "fix that count in the model's own settings, so both models do the same work (a torchvision "
+           "R-CNN built with box_score_thresh=0.0 returns box_detections_per_img boxes on every image)")
     warnings.warn(msg, OffTargetWarning, stacklevel=_caller_level())
     return dataclasses.replace(p, extra=p.extra + (("own_workload", round(own, 6)), ("workload_note", msg)))
 

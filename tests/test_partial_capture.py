@@ -4,6 +4,7 @@ the largest submodules that are, with the code between them opaque."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -211,3 +212,45 @@ def test_a_changed_workload_is_said_out_loud():
     own = count_flops(busier, x) / count_flops(model, x)
     assert own > 1.05 and dict(noted.extra)["own_workload"] == pytest.approx(own, rel=1e-4)
     assert "WORKLOAD" in noted.report()
+
+
+def _mask_rcnn(score_thresh: float):
+    """A small Mask R-CNN (ResNet-18 FPN, 91 classes, 160 px): its mask head runs once per box it
+    returns, and with random weights the boxes scoring above the default 0.05 are few and move with
+    any pruning."""
+    tv = pytest.importorskip("torchvision")
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(1)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    model = tv.models.detection.MaskRCNN(backbone, num_classes=91, min_size=160, max_size=160,
+                                         box_score_thresh=score_thresh, box_detections_per_img=20,
+                                         rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50).eval()
+    return model, ([torch.rand(3, 160, 160)],)
+
+
+def _shrunk_and_warnings(model, x):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        small = surgeon.shrink(model, x, target=0.5)
+    with torch.no_grad():
+        dense, out = model(*x), small(*x)
+    assert [sorted(d) for d in dense] == [sorted(d) for d in out]  # the same fields, boxes may differ
+    boxes = (len(dense[0]["boxes"]), len(out[0]["boxes"]))
+    return small, boxes, [str(w.message) for w in seen if issubclass(w.category, surgeon.OffTargetWarning)]
+
+
+def test_a_detector_lands_on_its_own_forward_at_a_fixed_workload():
+    model, x = _mask_rcnn(0.05)  # torchvision's default threshold: the boxes kept are an accident
+    small, boxes, warned = _shrunk_and_warnings(model, x)
+    own = count_flops(small, x) / count_flops(model, x)
+    assert boxes[0] != boxes[1], "premise: the pruning changed how many boxes pass the threshold"
+    assert abs(own - 0.5) > 0.01
+    assert len(warned) == 1 and f"its own forward on the example keeps {own:.4f}" in warned[0]
+    assert "box_score_thresh=0.0" in warned[0]  # what may help
+
+    model, x = _mask_rcnn(0.0)  # the same weights, every image returns box_detections_per_img boxes
+    small, boxes, warned = _shrunk_and_warnings(model, x)
+    assert boxes == (20, 20)
+    assert abs(count_flops(small, x) / count_flops(model, x) - 0.5) <= 0.01
+    assert not warned

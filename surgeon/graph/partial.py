@@ -17,6 +17,13 @@ freezes model inputs and outputs): only widths wholly inside a part are pruned. 
 opaque code runs are kept as a constant share of the total, so a target stays a fraction of the
 whole model's FLOPs, and verification runs the whole model as usual.
 
+Where the opaque code decides how much work a part does (a Mask R-CNN runs its mask head once per
+box that passes its score threshold), a pruned model's own forward may do more or less work than
+the dense one did. The landing counts at the dense model's workload (:meth:`PartialCapture.flops`)
+and warns when the own forward differs by more than 0.01; fixing the count in the model's own
+settings (``box_score_thresh=0.0`` returns ``box_detections_per_img`` boxes on every image) makes
+the two the same.
+
 Parts are captured with fx only (not torch.export), so every node of the joined graph has fx's
 meaning for the rules.
 """
