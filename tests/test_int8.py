@@ -192,12 +192,7 @@ def test_residual_stream_and_outputs_stay_fp32(tmp_path):
 
 
 def test_fp32_readers_keep_the_relu_the_quantizer_folded(tmp_path):
-    torch.manual_seed(0)
-    net, x = ConvNet().eval(), torch.randn(1, 1, 12, 12)
-    src = export(net, x, tmp_path / "f.onnx").path
-    names = [onnx.load(src).graph.input[0].name]
-    _edge._static(src, str(tmp_path / "q.onnx"), names, [((c,), {}) for c in _calib((1, 12, 12))], False)
-    float_model, qdq = onnx.load(src), onnx.load(str(tmp_path / "q.onnx"))
+    float_model, qdq, names = _static_int8(ConvNet(), tmp_path)
     assert sum(n.op_type == "Relu" for n in qdq.graph.node) < 2  # folded into a Quantize whose range starts at 0
     weighted = {n.name for n in float_model.graph.node if n.op_type in int8.COMPUTE}
     edited = int8_paths.float_paths(int8.float_weights(qdq, float_model, weighted), weighted)
@@ -218,13 +213,18 @@ class TwoReaders(nn.Module):
         return self.fc((self.conv2(h) + self.conv3(h)).mean((2, 3)))
 
 
-def test_edits_of_edited_files_keep_one_clamp_per_tensor(tmp_path):
+def _static_int8(net: nn.Module, tmp_path) -> tuple:
+    """(the fp32 ONNX model, its static int8 QDQ file, the input names) of ``net`` on 1x1x12x12."""
     torch.manual_seed(0)
-    net, x = TwoReaders().eval(), torch.randn(1, 1, 12, 12)
+    net, x = net.eval(), torch.randn(1, 1, 12, 12)
     src = export(net, x, tmp_path / "f.onnx").path
     names = [onnx.load(src).graph.input[0].name]
     _edge._static(src, str(tmp_path / "q.onnx"), names, [((c,), {}) for c in _calib((1, 12, 12))], False)
-    float_model, qdq = onnx.load(src), onnx.load(str(tmp_path / "q.onnx"))
+    return onnx.load(src), onnx.load(str(tmp_path / "q.onnx")), names
+
+
+def test_edits_of_edited_files_keep_one_clamp_per_tensor(tmp_path):
+    float_model, qdq, names = _static_int8(TwoReaders(), tmp_path)
     conv2 = [n.name for n in float_model.graph.node if n.op_type == "Conv"][1]
     once = int8.float_weights(qdq, float_model, {conv2})  # conv2 reads the clamped fp32 tensor, conv3 its int8 copy
     twice = int8_paths.float_paths(int8.float_weights(once, float_model, {conv2}), {conv2})
