@@ -67,12 +67,28 @@ def module_list(model: nn.Module) -> list[nn.Module]:
 def parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:
     """``dict(model.named_parameters(remove_duplicate=False))`` (aliases under every name, in
     walk order), walked once per shared block."""
-    return _remembered(model, "parameters", lambda: dict(model.named_parameters(remove_duplicate=False)))
+    return _remembered(model, "parameters", lambda: _members(model, "_parameters", "named_parameters"))
 
 
 def buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """``dict(model.named_buffers(remove_duplicate=False))``, walked once per shared block."""
-    return _remembered(model, "buffers", lambda: dict(model.named_buffers(remove_duplicate=False)))
+    return _remembered(model, "buffers", lambda: _members(model, "_buffers", "named_buffers"))
+
+
+def _members(model: nn.Module, store: str, method: str) -> dict:
+    """``dict(getattr(model, method)(remove_duplicate=False))``, read off the (remembered) module
+    walk rather than walking the tree again, where the model keeps nn.Module's own walks."""
+    cls = type(model)
+    if getattr(cls, method) is not getattr(nn.Module, method) or cls.named_modules is not nn.Module.named_modules:
+        return dict(getattr(model, method)(remove_duplicate=False))
+    out = {}
+    for prefix, mod in modules(model).items():
+        found = getattr(mod, store)
+        if found:
+            for k, v in found.items():
+                if v is not None:
+                    out[f"{prefix}.{k}" if prefix else k] = v
+    return out
 
 
 def remember(model: nn.Module, what: str, compute) -> object:

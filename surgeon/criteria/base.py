@@ -43,7 +43,7 @@ def per_index(t: torch.Tensor, dim: int, p: int) -> np.ndarray:
 
 def _powered(t: torch.Tensor, p: int) -> torch.Tensor:
     """``|t|^p`` in float32, p = 1 or 2 (``t * t`` equals ``|t| * |t|``), as a new tensor."""
-    x = t.float()
+    x = t if t.dtype == torch.float32 else t.float()
     return x * x if p == 2 else x.abs()
 
 
@@ -205,8 +205,9 @@ class Magnitude:
                 continue
             for d, sums in zip(dims, scratch.sums(tensors[name], dims, self.p)):
                 found.append(sums)
-                span[name, d] = slice(at, at + len(sums))
-                at += len(sums)
+                n = sums.shape[0]  # not len(): Tensor.__len__ is Python code
+                span[name, d] = slice(at, at + n)
+                at += n
         if devices != {torch.device("cpu")}:
             found = [f.cpu() for f in found]
         flat = torch.cat(found).numpy()

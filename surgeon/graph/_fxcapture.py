@@ -42,6 +42,7 @@ class _Tracer(fx.Tracer):
     def __init__(self, root_fn: Any = None):
         super().__init__()
         self._root_fn = root_fn  # traced instead of ``type(root).forward`` (see explicit_forward)
+        self._leaf: dict[type, bool] = {}
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         if self._root_fn is not None:
@@ -49,7 +50,18 @@ class _Tracer(fx.Tracer):
         return super().create_args_for_root(root_fn, is_module, concrete_args)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return not isinstance(m, self._COMPOSITE) and super().is_leaf_module(m, qualname)
+        kind = type(m)  # what decides it (the class's module, Sequential, composites): asked once per class
+        leaf = self._leaf.get(kind)
+        if leaf is None:
+            leaf = self._leaf[kind] = not isinstance(m, self._COMPOSITE) and super().is_leaf_module(m, qualname)
+        return leaf
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        """A submodule read in forward (``self.fc1``) is returned as it is, as ``Tracer.getattr``
+        returns it after testing it against Parameter and Tensor (and building a closure)."""
+        if isinstance(attr_val, nn.Module):
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def create_arg(self, a: Any) -> Any:
         """Proxies, and flat tuples/lists of proxies and plain constants (nearly every argument of

@@ -20,6 +20,7 @@ graph never shows.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections import OrderedDict
 from typing import Any, Iterator
 
@@ -86,6 +87,12 @@ def _same(saved: Any, now: Any) -> bool:
     return all(a is b for a, b in zip(saved, items))
 
 
+def _same_entries(now: dict, saved: dict) -> bool:
+    """The same keys in the same order, each holding the same object (a quick test, in C loops,
+    of what ``all(now.get(k) is v for k, v in saved.items())`` asks; False may still mean equal)."""
+    return list(now) == list(saved) and all(map(operator.is_, now.values(), saved.values()))
+
+
 class Snapshot:
     """The state of every module of ``model``, to compare with and restore later."""
 
@@ -93,26 +100,33 @@ class Snapshot:
         every = _walks.module_list(model)
         # torch's own modules write no attributes in forward (in eval mode): their tensors are
         # watched below; the root and the user's own classes are recorded in full
-        self.modules = [m for i, m in enumerate(every) if i == 0 or user_class(type(m))]
+        mine = {cls for cls in {type(m) for m in every} if user_class(cls)}
+        self.modules = [m for i, m in enumerate(every) if i == 0 or type(m) in mine]
         self._dicts = [dict(vars(m)) for m in self.modules]
         self._inner = [{k: (v, _contents(v) if v else ()) for k, v in d.items() if type(v) in _CONTAINERS}
                        for d in self._dicts]
         self._clean = False  # set by changes() when it found nothing, which restore() then trusts
-        classes = {type(m) for m in self.modules if user_class(type(m))}
+        classes = {type(m) for m in self.modules} & mine
         self._classes = {cls: dict(vars(cls)) for cls in classes}
         self._versions: dict[int, tuple[torch.Tensor, int]] = {}
         self._copies: dict[int, torch.Tensor] = {}
         budget = _BUFFER_BYTES
+        versions = self._versions
         for m in every:
-            for store in (m._parameters, m._buffers):
-                for t in store.values():
-                    if t is None or id(t) in self._versions or t.device.type == "meta":
-                        continue
-                    self._versions[id(t)] = (t, t._version)
-                    nbytes = t.numel() * t.element_size()
-                    if store is m._buffers and nbytes <= budget:
-                        budget -= nbytes
-                        self._copies[id(t)] = t.detach().clone()
+            for t in m._parameters.values():
+                if t is not None and id(t) not in versions and not t.is_meta:
+                    versions[id(t)] = (t, t._version)
+            buffers = m._buffers
+            if not buffers:
+                continue
+            for t in buffers.values():
+                if t is None or id(t) in versions or t.is_meta:
+                    continue
+                versions[id(t)] = (t, t._version)
+                nbytes = t.numel() * t.element_size()
+                if nbytes <= budget:
+                    budget -= nbytes
+                    self._copies[id(t)] = t.detach().clone()
 
     def changes(self) -> list[str]:
         """What differs from the snapshot, one short line each (empty: nothing was written)."""
@@ -120,9 +134,10 @@ class Snapshot:
         for m, saved, inner in zip(self.modules, self._dicts, self._inner):
             now = vars(m)
             where = type(m).__name__
-            if len(now) == len(saved) and all(now.get(k, _MISSING) is v for k, v in saved.items()):
+            if len(now) == len(saved) and (_same_entries(now, saved)
+                                           or all(now.get(k, _MISSING) is v for k, v in saved.items())):
                 out.extend(f"{where}.{k} changed in place" for k, (box, items) in inner.items()
-                           if not _same(items, box))  # the common case: every entry the same object
+                           if (items or box) and not _same(items, box))  # the common case: every entry the same object
                 continue
             for k in now.keys() - saved.keys():
                 out.append(f"{where}.{k} added")

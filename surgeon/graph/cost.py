@@ -119,15 +119,46 @@ class CostModel:
         if flat.dtype == bool:
             rows, cols, vals = self._uneven
             r[:-1] = np.bincount(rows, weights=vals * flat[cols], minlength=self.n_slots)
-            kept = np.cumsum(np.r_[0, flat], dtype=np.int64)[self._offsets]
-            kept = (kept[1:] - kept[:-1])[self._slot_group[self._even_slots]]  # units kept per slot
-            r[self._even_slots] = np.where(kept > 0, self._tables[self._table_at + np.maximum(kept - 1, 0)], 0.0)
-        else:
-            r[:-1] = np.bincount(self._rows, weights=self._vals * flat[self._cols], minlength=self.n_slots)
+            return self._with_even(r, self._kept_per_group(flat))
+        r[:-1] = np.bincount(self._rows, weights=self._vals * flat[self._cols], minlength=self.n_slots)
+        return self._from_ratios(r)
+
+    @property
+    def by_counts(self) -> bool:
+        """Whether the cost depends only on how many units each group keeps (every slot's
+        indices spread evenly over its group's units), so :meth:`total_kept` gives it."""
+        return len(self._uneven[0]) == 0
+
+    def total_kept(self, kept: np.ndarray) -> float:
+        """:meth:`total_flat` from the units each group keeps, where :attr:`by_counts`."""
+        r = np.ones(self.n_slots + 1)
+        r[:-1] = 0.0  # what the bincount of no uneven entries gives
+        return self._with_even(r, kept)
+
+    def _with_even(self, r: np.ndarray, kept_per_group: np.ndarray) -> float:
+        kept = kept_per_group[self._slot_group[self._even_slots]]  # units kept per slot
+        r[self._even_slots] = np.where(kept > 0, self._tables[self._table_at + np.maximum(kept - 1, 0)], 0.0)
+        return self._from_ratios(r)
+
+    def _from_ratios(self, r: np.ndarray) -> float:
         per_term = r[self.idx[:, 0]]
         for j in range(1, self.idx.shape[1]):  # each row's ratios multiplied left to right
             per_term = per_term * r[self.idx[:, j]]
         return self.const + float(self.flops @ per_term)
+
+    def _kept_per_group(self, flat: np.ndarray) -> np.ndarray:
+        """Units each group keeps under the boolean ``flat`` (every group's mask, concatenated):
+        one integer sum per group of units, not a running sum over every unit."""
+        offsets = self._offsets
+        out = np.zeros(len(offsets) - 1, dtype=np.int64)
+        starts = offsets[:-1]
+        nonempty = np.flatnonzero(offsets[1:] > starts)
+        if len(nonempty) and len(flat) == offsets[-1]:  # a group's sum runs up to the next nonempty one
+            out[nonempty] = np.add.reduceat(flat.view(np.uint8), starts[nonempty], dtype=np.int64)
+        elif len(nonempty):
+            kept = np.cumsum(np.r_[0, flat], dtype=np.int64)[offsets]
+            out = kept[1:] - kept[:-1]
+        return out
 
     def marginal(self) -> list[np.ndarray]:
         """Cost removed by each single unit, at full width, per group."""

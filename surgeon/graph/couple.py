@@ -206,7 +206,9 @@ def _apply_rule(c: Coupling, traced, node: fx.Node, refs, memo: dict, rules: dic
     rule, what = _rule(node, traced, rules)
     loc = where(node)
     in_keys = [k for n in node.all_input_nodes for k in _keys(c, traced, n, memo)]
-    out_keys = _keys(c, traced, node, memo) + _tuple_keys(c, traced, node)
+    out_keys = _keys(c, traced, node, memo)
+    if isinstance(traced.info[node.name].shape, list):  # a tuple of tensors (what _tuple_keys reads)
+        out_keys = out_keys + _tuple_keys(c, traced, node)
     if rule is None:
         for key in in_keys + out_keys:
             c.freeze(key, f"no coupling rule for {what} at {loc}")

@@ -196,13 +196,7 @@ def _known(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list, modules: dict[str, nn.Module],
                constants: dict[str, Any]) -> tuple[dict[str, NodeInfo], Any]:
-    free: dict[fx.Node, list[fx.Node]] = {}
-    seen: set[fx.Node] = set()
-    for n in reversed(nodes):
-        for a in n.all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                free.setdefault(n, []).append(a)
+    free = _last_uses(nodes)
     env: dict[fx.Node, Any] = {}
     info: dict[str, NodeInfo] = {}
     look = env.__getitem__
@@ -210,8 +204,27 @@ def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list, modules: dic
     pending = iter(graph.process_inputs(*inputs))  # pytree codegen (export) flattens here
     tally = FlopTally()
     out = None
+    map_arg, free_after = fx.node.map_arg, free.get
     for n in nodes:
         op, before = n.op, tally.count
+        if op == "call_module":  # most nodes of a model: the general branch below, made direct
+            args = map_arg(n.args, look)
+            kwargs = map_arg(n.kwargs, look) if n.kwargs else {}
+            call = modules[n.target]
+            formula = _module_formula(call, args, kwargs)
+            if formula is None:
+                with tally:
+                    value = call(*args, **kwargs)
+            else:
+                value = call(*args, **kwargs)
+                if formula is not _no_flops:
+                    tally.count += formula(call, args[0] if args else None, value)
+            env[n] = value
+            flops = int(tally.count - before)  # _describe() of a plain tensor is its shape
+            info[n.name] = NodeInfo(value.shape, flops) if type(value) is torch.Tensor else _node_info(value, flops)
+            for a in free_after(n, ()):
+                del env[a]
+            continue
         if op == "placeholder":
             if str(n.target).startswith("*"):
                 value = list(pending)
@@ -236,13 +249,10 @@ def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list, modules: dic
                 call = n.target
                 if _zero_flop_function(call):
                     formula = _no_flops
-            elif op == "call_method":
+            else:  # call_method (call_module is above)
                 call, args = getattr(args[0], n.target), args[1:]
                 if n.target in _ZERO_FLOP_METHODS:
                     formula = _no_flops
-            else:
-                call = modules[n.target]
-                formula = _module_formula(call, args, kwargs)
             if formula is None:
                 with tally:
                     value = call(*args, **kwargs)
@@ -250,13 +260,28 @@ def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list, modules: dic
                 value = call(*args, **kwargs)
                 tally.count += formula(call, args[0] if args else None, value)
         env[n] = value
-        shape = _describe(value)
-        info[n.name] = NodeInfo(
-            shape=shape, flops=int(tally.count - before),
-            value=value if shape is None and isinstance(value, (int, float, bool, torch.Size, tuple)) else None)
+        info[n.name] = _node_info(value, int(tally.count - before))
         for a in free.get(n, ()):
             del env[a]
     return info, out
+
+
+def _last_uses(nodes: list) -> dict[fx.Node, list[fx.Node]]:
+    """For each node, the inputs whose last use it is (their values are freed after it runs)."""
+    free: dict[fx.Node, list[fx.Node]] = {}
+    seen: set[fx.Node] = set()
+    for n in reversed(nodes):
+        for a in n.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                free.setdefault(n, []).append(a)
+    return free
+
+
+def _node_info(value: Any, flops: int) -> NodeInfo:
+    shape = _describe(value)
+    return NodeInfo(shape=shape, flops=flops,
+                    value=value if shape is None and isinstance(value, (int, float, bool, torch.Size, tuple)) else None)
 
 
 _MISSING = object()
@@ -361,8 +386,9 @@ def count_known(model: nn.Module, example_input: Any) -> tuple[int, Any] | None:
     # calls), not a forward hook: a module with a hook takes the slow path of ``__call__``,
     # which on deep models of small layers cost a third of the run. Taken back afterwards.
     modules = list(model.modules())
-    patched = [m for m in modules if type(m) in _FORMULA_MODULES and "forward" not in vars(m)]
-    if len(patched) != sum(type(m) in _FORMULA_MODULES for m in modules):
+    counted_kinds = [m for m in modules if type(m) in _FORMULA_MODULES]
+    patched = [m for m in counted_kinds if "forward" not in vars(m)]
+    if len(patched) != len(counted_kinds):
         return None  # an instance with its own forward: measure() counts it the general way
     try:
         for m in patched:

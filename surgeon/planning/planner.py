@@ -35,11 +35,13 @@ __all__ = ["solve", "build_plan"]
 def _step(group, round_to) -> int:
     if group.layers:
         return 1  # whole layers are never rounded
+    per_unit = None
     if hasattr(round_to, "for_group"):  # round_to="auto": a step per group (surgeon.latency.rounding)
-        round_to = round_to.for_group(group.n_units * _per_unit(group))  # the group's width in channels
+        per_unit = _per_unit(group)
+        round_to = round_to.for_group(group.n_units * per_unit)  # the group's width in channels
     if not round_to:
         return group.step
-    return math.lcm(group.step, _round_step(group, round_to))
+    return math.lcm(group.step, _round_step(group, round_to, per_unit))
 
 
 def _per_unit(group) -> int:
@@ -47,8 +49,8 @@ def _per_unit(group) -> int:
     return max(1, int(round(per_unit)))
 
 
-def _round_step(group, round_to: int) -> int:
-    return round_to // math.gcd(round_to, _per_unit(group))
+def _round_step(group, round_to: int, per_unit: int | None = None) -> int:
+    return round_to // math.gcd(round_to, _per_unit(group) if per_unit is None else per_unit)
 
 
 class _Leftover:
@@ -101,18 +103,24 @@ class _Order:
         self.steps = np.ones(len(groups), dtype=np.int64)
         self.floor = np.zeros(len(groups), dtype=np.int64)
         cap = np.zeros(len(groups), dtype=np.int64)
-        for gi in live:
-            g = groups[gi]
-            self.steps[gi] = _step(g, round_to)
-            step = self.steps[gi]  # the floor on a whole block too, where the group has one
-            least = max(_min_units(g.n_units, min_keep), g.min_units)
-            self.floor[gi] = min(max(-(-least // step) * step, step), g.n_units)
-            cap[gi] = g.n_units - max(self.floor[gi], int(g.frozen_units.sum()))
+        frozen = np.concatenate([groups[gi].frozen_units for gi in live]) if live else np.zeros(0, bool)
         sizes = np.array([groups[gi].n_units for gi in live], dtype=np.int64)
+        if live:  # Python ints per group, written into the arrays at once
+            steps, floors = [], []
+            for gi in live:
+                g = groups[gi]
+                step = _step(g, round_to)  # the floor on a whole block too, where the group has one
+                least = max(_min_units(g.n_units, min_keep), g.min_units)
+                steps.append(step)
+                floors.append(min(max(-(-least // step) * step, step), g.n_units))
+            self.steps[live] = steps
+            self.floor[live] = floors
+            ends = np.r_[0, np.cumsum(frozen, dtype=np.int64)][np.cumsum(sizes)]
+            n_frozen = np.diff(np.r_[0, ends])  # frozen units per group
+            cap[live] = sizes - np.maximum(self.floor[live], n_frozen)
         prio = _priorities(groups, live, sizes, scores, marg, mean_cost, cost_weight, per)
         if group_weight is not None and live:  # a searched allocation: group g's units rank w[g] times higher
             prio = prio * np.repeat(np.asarray(group_weight, dtype=np.float64)[live], sizes)
-        frozen = np.concatenate([groups[gi].frozen_units for gi in live]) if live else np.zeros(0, bool)
         at = np.flatnonzero(~frozen & np.isfinite(prio))
         first = np.cumsum(sizes) - sizes
         group_of = np.repeat(np.arange(len(live)), sizes)[at]
@@ -160,6 +168,15 @@ class _Order:
 
     def flat_keep(self, n: np.ndarray) -> np.ndarray:
         """Keep-mask over all units (concatenated by group) when ``n[g]`` units go from group g."""
+        return self.flat_rank >= self._removed(n)[self.flat_group]
+
+    def kept_counts(self, n: np.ndarray) -> np.ndarray:
+        """Units each group keeps under :meth:`flat_keep` (its first ``removed`` units in removal
+        order go, and a group's removal ranks run 0, 1, ...): without the mask over every unit."""
+        return self.n_units - self._removed(n)
+
+    def _removed(self, n: np.ndarray) -> np.ndarray:
+        """Units removed per group: ``n`` rounded, capped and bundled."""
         kept = self.n_units - n
         step = self.steps
         rounded = np.maximum(self.floor, np.round(kept / step).astype(np.int64) * step)
@@ -171,7 +188,7 @@ class _Order:
         else:
             for b in self.bundles:  # bundled groups lose the same number of units
                 n[b] = n[b].min()
-        return self.flat_rank >= n[self.flat_group]
+        return n
 
     def keep(self, n: np.ndarray) -> list[np.ndarray]:
         flat = self.flat_keep(n)  # one slice per group (np.split is slower)
@@ -338,10 +355,13 @@ def solve(a: Analysis, scores: Sequence[np.ndarray], metric: str, target: float,
 
     totals: dict[bytes, float] = {}  # the search asks for some removal counts more than once
 
+    by_counts = isinstance(cost, CostModel) and cost.by_counts  # no mask over every unit needed
+
     def total(counts: np.ndarray) -> float:
         key = np.asarray(counts, dtype=np.int64).tobytes()
         if key not in totals:
-            totals[key] = cost.total_flat(order.flat_keep(counts))
+            totals[key] = (cost.total_kept(order.kept_counts(counts)) if by_counts
+                           else cost.total_flat(order.flat_keep(counts)))
         return totals[key]
 
     floor = total(order.counts(n))  # everything removable removed (nothing, if n == 0)
@@ -449,10 +469,16 @@ def _param_counts(model, slices: list[Slice], drops: tuple[str, ...]) -> tuple[i
     for s in slices:
         kept.setdefault(s.tensor, {})[s.dim] = len(s.keep)
     tensors: dict[int, list] = {}  # id -> [tensor, kept size per sliced dim, every name under a dropped layer]
+    prefixes = tuple(d + "." for d in drops)
     for name, p in _walks.parameters(model).items():
-        entry = tensors.setdefault(id(p), [p, {}, True])
-        entry[1].update(kept.get(name, ()))
-        entry[2] = entry[2] and bool(drops) and any(name.startswith(d + ".") for d in drops)
+        entry = tensors.get(id(p))
+        if entry is None:
+            entry = tensors[id(p)] = [p, {}, bool(prefixes)]
+        dims = kept.get(name)
+        if dims:
+            entry[1].update(dims)
+        if entry[2]:
+            entry[2] = name.startswith(prefixes)
     before = after = 0
     for p, dims, dropped in tensors.values():
         n = p.numel()
@@ -470,7 +496,7 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
                round_to: int | None) -> Plan:
     """Turn keep-masks into the slices and attribute updates that realise them."""
     model = a.model
-    decisions = [Decision(g.id, g.kind.value, g.n_units, int(mask.sum()), tuple(sorted({m.name for m in g.tensors})),
+    decisions = [Decision(g.id, g.kind.value, g.n_units, int(mask.sum()), tuple(sorted({m.key[1] for m in g.tensors})),
                           g.reason) for g, mask in zip(a.groups, keep)]
     slices, shapes = slices_for(a.groups, keep, lambda name: tuple(a.traced.tensor(name).shape))
     attrs = attr_updates(model, a.coupling.attr_fixes, lambda key: a.kept_width(key, keep))
