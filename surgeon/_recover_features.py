@@ -6,7 +6,9 @@ convolution's or linear layer's output units, a norm's channels) keeps the indic
 :class:`~surgeon.slicing.edits.Slice`, so the teacher's output is indexed with them along the one
 dimension where the two outputs differ in size. A module whose output width was not cut is
 compared whole. The loss of one module is the mean squared error divided by the variance of the
-teacher's feature (so modules of any scale weigh alike), averaged over the modules.
+teacher's feature (so modules of any scale weigh alike), or with ``kind="cosine"`` one minus the
+cosine similarity along the last dimension (a transformer block's hidden state per token, as
+DistilBERT matches them); either is averaged over the modules.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from torch import nn
 
 from .criteria._data import DataError
 
-__all__ = ["FeatureMatch"]
+__all__ = ["FeatureMatch", "KINDS"]
+
+KINDS = ("mse", "cosine")
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
@@ -34,7 +38,11 @@ def _first_tensor(out: Any) -> torch.Tensor:
 class FeatureMatch:
     """Forward hooks on ``names`` in both models; :meth:`loss` after each pair of forwards."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, names: Sequence[str], plan: Any = None):
+    def __init__(self, student: nn.Module, teacher: nn.Module, names: Sequence[str], plan: Any = None,
+                 kind: str = "mse"):
+        if kind not in KINDS:
+            raise ValueError(f"feature matching: kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
         kept = {s.tensor: torch.as_tensor(s.keep, dtype=torch.long) for s in (plan.slices if plan else ())
                 if s.dim == 0}
         self.names = list(names)
@@ -60,7 +68,11 @@ class FeatureMatch:
         losses = []
         for n in self.names:
             s, t = self.got.pop(("student", n)), self.got.pop(("teacher", n)).detach()
-            losses.append(F.mse_loss(s.float(), self._align(n, s, t).float()) / t.float().var().clamp_min(1e-8))
+            s, t = s.float(), self._align(n, s, t).float()
+            if self.kind == "cosine":
+                losses.append((1 - F.cosine_similarity(s, t, dim=-1)).mean())
+            else:
+                losses.append(F.mse_loss(s, t) / t.var().clamp_min(1e-8))
         return torch.stack(losses).mean()
 
     def _align(self, name: str, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,9 @@ teacher runs in eval mode without gradients.
 ``features=["layer1.0.conv2", ...]`` adds feature matching: each named module's output in the
 student is pulled (mean squared error over the teacher's variance, times ``feature_weight``)
 towards the teacher's at the channels that survived, which ``plan=`` (the plan that shrank
-``small``) says; see :mod:`surgeon._recover_features`.
+``small``) says; ``feature_loss="cosine"`` compares them by cosine along the last dimension
+instead (every transformer block's hidden state, DistilBERT- and Minitron-style); see
+:mod:`surgeon._recover_features`.
 
 ``eval_fn(model)`` is called every ``eval_every`` steps and at the end (in eval mode); what it
 returns is kept in :attr:`Recovered.evals` and shown on the progress bar. ``checkpoint="file.pt"``
@@ -63,7 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _recover_dist as dist_
-from ._recover_features import FeatureMatch
+from ._recover_features import KINDS as FEATURE_KINDS, FeatureMatch
 from .criteria._data import DataError, _to, default_loss, device_of, split_batch
 from .graph.trace import run_model
 
@@ -91,6 +93,7 @@ class RecoverConfig:
     fsdp: bool | None = None  # None: FSDP2 when torch.distributed runs more than one process
     shuffle: bool = True  # visit a list of batches in a new (seeded) order each pass
     feature_weight: float = 1.0  # weight of the feature-matching loss (with features=...)
+    feature_loss: str = "mse"  # "mse" (over the teacher's variance) or "cosine" (along the last dim)
     seed: int = 0
 
     @classmethod
@@ -114,6 +117,8 @@ class RecoverConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
         if self.temperature <= 0 or (self.lr is not None and self.lr <= 0):
             raise ValueError("temperature and lr must be positive")
+        if self.feature_loss not in FEATURE_KINDS:
+            raise ValueError(f"feature_loss must be one of {FEATURE_KINDS}, got {self.feature_loss!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup!r}")
 
@@ -165,7 +170,7 @@ def recover_run(small: nn.Module, teacher: nn.Module, data: Iterable, *, loss_fn
     ctx = dist_.Context.start(small, teacher, cfg.fsdp)
     loop = _Loop(ctx, cfg, steps, loss_fn, output_fn)
     if features:
-        loop.features = FeatureMatch(ctx.student, ctx.teacher, features, plan)
+        loop.features = FeatureMatch(ctx.student, ctx.teacher, features, plan, cfg.feature_loss)
     result = Recovered(ctx.student, steps=steps)
     try:
         if checkpoint is not None and Path(checkpoint).exists():

@@ -276,3 +276,39 @@ def test_feature_matching_compares_the_surviving_channels():
     r = recover_run(small, teacher, data, steps=30, quiet=True, features=["3"], plan=plan, feature_weight=1.0)
     assert r.losses[-1] < r.losses[0]
     assert not small[3]._forward_hooks and not teacher[3]._forward_hooks  # hooks removed afterwards
+
+
+def test_cosine_feature_matching_ignores_scale_and_trains_hidden_states():
+    from surgeon._recover_features import FeatureMatch
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 8)).eval()
+    student = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 8))
+    student.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        student[0].weight.mul_(3.0), student[0].bias.mul_(3.0)  # the same directions, three times longer
+    x = torch.randn(5, 7, 8)
+    got = {}
+    for kind in ("cosine", "mse"):
+        fm = FeatureMatch(student, teacher, ["0"], kind=kind)
+        with torch.no_grad():
+            student(x), teacher(x)
+        got[kind] = float(fm.loss())
+        fm.close()
+    assert got["cosine"] == pytest.approx(0.0, abs=1e-6) and got["mse"] > 1.0
+    with pytest.raises(ValueError, match="feature_loss"):
+        RecoverConfig.of(feature_loss="l1")
+    torch.manual_seed(1)
+    student = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 8))
+    data = [torch.randn(4, 7, 8) for _ in range(4)]
+    fm = FeatureMatch(student, teacher, ["1"], kind="cosine")
+    with torch.no_grad():
+        student(x), teacher(x)
+    before = float(fm.loss())
+    fm.close()
+    r = recover_run(student, teacher, data, steps=60, lr=1e-2, quiet=True, features=["1"], feature_loss="cosine")
+    fm = FeatureMatch(student, teacher, ["1"], kind="cosine")
+    with torch.no_grad():
+        student(x), teacher(x)
+    assert float(fm.loss()) < 0.5 * before and r.losses[-1] < r.losses[0]
+    fm.close()
