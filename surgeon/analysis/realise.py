@@ -28,19 +28,17 @@ def slices_for(groups: Sequence, keep: Sequence[np.ndarray], shape_of: Callable[
             continue
         kept: dict[int, tuple[int, ...] | None] = {}  # id(unit_of) -> indices kept (None: all)
         for m in g.tensors:
-            unit_of = m.unit_of
-            idx = kept.get(id(unit_of), kept)
-            if idx is kept:  # the members of one class share their unit_of
-                idx = np.flatnonzero(mask[unit_of])
-                idx = kept[id(unit_of)] = None if len(idx) == len(unit_of) else tuple(idx.tolist())
+            if id(m.unit_of) not in kept:  # the members of one class share their unit_of
+                idx = np.flatnonzero(mask[m.unit_of])
+                kept[id(m.unit_of)] = None if len(idx) == len(m.unit_of) else tuple(idx.tolist())
+            idx = kept[id(m.unit_of)]
             if idx is None:
                 continue
-            _, name, dim = m.key
             if len(idx) == 0:
-                raise PlanError(f"plan would empty dim {dim} of '{name}' (group {g.id})")
-            slices.append(Slice(name, dim, len(unit_of), idx))
-            if name not in shapes:
-                shapes[name] = shape_of(name)
+                raise PlanError(f"plan would empty dim {m.dim} of '{m.name}' (group {g.id})")
+            slices.append(Slice(m.name, m.dim, len(m.unit_of), idx))
+            if m.name not in shapes:
+                shapes[m.name] = shape_of(m.name)
     return slices, shapes
 
 

@@ -204,28 +204,31 @@ def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list, modules: dic
     pending = iter(graph.process_inputs(*inputs))  # pytree codegen (export) flattens here
     tally = FlopTally()
     out = None
-    map_arg, free_after = fx.node.map_arg, free.get
+    map_arg = fx.node.map_arg
     for n in nodes:
         op, before = n.op, tally.count
-        if op == "call_module":  # most nodes of a model: the general branch below, made direct
+        if op == "call_module" or op == "call_function" or op == "call_method":  # most nodes: first
             args = map_arg(n.args, look)
             kwargs = map_arg(n.kwargs, look) if n.kwargs else {}
-            call = modules[n.target]
-            formula = _module_formula(call, args, kwargs)
+            formula = None  # FLOPs from shapes; None: the tally counts them
+            if op == "call_module":
+                call = modules[n.target]
+                formula = _module_formula(call, args, kwargs)
+            elif op == "call_function":
+                call = n.target
+                if _zero_flop_function(call):
+                    formula = _no_flops
+            else:
+                call, args = getattr(args[0], n.target), args[1:]
+                if n.target in _ZERO_FLOP_METHODS:
+                    formula = _no_flops
             if formula is None:
                 with tally:
                     value = call(*args, **kwargs)
             else:
                 value = call(*args, **kwargs)
-                if formula is not _no_flops:
-                    tally.count += formula(call, args[0] if args else None, value)
-            env[n] = value
-            flops = int(tally.count - before)  # _describe() of a plain tensor is its shape
-            info[n.name] = NodeInfo(value.shape, flops) if type(value) is torch.Tensor else _node_info(value, flops)
-            for a in free_after(n, ()):
-                del env[a]
-            continue
-        if op == "placeholder":
+                tally.count += formula(call, args[0] if args else None, value)
+        elif op == "placeholder":
             if str(n.target).startswith("*"):
                 value = list(pending)
             else:
@@ -236,31 +239,14 @@ def _run_nodes(gm: Any, root: nn.Module, nodes: list, inputs: list, modules: dic
                     value = n.args[0]
         elif op == "get_attr":
             value = constants[n.target] if n.target in constants else _fetch(root, n.target)
-        elif op == "output":
-            out = fx.node.map_arg(n.args[0], look)
+        else:  # output
+            out = map_arg(n.args[0], look)
             info[n.name] = NodeInfo(shape=_describe(out))
             out = graph.process_outputs(out)
             break
-        else:
-            args = fx.node.map_arg(n.args, look)
-            kwargs = fx.node.map_arg(n.kwargs, look) if n.kwargs else {}
-            formula = None  # FLOPs from shapes; None: the tally counts them
-            if op == "call_function":
-                call = n.target
-                if _zero_flop_function(call):
-                    formula = _no_flops
-            else:  # call_method (call_module is above)
-                call, args = getattr(args[0], n.target), args[1:]
-                if n.target in _ZERO_FLOP_METHODS:
-                    formula = _no_flops
-            if formula is None:
-                with tally:
-                    value = call(*args, **kwargs)
-            else:
-                value = call(*args, **kwargs)
-                tally.count += formula(call, args[0] if args else None, value)
         env[n] = value
-        info[n.name] = _node_info(value, int(tally.count - before))
+        flops = int(tally.count - before)  # _describe() of a plain tensor is its shape
+        info[n.name] = NodeInfo(value.shape, flops) if type(value) is torch.Tensor else _node_info(value, flops)
         for a in free.get(n, ()):
             del env[a]
     return info, out

@@ -142,13 +142,8 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def build_groups(c: Coupling) -> list[PruneGroup]:
     """Groups of ``c`` that hold at least one parameter or buffer dimension."""
     classes: dict = defaultdict(list)
-    parent = c.uf.parent  # _UnionFind.find, inlined: it runs for every dim of the graph
     for key in c.sizes:
-        root = key
-        while parent[root] != root:
-            parent[root] = parent[parent[root]]
-            root = parent[root]
-        classes[root].append(key)
+        classes[c.uf.find(key)].append(key)
     roots = list(classes)
     index = {r: i for i, r in enumerate(roots)}
     # classes joined by rel edges form groups
@@ -196,14 +191,6 @@ def _units(c: Coupling, roots, classes, cls: list[int], rel_ids: list[int],
     return {ci: units[offset[ci]: offset[ci] + sizes[ci]] for ci in cls}, len(uniq)
 
 
-def _member(key: DimKey, unit_of: np.ndarray) -> Member:
-    """``Member(key, unit_of)`` without the frozen dataclass's ``__init__`` (two
-    ``object.__setattr__`` calls): a residual stream's group has thousands of members."""
-    m = object.__new__(Member)
-    m.__dict__.update(key=key, unit_of=unit_of)
-    return m
-
-
 def _make_group(c: Coupling, gid: int, classes, roots, cls, unit_of_class, n_units: int) -> PruneGroup:
     members, frozen, has_tensor = [], np.zeros(n_units, bool), np.zeros(n_units, bool)
     reason = inexact = None
@@ -213,7 +200,7 @@ def _make_group(c: Coupling, gid: int, classes, roots, cls, unit_of_class, n_uni
         unit_of = unit_of_class[ci]
         class_frozen = class_tensor = False
         for key in classes[roots[ci]]:  # a class's keys share one index map: mark units once per class
-            members.append(_member(key, unit_of))
+            members.append(Member(key, unit_of))
             if key in frozen_keys:
                 class_frozen = True
                 reason = reason or frozen_keys[key]

@@ -143,7 +143,7 @@ class Coupling:
         old = self.sizes.get(key)
         if old is None:
             self.sizes[key] = int(size)
-            self.uf.parent.setdefault(key, key)  # _UnionFind.add
+            self.uf.add(key)
             if key[0] == "p":
                 self._channel_like.add(key)
         elif old != size:
@@ -154,18 +154,11 @@ class Coupling:
         if self.sizes[a] != self.sizes[b]:
             raise AssertionError(f"eq between {a} ({self.sizes[a]}) and {b} ({self.sizes[b]})")
         self.eqs.append((a, b))
-        parent = self.uf.parent  # _UnionFind.find on a then b, inlined (the rules' hottest call)
-        ra = a
-        while parent[ra] != ra:
-            parent[ra] = parent[parent[ra]]
-            ra = parent[ra]
-        rb = b
-        while parent[rb] != rb:
-            parent[rb] = parent[parent[rb]]
-            rb = parent[rb]
+        find = self.uf.find
+        ra, rb = find(a), find(b)
         if ra == rb:
             return
-        parent[rb] = ra  # _UnionFind.link(ra, rb)
+        self.uf.link(ra, rb)
         like = self._channel_like
         if rb in like:  # the class that is no longer a root passes its mark to the new root
             like.discard(rb)

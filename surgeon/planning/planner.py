@@ -496,7 +496,7 @@ def build_plan(a: Analysis, keep: list[np.ndarray], *, target: float, metric: st
                round_to: int | None) -> Plan:
     """Turn keep-masks into the slices and attribute updates that realise them."""
     model = a.model
-    decisions = [Decision(g.id, g.kind.value, g.n_units, int(mask.sum()), tuple(sorted({m.key[1] for m in g.tensors})),
+    decisions = [Decision(g.id, g.kind.value, g.n_units, int(mask.sum()), tuple(sorted({m.name for m in g.tensors})),
                           g.reason) for g, mask in zip(a.groups, keep)]
     slices, shapes = slices_for(a.groups, keep, lambda name: tuple(a.traced.tensor(name).shape))
     attrs = attr_updates(model, a.coupling.attr_fixes, lambda key: a.kept_width(key, keep))

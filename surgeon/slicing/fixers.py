@@ -66,12 +66,7 @@ def _conv(m: nn.modules.conv._ConvNd) -> None:
 
 @register_fixer(nn.Linear)
 def _linear(m: nn.Linear) -> None:
-    weight = m._parameters.get("weight") if type(m) is nn.Linear else None
-    if weight is not None:  # plain int attributes: what ``nn.Module.__setattr__`` ends up doing
-        state = m.__dict__
-        state["out_features"], state["in_features"] = weight.shape
-    else:  # a subclass may define either as a property, or weight be parametrized
-        m.out_features, m.in_features = m.weight.shape
+    m.out_features, m.in_features = m.weight.shape
 
 
 @register_fixer(nn.modules.batchnorm._NormBase)

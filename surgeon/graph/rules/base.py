@@ -90,8 +90,6 @@ def _module_rule(cls: type) -> Rule | None:
     return None
 
 
-_UNSEEN = object()
-
 class RuleContext:
     """What a rule sees of one node, and the verbs it uses to state couplings."""
 
@@ -102,7 +100,6 @@ class RuleContext:
         self.where = where
         self.size_refs = size_refs
         self.touched: set[DimKey] = set()
-        self._shapes = getattr(traced, "_shapes", {})  # Traced.shape's memo of node shapes
         self.splits: dict[DimKey, tuple[DimKey, int]] = {}  # carrier -> (split dim, other factors)
         self.merges: dict[DimKey, tuple[DimKey, int]] = {}  # merged dim -> (carrier, other factors)
         self.module: nn.Module | None = (
@@ -156,10 +153,7 @@ class RuleContext:
     def v(self, node: Any, dim: int) -> DimKey:
         """The key of dimension ``dim`` of a tensor argument (negative dims allowed)."""
         if type(node) is fx.Node:  # nearly every call: skip shape()'s dispatch
-            name = node.name
-            shape = self._shapes.get(name, _UNSEEN)  # what traced.shape() remembered
-            if shape is _UNSEEN:
-                shape = self.traced.shape(node)
+            shape, name = self.traced.shape(node), node.name
         else:
             shape = self.shape(node)
             name = f"{node[0].name}#{node[1]}" if isinstance(node, tuple) else getattr(node, "name", None)
@@ -172,7 +166,7 @@ class RuleContext:
         return self.v(self.node if index is None else (self.node, index), dim)
 
     def p(self, qualname: str, dim: int) -> DimKey:
-        tensor = self.traced.tensors()[qualname]
+        tensor = self.traced.tensor(qualname)
         key = self.c.add(("p", qualname, dim % tensor.dim()), tensor.shape[dim])
         self.c.owners.setdefault(key, self.where)
         return key
