@@ -129,8 +129,8 @@ def _sentences(docs: list[str], lo: int = 4, hi: int = 10_000) -> list[str]:
     return out
 
 
-def wiki_sentences() -> list[str]:
-    """Sentences of the English Wikipedia excerpt in gensim's test data (prose paragraphs only)."""
+def wiki_paragraphs() -> list[str]:
+    """The prose paragraphs of the English Wikipedia excerpt in gensim's test data."""
     import gensim
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
 
@@ -143,7 +143,12 @@ def wiki_sentences() -> list[str]:
                 para = re.sub(r"\s+", " ", para).strip()
                 if len(para.split()) >= 8 and not para.startswith(("*", "|", "{", "!", "=")):
                     paras.append(para)
-    return _sentences(paras, 4, 80)
+    return paras
+
+
+def wiki_sentences() -> list[str]:
+    """Sentences of the English Wikipedia excerpt in gensim's test data (prose paragraphs only)."""
+    return _sentences(wiki_paragraphs(), 4, 80)
 
 
 def minilm(args) -> dict:
@@ -152,6 +157,8 @@ def minilm(args) -> dict:
     model, tok = M.load_model()
     lee = M.load_lee()
     train_s = _sentences(lee.background[:200]) + (wiki_sentences() if args.wiki else [])
+    if args.passages:  # whole documents and paragraphs too, as long as the held-out documents
+        train_s += list(lee.background[:200]) + (wiki_paragraphs() if args.wiki else [])
     held_s = _sentences(lee.background[200:]) + list(lee.docs)
     x = M.example_input(tok, lee)
     g = torch.Generator().manual_seed(args.seed)
@@ -159,7 +166,7 @@ def minilm(args) -> dict:
     lengths = [len(ids) for ids in tok([train_s[i] for i in order], truncation=True, max_length=M.MAX_LEN)["input_ids"]]
     by_len = [order[k] for k in sorted(range(len(order)), key=lengths.__getitem__)]  # batches of similar length
     batches = [M.tokenize(tok, [train_s[i] for i in by_len[j:j + 32]]) for j in range(0, len(by_len), 32)]
-    calib = [M.tokenize(tok, [train_s[i] for i in order[j:j + 32]]) for j in range(0, 128, 32)]
+    calib = [M.tokenize(tok, [train_s[i] for i in order[j:j + 32]]) for j in range(0, 32 * args.calib, 32)]
     t0 = time.perf_counter()
     plain = surgeon.shrink(model, x, target=0.5)
     small = surgeon.shrink(model, x, target=0.5, data=calib, compensate=True) if args.compensate else plain
@@ -177,9 +184,12 @@ def minilm(args) -> dict:
 
     feats = [f"encoder.layer.{i}" for i in range(len(model.encoder.layer))] if args.minilm_loss == "layers" else ()
     run = recover_run(small, model, batches, steps=args.minilm_steps, lr=args.lr, distill="cosine", output_fn=pooled,
-                      features=feats, feature_loss="cosine", quiet=args.quiet, eval_fn=cos,
+                      features=feats, feature_loss="cosine", quiet=args.quiet, eval_fn=cos, dropout=args.dropout,
                       eval_every=max(1, args.minilm_steps // 4))
     after = cos(run.model.eval())
+    n_sent = len(held_s) - len(lee.docs)
+    per = (M.embed(run.model, tok, held_s) * dense_held).sum(-1)
+    print(f"held-out sentences {float(per[:n_sent].mean()):.4f}, documents {float(per[n_sent:].mean()):.4f}")
     print(f"[distilled: {args.minilm_loss}, lr {args.lr}] all-MiniLM-L6-v2 at {flops:.3f} FLOPs: mean cosine to the "
           f"dense embeddings on {len(held_s)} held-out sentences/docs: shrunk {before_plain:.4f}, compensated "
           f"{before:.4f}, recovered {after:.4f} (goal >= 0.95) after {run.steps} steps on batches of 32 of "
@@ -204,6 +214,11 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--no-wiki", dest="wiki", action="store_false", help="MiniLM: train on the Lee sentences only")
     ap.add_argument("--no-compensate", dest="compensate", action="store_false",
                     help="MiniLM: recover from the plain shrunk model")
+    ap.add_argument("--dropout", action="store_true",
+                    help="MiniLM: keep the student's dropout on while it trains (recover's dropout=True)")
+    ap.add_argument("--calib", type=int, default=4, help="MiniLM: compensate on this many batches of 32 (default 4)")
+    ap.add_argument("--passages", action="store_true",
+                    help="MiniLM: train on whole paragraphs and documents as well as sentences")
     ap.add_argument("--seeds", default="0", help="Fashion-MNIST seeds, comma-separated (default 0)")
     ap.add_argument("--seed", type=int, default=0, help="MiniLM seed (default 0)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a loaded box)")

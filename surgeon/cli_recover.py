@@ -39,6 +39,8 @@ def add_recover(sub) -> None:
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 3e-3; 5e-5 for Hugging Face models)")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the KL term (default 2)")
     p.add_argument("--alpha", type=float, help="weight of distillation against the labels' loss (default 0.5)")
+    p.add_argument("--dropout", action="store_true", help="keep the student's dropout on while it trains "
+                   "(off by default: the teacher runs without it)")
     p.add_argument("--checkpoint", metavar="FILE", help="write progress here; rerun to resume from it")
     p.add_argument("--input", metavar="SHAPE", help="example input shape, e.g. 1,3,224,224")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -76,7 +78,8 @@ def cmd_recover(args: argparse.Namespace, prog) -> int:
         raise UsageError(f"--out {args.out}: folder {out.parent} does not exist; create it first")
     try:
         cfg = RecoverConfig.of(steps=args.steps, epochs=args.epochs, lr=args.lr, temperature=args.temperature,
-                               alpha=args.alpha, quiet=args.quiet, seed=args.seed)
+                               alpha=args.alpha, quiet=args.quiet, seed=args.seed,
+                               dropout=args.dropout)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from exc
     shape = parse_shape(args.input) if args.input else None

@@ -27,7 +27,13 @@ Defaults: AdamW (lr 3e-3, or 5e-5 for a model with a Hugging Face ``.config``; w
 0.01), linear warmup over the first 5% of the steps then a cosine decay to zero, gradients
 clipped to norm 1, and as many whole passes over ``data`` (1 to 20) as come closest to 2,000
 steps. The student trains in place (``small`` is returned, its training flag restored); the
-teacher runs in eval mode without gradients.
+teacher runs in eval mode without gradients (its flag is restored too).
+
+The student's dropout is off while it trains (every ``nn.Dropout``-family module at ``p=0``,
+which Hugging Face attention also reads for its attention dropout; the rates are restored
+afterwards): the teacher runs without dropout and the loss asks the student to match it, so
+dropout only adds noise to that target. On the MiniLM benchmark it is worth as many steps again
+(``benchmarks/recover.py``). ``dropout=True`` keeps it, for long runs on little data.
 
 ``features=["layer1.0.conv2", ...]`` adds feature matching: each named module's output in the
 student is pulled (mean squared error over the teacher's variance, times ``feature_weight``)
@@ -94,6 +100,7 @@ class RecoverConfig:
     shuffle: bool = True  # visit a list of batches in a new (seeded) order each pass
     feature_weight: float = 1.0  # weight of the feature-matching loss (with features=...)
     feature_loss: str = "mse"  # "mse" (over the teacher's variance) or "cosine" (along the last dim)
+    dropout: bool = False  # keep the student's dropout on while it trains (off by default; see below)
     seed: int = 0
 
     @classmethod
@@ -165,13 +172,14 @@ def recover_run(small: nn.Module, teacher: nn.Module, data: Iterable, *, loss_fn
     cfg.check()
     steps = _total_steps(cfg, data)
     cfg = replace(cfg, lr=cfg.lr if cfg.lr is not None else (5e-5 if hasattr(small, "config") else 3e-3))
-    was_training = small.training
+    was_training, teacher_was_training = small.training, teacher.training
     t0 = time.perf_counter()
     ctx = dist_.Context.start(small, teacher, cfg.fsdp)
     loop = _Loop(ctx, cfg, steps, loss_fn, output_fn)
     if features:
         loop.features = FeatureMatch(ctx.student, ctx.teacher, features, plan, cfg.feature_loss)
     result = Recovered(ctx.student, steps=steps)
+    rates = {} if cfg.dropout else _dropout_off(ctx.student)
     try:
         if checkpoint is not None and Path(checkpoint).exists():
             result.resumed_from = ctx.load(checkpoint, loop.opt, steps)
@@ -179,11 +187,22 @@ def recover_run(small: nn.Module, teacher: nn.Module, data: Iterable, *, loss_fn
         _run(loop, data, result, eval_fn, checkpoint)
     finally:
         ctx.student.train(was_training)
+        ctx.teacher.train(teacher_was_training)
+        for m, p in rates.items():
+            m.p = p
         loop.opt.zero_grad(set_to_none=True)  # no gradients left on the returned model
         if loop.features is not None:
             loop.features.close()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _dropout_off(model: nn.Module) -> dict[nn.Module, float]:
+    """Set every dropout module's rate to 0; the rates it had, to restore."""
+    rates = {m: m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p}
+    for m in rates:
+        m.p = 0.0
+    return rates
 
 
 def _total_steps(cfg: RecoverConfig, data: Iterable) -> int:

@@ -312,3 +312,23 @@ def test_cosine_feature_matching_ignores_scale_and_trains_hidden_states():
         student(x), teacher(x)
     assert float(fm.loss()) < 0.5 * before and r.losses[-1] < r.losses[0]
     fm.close()
+
+
+def test_dropout_is_off_while_the_student_trains_and_restored_after():
+    """The teacher runs without dropout, so a student that equals it has zero distillation loss,
+    which student dropout would break; ``dropout=True`` keeps it on."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))
+    data = [torch.randn(16, 8) for _ in range(3)]
+    seen = []
+    for dropout in (False, True):
+        student = surgeon.shrink(teacher, data[0], target=0.999)  # a dense copy
+        hook = student[2].register_forward_pre_hook(lambda m, a: seen.append((dropout, m.p)))
+        run = recover_run(student, teacher, data, steps=3, lr=1e-9, distill="mse", quiet=True, dropout=dropout)
+        hook.remove()
+        assert student[2].p == 0.5 and student.training and teacher.training  # rates and flags restored
+        if dropout:
+            assert run.losses[0] > 1e-2
+        else:
+            assert max(run.losses) < 1e-10
+    assert {p for d, p in seen if not d} == {0.0} and {p for d, p in seen if d} == {0.5}
