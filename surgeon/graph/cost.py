@@ -150,14 +150,13 @@ class CostModel:
         """Units each group keeps under the boolean ``flat`` (every group's mask, concatenated):
         one integer sum per group of units, not a running sum over every unit."""
         offsets = self._offsets
+        if len(flat) != offsets[-1]:
+            raise ValueError(f"a keep-mask of {len(flat)} units for groups of {offsets[-1]} units in all")
         out = np.zeros(len(offsets) - 1, dtype=np.int64)
         starts = offsets[:-1]
         nonempty = np.flatnonzero(offsets[1:] > starts)
-        if len(nonempty) and len(flat) == offsets[-1]:  # a group's sum runs up to the next nonempty one
+        if len(nonempty):  # a group's sum runs up to the next nonempty one
             out[nonempty] = np.add.reduceat(flat.view(np.uint8), starts[nonempty], dtype=np.int64)
-        elif len(nonempty):
-            kept = np.cumsum(np.r_[0, flat], dtype=np.int64)[offsets]
-            out = kept[1:] - kept[:-1]
         return out
 
     def marginal(self) -> list[np.ndarray]:
