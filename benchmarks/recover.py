@@ -148,19 +148,15 @@ def wiki_paragraphs() -> list[str]:
     return paras
 
 
-def wiki_sentences() -> list[str]:
-    """Sentences of the English Wikipedia excerpt in gensim's test data (prose paragraphs only)."""
-    return _sentences(wiki_paragraphs(), 4, 80)
-
-
 def minilm(args) -> dict:
     import minilm_lee as M
 
     model, tok = M.load_model()
     lee = M.load_lee()
-    train_s = _sentences(lee.background[:200]) + (wiki_sentences() if args.wiki else [])
+    paras = wiki_paragraphs() if args.wiki else []
+    train_s = _sentences(lee.background[:200]) + _sentences(paras, 4, 80)
     if args.passages:  # whole documents and paragraphs too, as long as the held-out documents
-        train_s += list(lee.background[:200]) + (wiki_paragraphs() if args.wiki else [])
+        train_s += list(lee.background[:200]) + paras
     held_s = _sentences(lee.background[200:]) + list(lee.docs)
     x = M.example_input(tok, lee)
     g = torch.Generator().manual_seed(args.seed)
@@ -189,9 +185,8 @@ def minilm(args) -> dict:
     run = recover_run(small, model, batches, steps=args.minilm_steps, lr=args.lr, distill="cosine", output_fn=pooled,
                       features=feats, feature_loss="cosine", quiet=args.quiet, eval_fn=cos, dropout=args.dropout,
                       eval_every=max(1, args.minilm_steps // 4))
-    after = cos(run.model.eval())
-    n_sent = len(held_s) - len(lee.docs)
-    per = (M.embed(run.model, tok, held_s) * dense_held).sum(-1)
+    per = (M.embed(run.model.eval(), tok, held_s) * dense_held).sum(-1)  # cos(), per text
+    after, n_sent = float(per.mean()), len(held_s) - len(lee.docs)
     print(f"held-out sentences {float(per[:n_sent].mean()):.4f}, documents {float(per[n_sent:].mean()):.4f}")
     print(f"[distilled: {args.minilm_loss}, lr {args.lr}] all-MiniLM-L6-v2 at {flops:.3f} FLOPs: mean cosine to the "
           f"dense embeddings on {len(held_s)} held-out sentences/docs: shrunk {before_plain:.4f}, compensated "
