@@ -162,8 +162,11 @@ def check_config(a: Analysis, small: nn.Module, uniform: bool | None) -> None:
                            "bug in surgeon's config fix-ups, please report it with the model")
     if uniform is False:
         warnings.warn(f"uniform=False: {type(small).__name__}.config no longer describes the pruned "
-                      f"widths ({problem}), so from_pretrained cannot rebuild it; save the whole module "
-                      "with torch.save(model) or keep the default uniform widths", stacklevel=4)
+                      f"widths ({problem}), so from_pretrained cannot rebuild it; save it without "
+                      "pickle with surgeon.checkpoint.save(small, plan, 'file.py:FUNCTION', path), plan = "
+                      "surgeon.plan(model, x, ...) with the same arguments (the factory rebuilds the dense "
+                      "model and the plan is applied again on load), or keep the default uniform widths",
+                      stacklevel=4)
 
 
 def _verify_runs(a: Analysis, small: nn.Module, example_input: Any, p: Plan) -> tuple[int, int]:
