@@ -41,6 +41,7 @@ import math
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -148,6 +149,31 @@ def wiki_paragraphs() -> list[str]:
     return paras
 
 
+class WordDropout(Sequence):
+    """Batches of sentences tokenized afresh at every visit, each sentence with probability 1/2
+    thinned (every word dropped at rate ``p``, at least 3 kept), so a pass never repeats the last
+    one exactly; ``recover`` shuffles a sequence each pass, and the teacher sees the same text."""
+
+    def __init__(self, tok, groups: list[list[str]], p: float, seed: int):
+        self.tok, self.groups, self.p = tok, groups, p
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def _thin(self, s: str) -> str:
+        words = s.split()
+        if len(words) <= 3 or torch.rand((), generator=self.g) < 0.5:
+            return s
+        kept = [w for w, r in zip(words, torch.rand(len(words), generator=self.g).tolist()) if r >= self.p]
+        return " ".join(kept) if len(kept) >= 3 else s
+
+    def __getitem__(self, i: int) -> dict:
+        import minilm_lee as M
+
+        return M.tokenize(self.tok, [self._thin(s) for s in self.groups[i]])
+
+
 def minilm(args) -> dict:
     import minilm_lee as M
 
@@ -163,7 +189,9 @@ def minilm(args) -> dict:
     order = torch.randperm(len(train_s), generator=g).tolist()
     lengths = [len(ids) for ids in tok([train_s[i] for i in order], truncation=True, max_length=M.MAX_LEN)["input_ids"]]
     by_len = [order[k] for k in sorted(range(len(order)), key=lengths.__getitem__)]  # batches of similar length
-    batches = [M.tokenize(tok, [train_s[i] for i in by_len[j:j + 32]]) for j in range(0, len(by_len), 32)]
+    groups = [[train_s[i] for i in by_len[j:j + 32]] for j in range(0, len(by_len), 32)]
+    batches = (WordDropout(tok, groups, args.word_dropout, args.seed) if args.word_dropout
+               else [M.tokenize(tok, g) for g in groups])
     calib = [M.tokenize(tok, [train_s[i] for i in order[j:j + 32]]) for j in range(0, 32 * args.calib, 32)]
     t0 = time.perf_counter()
     free = {"uniform": False} if args.free else {}
@@ -217,6 +245,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--calib", type=int, default=8, help="MiniLM: compensate on this many batches of 32 (default 8)")
     ap.add_argument("--free", action="store_true", help="MiniLM: shrink with uniform=False (heads and per-layer "
                     "MLP widths pruned freely; the config then no longer describes the model)")
+    ap.add_argument("--word-dropout", type=float, default=0.0, help="MiniLM: thin half of each pass's "
+                    "sentences, each word dropped at this rate (default 0: the sentences as they are)")
     ap.add_argument("--passages", action="store_true",
                     help="MiniLM: train on whole paragraphs and documents as well as sentences")
     ap.add_argument("--seeds", default="0", help="Fashion-MNIST seeds, comma-separated (default 0)")
